@@ -1,0 +1,215 @@
+"""One typed settings object for every part of lancedb-ray.
+
+Loaded from defaults, then an optional YAML file, then environment variables
+prefixed ``LANCEDB_RAY_`` (nested fields joined with ``__``, e.g.
+``LANCEDB_RAY_SERVER__PORT=9000``). The same object is passed, as a plain
+dict, to every Ray deployment and actor so that they all agree.
+"""
+
+from __future__ import annotations
+
+import os
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, Field, SecretStr
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+
+class CredentialMode(str, Enum):
+    """How a storage location authenticates to Azure Blob Storage."""
+
+    NONE = "none"  # local paths, or anonymous access
+    WORKLOAD_IDENTITY = "workload_identity"  # DefaultAzureCredential (AKS workload identity)
+    ACCOUNT_KEY = "account_key"
+    SAS_TOKEN = "sas_token"
+    CONNECTION_STRING = "connection_string"
+    AZURITE = "azurite"  # the well-known development account of the emulator
+
+
+class StorageLocation(BaseModel):
+    """Where one database (or the default root) lives, and how to reach it.
+
+    For local storage give ``uri`` only (a directory). For Azure give either a
+    full ``uri`` (``az://container/prefix``) or ``account`` + ``container`` +
+    ``prefix``, and a credential mode.
+    """
+
+    uri: str | None = None
+    account: str | None = None
+    container: str | None = None
+    prefix: str = ""
+    credential: CredentialMode = CredentialMode.NONE
+    account_key: SecretStr | None = None
+    sas_token: SecretStr | None = None
+    connection_string: SecretStr | None = None
+    endpoint: str | None = None  # blob endpoint override (Azurite, sovereign clouds)
+    client_id: str | None = None  # user-assigned managed identity for workload identity
+
+
+class UnknownDatabasePolicy(str, Enum):
+    CREATE = "create"  # place it under the default location
+    REFUSE = "refuse"  # answer 404
+
+
+class StorageSettings(BaseModel):
+    """The storage catalog: database name -> location."""
+
+    root: StorageLocation = Field(default_factory=lambda: StorageLocation(uri="./data"))
+    databases: dict[str, StorageLocation] = Field(default_factory=dict)
+    unknown_databases: UnknownDatabasePolicy = UnknownDatabasePolicy.CREATE
+
+
+class ServerSettings(BaseModel):
+    """The query node (Ray Serve) and its HTTP surface."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_keys: list[SecretStr] = Field(default_factory=lambda: [SecretStr("lancedb-ray-dev-key")])
+    num_replicas: int | str = 1  # an int, or "auto" for Serve autoscaling
+    max_replicas: int = 4
+    max_ongoing_requests: int = 64
+    max_queued_requests: int = 256  # beyond this the proxy answers 503, so the client retries
+    max_body_bytes: int = 512 * 1024 * 1024
+    read_consistency_seconds: float = 0.0  # staleness allowed for data written by outside writers
+    idempotency_window: int = 20  # recent versions searched for a retried write's request id
+
+
+class ExecutorSettings(BaseModel):
+    """Plan executors: the sharded cache of the read path."""
+
+    enabled: bool = True
+    num_executors: int | None = None  # None: sized to the machine's CPUs
+    replicas: int = 1  # R executors own each cache partition
+    fragments_per_group: int = 8  # fragments per flat-search cache partition
+    cache_bytes: int = 2 * 1024**3
+    spill_dir: str | None = None  # local NVMe directory for the spill tier
+    spill_bytes: int = 8 * 1024**3
+    prewarm: list[str] = Field(default_factory=list)  # "database/table" names
+    num_cpus: float = 0.5
+
+
+class EventBusBackend(str, Enum):
+    EMBEDDED = "embedded"
+    KAFKA = "kafka"
+    EVENTHUB = "eventhub"
+
+
+class EmbeddedBusSettings(BaseModel):
+    directory: str = "./data/_events"
+
+
+class KafkaBusSettings(BaseModel):
+    bootstrap_servers: str = "127.0.0.1:9092"
+    topic: str = "lancedb-ray-changes"
+    group_id: str = "lancedb-ray-agent"
+    security_protocol: str = "PLAINTEXT"  # SASL_SSL for Azure Event Hubs
+    sasl_mechanism: str | None = None  # PLAIN for Azure Event Hubs
+    sasl_username: str | None = None  # "$ConnectionString" for Azure Event Hubs
+    sasl_password: SecretStr | None = None  # the Event Hubs connection string
+
+
+class EventHubBusSettings(BaseModel):
+    connection_string: SecretStr | None = None
+    fully_qualified_namespace: str | None = None  # with workload identity instead of a string
+    eventhub_name: str = "lancedb-ray-changes"
+    consumer_group: str = "$Default"
+    checkpoint_connection_string: SecretStr | None = None
+    checkpoint_container: str = "lancedb-ray-checkpoints"
+
+
+class EventBusSettings(BaseModel):
+    backend: EventBusBackend = EventBusBackend.EMBEDDED
+    outbox_directory: str = "./data/_outbox"
+    embedded: EmbeddedBusSettings = Field(default_factory=EmbeddedBusSettings)
+    kafka: KafkaBusSettings = Field(default_factory=KafkaBusSettings)
+    eventhub: EventHubBusSettings = Field(default_factory=EventHubBusSettings)
+
+
+class AgentSettings(BaseModel):
+    """The Lance agent: keeps every table indexed and compact."""
+
+    enabled: bool = True
+    debounce_seconds: float = 2.0
+    reconcile_interval_seconds: float = 30.0
+    retrain_unindexed_fraction: float = 0.5  # retrain a vector index past this delta share
+    min_rows_for_vector_index: int = 256
+    compact_min_fragments: int = 8  # compact once this many small fragments pile up
+    small_fragment_rows: int = 64 * 1024
+    version_retention_seconds: float = 7 * 24 * 3600
+    jobs_directory: str = "./data/_jobs"
+    use_gpu: bool | None = None  # None: when the cluster has GPUs
+    index_segments: int = 2  # parallel index segments for a large build
+    segment_min_rows: int = 100_000
+
+
+class RaySettings(BaseModel):
+    address: str | None = None  # None: start a local instance, or join RAY_ADDRESS
+    namespace: str = "lancedb-ray"
+
+
+class Settings(BaseSettings):
+    """Everything configurable, in one object."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="LANCEDB_RAY_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+    executors: ExecutorSettings = Field(default_factory=ExecutorSettings)
+    events: EventBusSettings = Field(default_factory=EventBusSettings)
+    agent: AgentSettings = Field(default_factory=AgentSettings)
+    ray: RaySettings = Field(default_factory=RaySettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment wins over explicit (YAML) values, so operators can override a file.
+        return env_settings, init_settings
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
+        """Defaults, then the YAML file at ``path`` (or ``$LANCEDB_RAY_CONFIG``), then env."""
+        path = path or os.environ.get("LANCEDB_RAY_CONFIG")
+        data: dict[str, Any] = {}
+        if path:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        _deep_merge(data, overrides)
+        return cls(**data)
+
+    def to_plain(self) -> dict[str, Any]:
+        """A picklable dict with secrets revealed, for handing to Ray actors."""
+        return _reveal(self.model_dump(mode="python"))
+
+    @classmethod
+    def from_plain(cls, data: dict[str, Any]) -> Settings:
+        return cls.model_validate(data)
+
+
+def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> None:
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _deep_merge(base[key], value)
+        else:
+            base[key] = value
+
+
+def _reveal(value: Any) -> Any:
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, dict):
+        return {k: _reveal(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_reveal(v) for v in value]
+    return value
