@@ -1,0 +1,9 @@
+"""Shared test set-up: one local Ray cluster, Azurite and the Kafka broker per session."""
+
+import os
+
+# Ray 2.59+ turns token auth on by default; tests, CI and the serve script all turn it off alike.
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+pytest_plugins: list[str] = []
