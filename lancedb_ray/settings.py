@@ -47,6 +47,7 @@ class StorageLocation(BaseModel):
     connection_string: SecretStr | None = None
     endpoint: str | None = None  # blob endpoint override (Azurite, sovereign clouds)
     client_id: str | None = None  # user-assigned managed identity for workload identity
+    options: dict[str, str] = Field(default_factory=dict)  # extra lance options (timeouts, retries)
 
 
 class UnknownDatabasePolicy(str, Enum):
@@ -72,6 +73,7 @@ class ServerSettings(BaseModel):
     max_replicas: int = 4
     max_ongoing_requests: int = 64
     max_queued_requests: int = 256  # beyond this the proxy answers 503, so the client retries
+    num_cpus: float = 0.5  # CPUs reserved per replica; the work itself runs in lance's threads
     max_body_bytes: int = 512 * 1024 * 1024
     read_consistency_seconds: float = 0.0  # staleness allowed for data written by outside writers
     idempotency_window: int = 20  # recent versions searched for a retried write's request id
@@ -98,7 +100,8 @@ class EventBusBackend(str, Enum):
 
 
 class EmbeddedBusSettings(BaseModel):
-    directory: str = "./data/_events"
+    directory: str = "./data/.system/events"  # one fsync'd append-only log + per-group checkpoints
+    group_id: str = "lancedb-ray-agent"
 
 
 class KafkaBusSettings(BaseModel):
@@ -109,6 +112,11 @@ class KafkaBusSettings(BaseModel):
     sasl_mechanism: str | None = None  # PLAIN for Azure Event Hubs
     sasl_username: str | None = None  # "$ConnectionString" for Azure Event Hubs
     sasl_password: SecretStr | None = None  # the Event Hubs connection string
+    client_id: str = "lancedb-ray"
+    create_topic: bool = True  # create the topic if missing, where the broker allows it
+    num_partitions: int = 4  # for a topic created here
+    replication_factor: int = 1  # for a topic created here
+    enable_idempotence: bool | None = None  # None: when the broker supports it
 
 
 class EventHubBusSettings(BaseModel):
@@ -118,11 +126,16 @@ class EventHubBusSettings(BaseModel):
     consumer_group: str = "$Default"
     checkpoint_connection_string: SecretStr | None = None
     checkpoint_container: str = "lancedb-ray-checkpoints"
+    checkpoint_account_url: str | None = None  # with workload identity instead of a string
+    max_buffered_events: int = 1000  # received but not yet polled; the receiver waits beyond
 
 
 class EventBusSettings(BaseModel):
     backend: EventBusBackend = EventBusBackend.EMBEDDED
-    outbox_directory: str = "./data/_outbox"
+    outbox_directory: str = "./data/.system/outbox"  # events whose publish failed, retried from here
+    publish_timeout_seconds: float = 10.0  # one publish attempt, before it counts as failed
+    retry_initial_seconds: float = 0.5  # outbox retry backoff, doubling up to the maximum
+    retry_max_seconds: float = 30.0
     embedded: EmbeddedBusSettings = Field(default_factory=EmbeddedBusSettings)
     kafka: KafkaBusSettings = Field(default_factory=KafkaBusSettings)
     eventhub: EventHubBusSettings = Field(default_factory=EventHubBusSettings)
@@ -139,7 +152,7 @@ class AgentSettings(BaseModel):
     compact_min_fragments: int = 8  # compact once this many small fragments pile up
     small_fragment_rows: int = 64 * 1024
     version_retention_seconds: float = 7 * 24 * 3600
-    jobs_directory: str = "./data/_jobs"
+    jobs_directory: str = "./data/.system/jobs"
     use_gpu: bool | None = None  # None: when the cluster has GPUs
     index_segments: int = 2  # parallel index segments for a large build
     segment_min_rows: int = 100_000
@@ -184,7 +197,22 @@ class Settings(BaseSettings):
         if path:
             data = yaml.safe_load(Path(path).read_text()) or {}
         _deep_merge(data, overrides)
-        return cls(**data)
+        return cls(**data).with_absolute_paths()
+
+    def with_absolute_paths(self) -> Settings:
+        """Local paths made absolute now, so Ray workers (other working dirs) agree on them."""
+        root = self.storage.root
+        if root.uri and "://" not in root.uri:
+            root.uri = _absolute(root.uri)
+        for location in self.storage.databases.values():
+            if location.uri and "://" not in location.uri:
+                location.uri = _absolute(location.uri)
+        self.events.embedded.directory = _absolute(self.events.embedded.directory)
+        self.events.outbox_directory = _absolute(self.events.outbox_directory)
+        self.agent.jobs_directory = _absolute(self.agent.jobs_directory)
+        if self.executors.spill_dir:
+            self.executors.spill_dir = _absolute(self.executors.spill_dir)
+        return self
 
     def to_plain(self) -> dict[str, Any]:
         """A picklable dict with secrets revealed, for handing to Ray actors."""
@@ -193,6 +221,10 @@ class Settings(BaseSettings):
     @classmethod
     def from_plain(cls, data: dict[str, Any]) -> Settings:
         return cls.model_validate(data)
+
+
+def _absolute(path: str) -> str:
+    return str(Path(path).expanduser().resolve())
 
 
 def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> None:

@@ -1,0 +1,60 @@
+"""The query node as a Ray Serve application.
+
+``build_app`` is the one builder: ``lancedb-ray serve`` calls it, ``serve run
+deployments/local.yaml`` imports it, and KubeRay's serveConfigV2 names it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray import serve
+from ray.serve import Application
+
+from lancedb_ray.api.http import create_app
+from lancedb_ray.events.outbox import ChangePublisher
+from lancedb_ray.service.container import Services
+from lancedb_ray.settings import Settings
+
+# One FastAPI app per replica process; each replica gives it its services on start.
+fastapi_app = create_app()
+
+
+@serve.deployment(name="QueryNode")
+@serve.ingress(fastapi_app)
+class QueryNode:
+    """Authenticates, resolves tables, runs writes on storage and queries on executors."""
+
+    def __init__(self, settings: dict[str, Any]) -> None:
+        self._settings = Settings.from_plain(settings)
+        self._publisher = ChangePublisher(self._settings.events)
+        fastapi_app.state.services = Services.build(self._settings, self._publisher.emit)
+
+    def __del__(self) -> None:
+        self._publisher.close()
+
+
+def deployment_options(settings: Settings) -> dict[str, Any]:
+    """Serve options from settings, in one place (replicas, back-pressure, resources)."""
+    server = settings.server
+    options: dict[str, Any] = {
+        "max_ongoing_requests": server.max_ongoing_requests,
+        "max_queued_requests": server.max_queued_requests,
+        "ray_actor_options": {"num_cpus": server.num_cpus},
+    }
+    if server.num_replicas == "auto":
+        options["autoscaling_config"] = {
+            "min_replicas": 1,
+            "max_replicas": server.max_replicas,
+            "target_ongoing_requests": max(1, server.max_ongoing_requests // 4),
+        }
+    else:
+        options["num_replicas"] = int(server.num_replicas)
+    return options
+
+
+def build_app(args: dict[str, Any] | None = None) -> Application:
+    """Build the application from ``{"config_file": path, "settings": {overrides}}``."""
+    args = args or {}
+    settings = Settings.load(args.get("config_file"), **(args.get("settings") or {}))
+    return QueryNode.options(**deployment_options(settings)).bind(settings.to_plain())

@@ -1,0 +1,75 @@
+"""Per-request facts from headers and bodies: the database, the request id, the key."""
+
+from __future__ import annotations
+
+import hmac
+import json
+from typing import Any, TypeVar
+
+from fastapi import Request
+from pydantic import BaseModel
+
+from lancedb_ray.api.arrow_io import read_arrow_stream
+from lancedb_ray.errors import InvalidInput, PayloadTooLarge, Unauthorized
+from lancedb_ray.service.container import Services
+
+Body = TypeVar("Body", bound=BaseModel)
+
+
+def services(request: Request) -> Services:
+    return request.app.state.services
+
+
+def authenticate(request: Request) -> None:
+    presented = request.headers.get("x-api-key")
+    if not presented:
+        raise Unauthorized("missing x-api-key header")
+    keys = services(request).settings.server.api_keys
+    if not any(hmac.compare_digest(presented, key.get_secret_value()) for key in keys):
+        raise Unauthorized("invalid API key")
+
+
+def database(request: Request) -> str:
+    name = request.headers.get("x-lancedb-database")
+    if not name:
+        raise InvalidInput("missing x-lancedb-database header (connect with db://<database>)")
+    return name
+
+
+def request_id(request: Request) -> str | None:
+    return request.headers.get("x-request-id")
+
+
+async def read_body(request: Request) -> bytes:
+    """The whole body, refusing more than the configured limit (uploads are chunked)."""
+    limit = services(request).settings.server.max_body_bytes
+    declared = request.headers.get("content-length")
+    if declared and int(declared) > limit:
+        raise PayloadTooLarge(f"request body of {declared} bytes exceeds the {limit} byte limit")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body exceeds the {limit} byte limit")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def json_body(request: Request, model: type[Body]) -> Body:
+    """Parse a JSON body into ``model``; an empty body means all defaults."""
+    raw = await read_body(request)
+    data: Any = json.loads(raw) if raw.strip() else {}
+    if not isinstance(data, dict):
+        raise InvalidInput(f"request body must be a JSON object, got {type(data).__name__}")
+    return model.model_validate(data)
+
+
+async def arrow_body(request: Request):
+    content_type = request.headers.get("content-type", "")
+    if "arrow" not in content_type:
+        raise InvalidInput(
+            f"expected an Arrow IPC stream (application/vnd.apache.arrow.stream), got "
+            f"'{content_type or 'no content type'}'"
+        )
+    return read_arrow_stream(await read_body(request))

@@ -1,0 +1,42 @@
+"""The FastAPI application of a query node, given its services.
+
+Kept free of Ray so that it can be built around any backend (tests build it
+around a local one); ``api.app`` wraps it in a Serve deployment.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from fastapi import FastAPI, Request, Response
+
+from lancedb_ray.api import namespace_routes, table_routes
+from lancedb_ray.api.errors import install_error_handlers
+from lancedb_ray.service.container import Services
+
+# The protocol level this server implements: several query vectors per request
+# (0.2.0) and structured full-text queries (0.3.0); not multipart writes (0.4.0).
+PHALANX_VERSION = "0.3.0"
+
+
+def create_app(services: Services | None = None) -> FastAPI:
+    app = FastAPI(title="lancedb-ray query node", docs_url=None, redoc_url=None)
+    if services is not None:
+        app.state.services = services
+    install_error_handlers(app)
+
+    @app.middleware("http")
+    async def advertise_protocol(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        response = await call_next(request)
+        response.headers["phalanx-version"] = PHALANX_VERSION
+        return response
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    app.include_router(table_routes.router)
+    app.include_router(namespace_routes.router)
+    return app

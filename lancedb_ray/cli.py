@@ -1,0 +1,101 @@
+"""``lancedb-ray``: serve the query node, and inspect the agent's jobs."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+import time
+import urllib.request
+from typing import Any
+
+from lancedb_ray.settings import Settings
+
+APP_NAME = "lancedb"
+
+
+def _serve_settings(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, Any] = {"server": {}, "ray": {}}
+    if args.host:
+        overrides["server"]["host"] = args.host
+    if args.port:
+        overrides["server"]["port"] = args.port
+    if args.api_key:
+        overrides["server"]["api_keys"] = [args.api_key]
+    if args.storage:
+        overrides["storage"] = {"root": {"uri": args.storage}}
+    if args.address:
+        overrides["ray"]["address"] = args.address
+    return Settings.load(args.config, **overrides)
+
+
+def _wait_healthy(url: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the service did not become healthy at {url} in {timeout_s}s")
+        time.sleep(0.5)
+
+
+def serve_command(args: argparse.Namespace) -> int:
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    import ray
+    from ray import serve
+
+    from lancedb_ray.api.app import build_app
+
+    settings = _serve_settings(args)
+    address = settings.ray.address or os.environ.get("RAY_ADDRESS")
+    ray.init(address=address, namespace=settings.ray.namespace, log_to_driver=False)
+    serve.start(http_options={"host": settings.server.host, "port": settings.server.port})
+    serve.run(
+        build_app({"settings": settings.to_plain()}),
+        name=APP_NAME,
+        route_prefix="/",
+        blocking=False,
+    )
+    url = f"http://{settings.server.host}:{settings.server.port}"
+    _wait_healthy(url, timeout_s=120)
+    key = settings.server.api_keys[0].get_secret_value()
+    print(f"lancedb-ray is serving at {url}", flush=True)
+    print(f"  storage: {settings.storage.root.uri or settings.storage.root.container}")
+    print(f"  connect: lancedb.connect('db://mydb', api_key='{key}', host_override='{url}')")
+    print("Press Ctrl-C to stop.", flush=True)
+
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    stop.wait()
+    print("stopping...", flush=True)
+    serve.shutdown()
+    ray.shutdown()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="lancedb-ray", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve_parser = commands.add_parser("serve", help="start the service and block")
+    serve_parser.add_argument("--host", help="HTTP host (default 127.0.0.1)")
+    serve_parser.add_argument("--port", type=int, help="HTTP port (default 8000)")
+    serve_parser.add_argument("--storage", help="storage root URI: a path, az:// or abfss://")
+    serve_parser.add_argument("--api-key", help="the API key clients must send")
+    serve_parser.add_argument("--config", help="settings YAML file")
+    serve_parser.add_argument("--address", help="join this Ray cluster instead of starting one")
+    serve_parser.set_defaults(handler=serve_command)
+
+    args = parser.parse_args(argv)
+    return args.handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Query execution: the interface the query node plans against, and its executors."""

@@ -1,0 +1,31 @@
+"""Queries answered inside the query node's process, through embedded lancedb."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from lancedb_ray.execution.base import QueryTarget
+from lancedb_ray.execution.query_builder import build_query
+from lancedb_ray.service.connections import Connections
+from lancedb_ray.service.lance_errors import lance_errors
+from lancedb_ray.service.protocol import QueryRequest
+
+
+class LocalExecutor:
+    def __init__(self, connections: Connections) -> None:
+        self._connections = connections
+
+    def search(self, target: QueryTarget, query: QueryRequest) -> pa.Table:
+        table = self._connections.table(target.ref, target.version)
+        with lance_errors(f"query on '{target.ref.qualified_name}'", target.ref.database):
+            return build_query(table, query).to_arrow()
+
+    def explain(self, target: QueryTarget, query: QueryRequest, verbose: bool) -> str:
+        table = self._connections.table(target.ref, target.version)
+        with lance_errors(f"explain_plan on '{target.ref.qualified_name}'", target.ref.database):
+            return build_query(table, query).explain_plan(verbose)
+
+    def analyze(self, target: QueryTarget, query: QueryRequest) -> str:
+        table = self._connections.table(target.ref, target.version)
+        with lance_errors(f"analyze_plan on '{target.ref.qualified_name}'", target.ref.database):
+            return build_query(table, query).analyze_plan()

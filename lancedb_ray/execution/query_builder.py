@@ -1,0 +1,184 @@
+"""A protocol query as a lancedb query builder, so it runs exactly as embedded lancedb runs it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyarrow as pa
+from lancedb.query import (
+    BooleanQuery,
+    FullTextOperator,
+    FullTextQuery,
+    LanceQueryBuilder,
+    MatchQuery,
+    MultiMatchQuery,
+    Occur,
+    PhraseQuery,
+)
+from lancedb.table import LanceTable
+
+from lancedb_ray.errors import InvalidInput
+from lancedb_ray.service.protocol import FullTextRequest, QueryRequest
+
+
+def build_query(table: LanceTable, query: QueryRequest) -> LanceQueryBuilder:
+    if query.vector and query.full_text_query is not None:
+        raise InvalidInput("a query has either 'vector' or 'full_text_query', not both")
+    if query.vector:
+        builder = _vector_query(table, query)
+    elif query.full_text_query is not None:
+        builder = _full_text_query(table, query.full_text_query)
+    else:
+        builder = table.search()
+    if query.filter:
+        builder = builder.where(query.filter, prefilter=query.prefilter)
+    if query.columns is not None:
+        builder = builder.select(query.columns)
+    builder = builder.limit(query.limit)
+    if query.offset:
+        builder = builder.offset(query.offset)
+    if query.with_row_id:
+        builder = builder.with_row_id(True)
+    if query.fast_search and hasattr(builder, "fast_search"):
+        builder = builder.fast_search()
+    return builder
+
+
+def _vector_query(table: LanceTable, query: QueryRequest) -> LanceQueryBuilder:
+    column = query.vector_column or _infer_vector_column(table.schema, len(query.query_vectors[0]))
+    _check_dimensions(table.schema, column, query.query_vectors)
+    vectors: Any = query.vector
+    builder = table.search(vectors, vector_column_name=column, query_type="vector")
+    if query.distance_type:
+        builder = builder.distance_type(query.distance_type)
+    if query.minimum_nprobes is not None:
+        builder = builder.minimum_nprobes(query.minimum_nprobes)
+    if query.maximum_nprobes is not None:
+        builder = builder.maximum_nprobes(query.maximum_nprobes)
+    if query.nprobes is not None and query.minimum_nprobes is None:
+        builder = builder.nprobes(query.nprobes)
+    if query.refine_factor is not None:
+        builder = builder.refine_factor(query.refine_factor)
+    if query.ef is not None:
+        builder = builder.ef(query.ef)
+    if query.lower_bound is not None or query.upper_bound is not None:
+        builder = builder.distance_range(query.lower_bound, query.upper_bound)
+    if query.bypass_vector_index:
+        builder = builder.bypass_vector_index()
+    return builder
+
+
+def _vector_columns(schema: pa.Schema) -> dict[str, int]:
+    """Vector columns and their dimension: fixed-size lists of numbers."""
+    found = {}
+    for field in schema:
+        if pa.types.is_fixed_size_list(field.type):
+            value = field.type.value_type
+            if pa.types.is_floating(value) or pa.types.is_integer(value):
+                found[field.name] = field.type.list_size
+    return found
+
+
+def _infer_vector_column(schema: pa.Schema, dimension: int) -> str:
+    columns = _vector_columns(schema)
+    matching = [name for name, dim in columns.items() if dim == dimension]
+    if len(matching) == 1:
+        return matching[0]
+    if not columns:
+        raise InvalidInput("the table has no vector column to search")
+    if not matching:
+        raise InvalidInput(
+            f"query vector has dimension {dimension}, but the table's vector columns are "
+            + ", ".join(f"'{n}' (dimension {d})" for n, d in columns.items())
+        )
+    raise InvalidInput(f"several vector columns {matching} match: name one in 'vector_column'")
+
+
+def _check_dimensions(schema: pa.Schema, column: str, vectors: list[list[float]]) -> None:
+    columns = _vector_columns(schema)
+    if column not in schema.names:
+        raise InvalidInput(f"vector column '{column}' not found; the columns are {schema.names}")
+    expected = columns.get(column)
+    if expected is None:
+        if _is_multivector(schema.field(column).type):
+            return
+        raise InvalidInput(f"column '{column}' is not a vector column")
+    for vector in vectors:
+        if len(vector) != expected:
+            raise InvalidInput(
+                f"query vector has dimension {len(vector)}, "
+                f"but column '{column}' has dimension {expected}"
+            )
+
+
+def _is_multivector(data_type: pa.DataType) -> bool:
+    return pa.types.is_list(data_type) and pa.types.is_fixed_size_list(data_type.value_type)
+
+
+def _full_text_query(table: LanceTable, fts: FullTextRequest) -> LanceQueryBuilder:
+    if isinstance(fts.query, str):
+        return table.search(fts.query, query_type="fts", fts_columns=fts.columns or None)
+    simple = _simple_match(fts.query)
+    if simple is not None:
+        return table.search(simple, query_type="fts", fts_columns=fts.columns or None)
+    return table.search(parse_full_text(fts.query), query_type="fts")
+
+
+def _simple_match(query: dict[str, Any]) -> str | None:
+    """A match query with no column and default options is the simple form, over every column."""
+    match = query.get("match")
+    if not isinstance(match, dict) or match.get("column"):
+        return None
+    defaults = {"boost": 1.0, "fuzziness": 0, "max_expansions": 50, "operator": "Or",
+                "prefix_length": 0}
+    if any(match.get(k, v) != v for k, v in defaults.items()):
+        raise InvalidInput("a match query with options needs a 'column'")
+    return str(match.get("terms", ""))
+
+
+def parse_full_text(query: dict[str, Any]) -> FullTextQuery:
+    """Rebuild lancedb's FullTextQuery from its JSON form (``match``/``phrase``/...)."""
+    if not isinstance(query, dict) or len(query) != 1:
+        raise InvalidInput(f"a structured full-text query has exactly one kind: {query}")
+    ((kind, spec),) = query.items()
+    if not isinstance(spec, dict):
+        raise InvalidInput(f"full-text query '{kind}' must be an object")
+    try:
+        if kind == "match":
+            return MatchQuery(
+                spec["terms"],
+                spec["column"],
+                boost=spec.get("boost", 1.0),
+                fuzziness=spec.get("fuzziness", 0),
+                max_expansions=spec.get("max_expansions", 50),
+                operator=_operator(spec.get("operator", "Or")),
+                prefix_length=spec.get("prefix_length", 0),
+            )
+        if kind == "phrase":
+            return PhraseQuery(spec["terms"], spec["column"], slop=spec.get("slop", 0))
+        if kind == "multi_match":
+            return MultiMatchQuery(
+                spec["query"],
+                spec["columns"],
+                boosts=spec.get("boost"),
+                operator=_operator(spec.get("operator", "Or")),
+            )
+        if kind == "boolean":
+            clauses = [
+                (occur, parse_full_text(sub))
+                for key, occur in (("must", Occur.MUST), ("should", Occur.SHOULD),
+                                   ("must_not", Occur.MUST_NOT))
+                for sub in spec.get(key, [])
+            ]
+            return BooleanQuery(clauses)
+    except KeyError as exc:
+        raise InvalidInput(f"full-text query '{kind}' lacks field {exc}") from exc
+    raise InvalidInput(f"unknown full-text query kind '{kind}': use match, phrase, "
+                       "multi_match or boolean")
+
+
+def _operator(value: str) -> FullTextOperator:
+    try:
+        return FullTextOperator(str(value).upper())
+    except ValueError as exc:
+        raise InvalidInput(f"unknown full-text operator '{value}': use And or Or") from exc

@@ -1,0 +1,1 @@
+"""The service layer: table operations behind the HTTP routes."""

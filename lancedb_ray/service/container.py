@@ -1,0 +1,44 @@
+"""Builds the service layer from settings: what one query node replica holds."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lancedb_ray.execution.base import QueryExecutor
+from lancedb_ray.execution.local import LocalExecutor
+from lancedb_ray.service.connections import Connections
+from lancedb_ray.service.indexes import IndexService
+from lancedb_ray.service.namespaces import NamespaceService
+from lancedb_ray.service.tables import ChangeSink, TableService
+from lancedb_ray.service.versions import VersionService
+from lancedb_ray.settings import Settings
+from lancedb_ray.storage.catalog import StorageCatalog
+
+
+@dataclass
+class Services:
+    settings: Settings
+    connections: Connections
+    tables: TableService
+    indexes: IndexService
+    versions: VersionService
+    namespaces: NamespaceService
+    executor: QueryExecutor
+
+    @classmethod
+    def build(
+        cls, settings: Settings, on_change: ChangeSink, executor: QueryExecutor | None = None
+    ) -> Services:
+        connections = Connections(
+            StorageCatalog(settings.storage), settings.server.read_consistency_seconds
+        )
+        tables = TableService(connections, on_change, settings.server.idempotency_window)
+        return cls(
+            settings=settings,
+            connections=connections,
+            tables=tables,
+            indexes=IndexService(connections, tables),
+            versions=VersionService(connections, tables),
+            namespaces=NamespaceService(connections),
+            executor=executor or LocalExecutor(connections),
+        )

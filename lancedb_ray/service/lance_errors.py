@@ -1,0 +1,71 @@
+"""Translate what lance and lancedb raise into errors with an HTTP status.
+
+Lance reports bad input (unknown columns, unparsable SQL, casts) as
+ValueError and friends, and storage trouble as OSError; the distinction is all
+a client needs to decide between fixing its request and retrying.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pyarrow as pa
+
+from lancedb_ray.errors import AlreadyExists, InvalidInput, LanceDBRayError, NotFound, Unavailable
+from lancedb_ray.storage.faults import storage_error
+
+_NOT_FOUND = re.compile(r"(Table|Namespace) '.*' (was )?not found|was not found|does not exist", re.I)
+_ALREADY_EXISTS = re.compile(r"already exists", re.I)
+_CONFLICT = re.compile(r"commit conflict|retryable commit conflict|too many concurrent writers", re.I)
+_BAD_INPUT_IN_OSERROR = re.compile(
+    r"schema|field|column|cast|not found in|dimension|invalid|parse|unsupported|expected", re.I
+)
+# Source locations and backtraces say nothing to a client and leak build paths.
+_NOISE = re.compile(r",?\s*(location: )?/\S+\.rs:\d+:\d+")
+
+
+def clean_message(exc: BaseException) -> str:
+    return _NOISE.sub("", str(exc)).strip()
+
+
+def translate(exc: BaseException, subject: str, database: str) -> LanceDBRayError:
+    """The error to answer with for ``exc`` raised while working on ``subject``."""
+    if isinstance(exc, LanceDBRayError):
+        return exc
+    message = clean_message(exc)
+    if _NOT_FOUND.search(message) and not _field_problem(message):
+        return NotFound(f"{subject} was not found: {message}")
+    if _ALREADY_EXISTS.search(message):
+        return AlreadyExists(f"{subject} already exists")
+    if _CONFLICT.search(message):
+        return Unavailable(f"{subject}: concurrent writers conflicted, retry: {message}")
+    bad_input = (ValueError, TypeError, KeyError, NotImplementedError, pa.ArrowException)
+    if isinstance(exc, bad_input) and not isinstance(exc, pa.ArrowIOError):
+        return InvalidInput(f"{subject}: {message}")
+    transient = storage_error(exc, database)
+    if transient is not None:
+        return transient
+    if isinstance(exc, OSError) and _BAD_INPUT_IN_OSERROR.search(message):
+        # pylance raises OSError for some input problems (e.g. appending another schema).
+        return InvalidInput(f"{subject}: {message}")
+    if isinstance(exc, (OSError, TimeoutError)):
+        return Unavailable(f"storage for database '{database}' is unavailable: {type(exc).__name__}")
+    return LanceDBRayError(f"{subject}: internal error")
+
+
+def _field_problem(message: str) -> bool:
+    lowered = message.lower()
+    return "field" in lowered or "column" in lowered
+
+
+@contextmanager
+def lance_errors(subject: str, database: str) -> Iterator[None]:
+    """Re-raise anything lance throws inside the block as a status-carrying error."""
+    try:
+        yield
+    except LanceDBRayError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - translated, with the original chained
+        raise translate(exc, subject, database) from exc

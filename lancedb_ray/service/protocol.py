@@ -1,0 +1,167 @@
+"""Request bodies of the LanceDB remote protocol, as plain typed data.
+
+These are what cross from the HTTP layer to the service layer and, for
+queries, on to the plan executors (they pickle). Unknown fields are ignored:
+newer clients add fields, and refusing them would break compatibility.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+UNLIMITED = 9223372036854775807
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class FullTextRequest(_Body):
+    """``full_text_query``: the simple form (``query`` a string) or the structured one."""
+
+    columns: list[str] | None = None
+    query: str | dict[str, Any]
+
+
+class QueryRequest(_Body):
+    k: int = 10
+    vector: list[float] | list[list[float]] = Field(default_factory=list)
+    vector_column: str | None = None
+    filter: str | None = None
+    prefilter: bool = True
+    columns: list[str] | dict[str, str] | None = None
+    offset: int | None = None
+    with_row_id: bool = False
+    fast_search: bool = False
+    version: int | None = None
+    distance_type: Literal["l2", "cosine", "dot", "hamming"] | None = None
+    nprobes: int | None = None
+    minimum_nprobes: int | None = None
+    maximum_nprobes: int | None = None
+    refine_factor: int | None = None
+    ef: int | None = None
+    lower_bound: float | None = None
+    upper_bound: float | None = None
+    bypass_vector_index: bool = False
+    full_text_query: FullTextRequest | None = None
+
+    @property
+    def limit(self) -> int | None:
+        return None if self.k >= UNLIMITED else self.k
+
+    @property
+    def query_vectors(self) -> list[list[float]]:
+        """Always a list of vectors: one per query (phalanx >= 0.2 sends several)."""
+        if not self.vector:
+            return []
+        if isinstance(self.vector[0], list):
+            return self.vector  # type: ignore[return-value]
+        return [self.vector]  # type: ignore[list-item]
+
+    @property
+    def is_multi_vector(self) -> bool:
+        return bool(self.vector) and isinstance(self.vector[0], list)
+
+
+class ExplainRequest(_Body):
+    verbose: bool = False
+    query: QueryRequest
+
+
+class VersionedRequest(_Body):
+    version: int | None = None
+
+
+class CountRowsRequest(VersionedRequest):
+    predicate: str | None = None
+
+
+class DeleteRequest(_Body):
+    predicate: str
+
+
+class UpdateRequest(_Body):
+    predicate: str | None = None
+    updates: list[tuple[str, str]]
+
+
+class RenameRequest(_Body):
+    new_table_name: str
+    new_namespace: list[str] | None = None
+
+
+class NewColumn(_Body):
+    name: str
+    expression: str
+
+
+class AddColumnsRequest(_Body):
+    new_columns: list[NewColumn]
+
+
+class ColumnAlteration(_Body):
+    path: str
+    rename: str | None = None
+    nullable: bool | None = None
+    data_type: dict[str, Any] | None = None
+
+
+class AlterColumnsRequest(_Body):
+    alterations: list[ColumnAlteration]
+
+
+class DropColumnsRequest(_Body):
+    columns: list[str]
+
+
+class RestoreRequest(_Body):
+    version: int | str
+
+
+class TagRequest(_Body):
+    tag: str
+    version: int | None = None
+
+
+class CreateIndexRequest(_Body):
+    """Every field any index kind takes; the service picks what its kind needs."""
+
+    column: str
+    index_type: str | None = None
+    metric_type: Literal["l2", "cosine", "dot", "hamming"] | None = None
+    name: str | None = None
+    replace: bool = True
+    # vector
+    num_partitions: int | None = None
+    num_sub_vectors: int | None = None
+    num_bits: int | None = None
+    sample_rate: int | None = None
+    max_iterations: int | None = None
+    m: int | None = None
+    ef_construction: int | None = None
+    # full text
+    with_position: bool = False
+    base_tokenizer: str = "simple"
+    language: str = "English"
+    max_token_length: int | None = 40
+    lower_case: bool = True
+    stem: bool = True
+    remove_stop_words: bool = True
+    custom_stop_words: list[str] | None = None
+    ascii_folding: bool = True
+    min_ngram_length: int = 3
+    max_ngram_length: int = 3
+    prefix_only: bool = False
+
+
+class MergeInsertParams(_Body):
+    """``merge_insert`` options, which arrive as query parameters."""
+
+    on: list[str]
+    when_matched_update_all: bool = False
+    when_matched_update_all_filt: str | None = None
+    when_not_matched_insert_all: bool = False
+    when_not_matched_by_source_delete: bool = False
+    when_not_matched_by_source_delete_filt: str | None = None

@@ -1,0 +1,263 @@
+"""Table lifecycle and data writes.
+
+Each write commits synchronously on storage (the client's answer waits for
+it), then hands a change event to the publisher, which never blocks or fails
+the write.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pyarrow as pa
+from lance.schema import json_to_schema, schema_to_json
+
+from lancedb_ray.errors import InvalidInput, NotFound
+from lancedb_ray.events.model import ChangeEvent
+from lancedb_ray.service import writes
+from lancedb_ray.service.connections import Connections
+from lancedb_ray.service.lance_errors import lance_errors
+from lancedb_ray.service.protocol import (
+    AddColumnsRequest,
+    AlterColumnsRequest,
+    MergeInsertParams,
+    UpdateRequest,
+)
+from lancedb_ray.storage.catalog import DatabaseLocation
+from lancedb_ray.types import TableRef
+
+ChangeSink = Callable[[ChangeEvent], None]
+
+
+class TableService:
+    def __init__(self, connections: Connections, on_change: ChangeSink, idempotency_window: int):
+        self._connections = connections
+        self._on_change = on_change
+        self._window = idempotency_window
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def list_tables(
+        self, database: str, namespace: list[str], page_token: str | None, limit: int | None
+    ) -> dict[str, Any]:
+        db = self._connections.database(database)
+        with lance_errors(f"namespace '{'$'.join(namespace) or '$'}'", database):
+            response = db.list_tables(
+                namespace_path=namespace or None, page_token=page_token or None, limit=limit
+            )
+        return {"tables": list(response.tables), "page_token": response.page_token}
+
+    def create(self, ref: TableRef, data: pa.Table, mode: str, request_id: str | None) -> None:
+        if mode not in ("create", "overwrite", "exist_ok"):
+            raise InvalidInput(f"unknown create mode '{mode}': use create, overwrite or exist_ok")
+        db = self._connections.database(ref.database)
+        with lance_errors(f"table '{ref.qualified_name}'", ref.database):
+            table = db.create_table(
+                ref.name,
+                data=data if data.num_rows else None,
+                schema=data.schema,
+                mode="overwrite" if mode == "overwrite" else "create",
+                exist_ok=mode == "exist_ok",
+                namespace_path=ref.namespace_path,
+            )
+            version = table.version
+        self.notify(ref, version, "create", request_id, data.num_rows)
+
+    def describe(self, ref: TableRef, version: int | None) -> dict[str, Any]:
+        table = self._connections.table(ref, version)
+        with lance_errors(f"table '{ref.qualified_name}'", ref.database):
+            return {"version": table.version, "schema": schema_to_json(table.schema)}
+
+    def drop(self, ref: TableRef, request_id: str | None) -> None:
+        db = self._connections.database(ref.database)
+        try:
+            with lance_errors(f"table '{ref.qualified_name}'", ref.database):
+                db.drop_table(ref.name, namespace_path=ref.namespace_path)
+        except NotFound:
+            return  # dropping a missing table succeeds, as on LanceDB Cloud
+        self.notify(ref, 0, "drop", request_id)
+
+    def rename(self, ref: TableRef, new_name: str, request_id: str | None) -> None:
+        """Move the table's directory: lancedb OSS has no rename, LanceDB Cloud does."""
+        new_ref = TableRef.parse(ref.database, new_name)
+        if ref.namespace or new_ref.namespace:
+            raise InvalidInput("renaming a table inside a namespace is not supported")
+        self._connections.table(ref)  # 404 when the source is missing
+        db = self._connections.database(ref.database)
+        if new_ref.name in db.table_names(limit=None):
+            raise InvalidInput(f"cannot rename to '{new_ref.name}': table already exists")
+        location = self._connections.location(ref.database)
+        with lance_errors(f"table '{ref.qualified_name}'", ref.database):
+            _move_directory(location, location.table_uri(ref.name), location.table_uri(new_ref.name))
+        self.notify(ref, 0, "rename", request_id)
+        self.notify(new_ref, self._connections.table(new_ref).version, "create", request_id)
+
+    def count_rows(self, ref: TableRef, predicate: str | None, version: int | None) -> int:
+        table = self._connections.table(ref, version)
+        with lance_errors(f"count_rows on '{ref.qualified_name}'", ref.database):
+            return table.count_rows(predicate or None)
+
+    def stats(self, ref: TableRef) -> dict[str, Any]:
+        table = self._connections.table(ref)
+        with lance_errors(f"stats of '{ref.qualified_name}'", ref.database):
+            return _plain(table.stats())
+
+    # -- data writes -----------------------------------------------------------------------
+
+    def insert(
+        self, ref: TableRef, data: pa.Table, overwrite: bool, request_id: str | None
+    ) -> dict[str, Any]:
+        result = self._idempotent(
+            ref,
+            request_id,
+            lambda ds, options: writes.append(ds, data, request_id, options, overwrite),
+        )
+        if not result.replayed:
+            operation = "overwrite" if overwrite else "insert"
+            self.notify(ref, result.version, operation, request_id, data.num_rows)
+        return {"version": result.version}
+
+    def merge_insert(
+        self, ref: TableRef, data: pa.Table, params: MergeInsertParams, request_id: str | None
+    ) -> dict[str, Any]:
+        spec = writes.MergeSpec(
+            on=params.on,
+            update_all=params.when_matched_update_all,
+            update_filter=params.when_matched_update_all_filt,
+            insert_all=params.when_not_matched_insert_all,
+            delete_by_source=params.when_not_matched_by_source_delete,
+            delete_filter=params.when_not_matched_by_source_delete_filt,
+        )
+        result = self._idempotent(
+            ref,
+            request_id,
+            lambda ds, options: writes.merge_insert(ds, data, spec, request_id, options),
+        )
+        if not result.replayed:
+            rows = result.num_inserted_rows + result.num_updated_rows + result.num_deleted_rows
+            self.notify(ref, result.version, "merge_insert", request_id, rows)
+        return {
+            "version": result.version,
+            "num_inserted_rows": result.num_inserted_rows,
+            "num_updated_rows": result.num_updated_rows,
+            "num_deleted_rows": result.num_deleted_rows,
+        }
+
+    def delete(self, ref: TableRef, predicate: str, request_id: str | None) -> dict[str, Any]:
+        table = self._connections.table(ref)
+        with lance_errors(f"delete on '{ref.qualified_name}'", ref.database):
+            result = table.delete(predicate)
+        self.notify(ref, result.version, "delete", request_id, result.num_deleted_rows)
+        return {"num_deleted_rows": result.num_deleted_rows, "version": result.version}
+
+    def update(self, ref: TableRef, body: UpdateRequest, request_id: str | None) -> dict[str, Any]:
+        if not body.updates:
+            raise InvalidInput("update needs at least one column in 'updates'")
+        table = self._connections.table(ref)
+        with lance_errors(f"update on '{ref.qualified_name}'", ref.database):
+            result = table.update(where=body.predicate, values_sql=dict(body.updates))
+        self.notify(ref, result.version, "update", request_id, result.rows_updated)
+        return {"rows_updated": result.rows_updated, "version": result.version}
+
+    # -- schema changes --------------------------------------------------------------------
+
+    def add_columns(self, ref: TableRef, body: AddColumnsRequest, request_id: str | None) -> dict:
+        table = self._connections.table(ref)
+        with lance_errors(f"add_columns on '{ref.qualified_name}'", ref.database):
+            table.add_columns({c.name: c.expression for c in body.new_columns})
+        return self._schema_changed(ref, table.version, "add_columns", request_id)
+
+    def alter_columns(
+        self, ref: TableRef, body: AlterColumnsRequest, request_id: str | None
+    ) -> dict[str, Any]:
+        alterations = []
+        for alteration in body.alterations:
+            change: dict[str, Any] = {"path": alteration.path}
+            if alteration.rename is not None:
+                change["rename"] = alteration.rename
+            if alteration.nullable is not None:
+                change["nullable"] = alteration.nullable
+            if alteration.data_type is not None:
+                change["data_type"] = _arrow_type(alteration.data_type)
+            alterations.append(change)
+        table = self._connections.table(ref)
+        with lance_errors(f"alter_columns on '{ref.qualified_name}'", ref.database):
+            table.alter_columns(*alterations)
+        return self._schema_changed(ref, table.version, "alter_columns", request_id)
+
+    def drop_columns(self, ref: TableRef, columns: list[str], request_id: str | None) -> dict:
+        table = self._connections.table(ref)
+        with lance_errors(f"drop_columns on '{ref.qualified_name}'", ref.database):
+            table.drop_columns(columns)
+        return self._schema_changed(ref, table.version, "drop_columns", request_id)
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _idempotent(
+        self,
+        ref: TableRef,
+        request_id: str | None,
+        write: Callable[[Any, dict[str, str]], writes.WriteResult],
+    ) -> writes.WriteResult:
+        table = self._connections.table(ref)
+        options = self._connections.location(ref.database).storage_options
+        with lance_errors(f"write to '{ref.qualified_name}'", ref.database):
+            dataset = table.to_lance()
+            earlier = writes.find_committed(dataset, request_id, self._window)
+            if earlier is not None:
+                return earlier
+            return write(dataset, options)
+
+    def _schema_changed(
+        self, ref: TableRef, version: int, operation: str, request_id: str | None
+    ) -> dict[str, Any]:
+        self.notify(ref, version, operation, request_id)
+        return {"version": version}
+
+    def notify(
+        self, ref: TableRef, version: int, operation: str, request_id: str | None, rows: int = 0
+    ) -> None:
+        """Hand the committed change to the publisher (which never blocks or fails)."""
+        self._on_change(
+            ChangeEvent(
+                database=ref.database,
+                table=ref.qualified_name,
+                version=version,
+                operation=operation,
+                rows=rows,
+                time=time.time(),
+                request_id=request_id,
+            )
+        )
+
+
+def _move_directory(location: DatabaseLocation, source: str, target: str) -> None:
+    if "://" not in source:
+        os.rename(source, target)  # atomic on one filesystem
+        return
+    # Object stores have no directory rename: copy every object, then remove the source.
+    filesystem = location.filesystem()
+    filesystem.mv(source.split("://", 1)[1], target.split("://", 1)[1], recursive=True)
+
+
+def _arrow_type(data_type: dict[str, Any]) -> pa.DataType:
+    """A JsonSchema type (``{"type": "int32"}``) as an Arrow type, via lance's own parser."""
+    field = {"name": "x", "type": data_type, "nullable": True}
+    try:
+        return json_to_schema({"fields": [field]}).field("x").type
+    except Exception as exc:  # noqa: BLE001 - any parse failure is the client's input
+        raise InvalidInput(f"unsupported data_type {data_type}: {exc}") from exc
+
+
+def _plain(value: Any) -> Any:
+    """Stats objects as JSON-ready dicts."""
+    if hasattr(value, "model_dump"):
+        return value.model_dump()
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if hasattr(value, "__dict__"):
+        return {k: _plain(v) for k, v in vars(value).items() if not k.startswith("_")}
+    return value

@@ -1,0 +1,141 @@
+"""Data writes that a client may retry: applied once per request id.
+
+The client re-sends an insert or merge_insert body after a timeout or a 5xx,
+with the same ``x-request-id``. Each commit carries that id in its Lance
+transaction properties, in the same atomic commit as the data, so a retry,
+on any replica and after any crash, finds the earlier commit and answers with
+its result instead of writing the rows a second time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import lance
+import pyarrow as pa
+from lance.dataset import LanceDataset
+
+from lancedb_ray.errors import InvalidInput
+
+REQUEST_ID = "lancedb-ray.request-id"
+_COUNTS = ("num_inserted_rows", "num_updated_rows", "num_deleted_rows")
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    version: int
+    num_inserted_rows: int = 0
+    num_updated_rows: int = 0
+    num_deleted_rows: int = 0
+    replayed: bool = False  # True when a retry found the earlier commit
+
+
+def find_committed(dataset: LanceDataset, request_id: str | None, window: int) -> WriteResult | None:
+    """The result of an earlier commit of ``request_id`` among the last ``window`` versions."""
+    if not request_id:
+        return None
+    latest = dataset.version
+    for age, transaction in enumerate(dataset.get_transactions(window)):
+        props = (transaction.transaction_properties or {}) if transaction else {}
+        if props.get(REQUEST_ID) == request_id:
+            counts = {name: int(props.get(name, 0)) for name in _COUNTS}
+            return WriteResult(version=latest - age, replayed=True, **counts)
+    return None
+
+
+def conform(data: pa.Table, schema: pa.Schema) -> pa.Table:
+    """Reorder and cast ``data`` to the table's schema, or say exactly what differs."""
+    incoming = set(data.schema.names)
+    expected = set(schema.names)
+    missing = [n for n in schema.names if n not in incoming and not schema.field(n).nullable]
+    unexpected = [n for n in data.schema.names if n not in expected]
+    if missing or unexpected:
+        raise InvalidInput(
+            f"schema mismatch: data has unexpected columns {unexpected} and lacks "
+            f"non-nullable columns {missing}; the table's columns are {schema.names}"
+        )
+    columns = []
+    for field in schema:
+        if field.name in incoming:
+            column = data.column(field.name)
+            if column.type != field.type:
+                try:
+                    column = column.cast(field.type)
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                    raise InvalidInput(
+                        f"schema mismatch: column '{field.name}' is {column.type}, "
+                        f"the table has {field.type}: {exc}"
+                    ) from exc
+        else:
+            column = pa.nulls(data.num_rows, field.type)
+        if not field.nullable and column.null_count:
+            raise InvalidInput(f"column '{field.name}' is not nullable but has null values")
+        columns.append(column)
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def append(
+    dataset: LanceDataset,
+    data: pa.Table,
+    request_id: str | None,
+    storage_options: dict[str, str],
+    overwrite: bool = False,
+) -> WriteResult:
+    mode = "overwrite" if overwrite else "append"
+    if not overwrite:
+        data = conform(data, dataset.schema)
+    written = lance.write_dataset(
+        data,
+        dataset,
+        mode=mode,
+        storage_options=storage_options or None,
+        transaction_properties=_properties(request_id, num_inserted_rows=data.num_rows),
+    )
+    return WriteResult(version=written.version, num_inserted_rows=data.num_rows)
+
+
+@dataclass(frozen=True)
+class MergeSpec:
+    on: list[str]
+    update_all: bool = False
+    update_filter: str | None = None
+    insert_all: bool = False
+    delete_by_source: bool = False
+    delete_filter: str | None = None
+
+
+def merge_insert(
+    dataset: LanceDataset,
+    data: pa.Table,
+    spec: MergeSpec,
+    request_id: str | None,
+    storage_options: dict[str, str],
+) -> WriteResult:
+    missing_keys = [key for key in spec.on if key not in data.schema.names]
+    if missing_keys:
+        raise InvalidInput(f"merge_insert key columns {missing_keys} are not in the data")
+    data = conform(data, dataset.schema)
+    builder = dataset.merge_insert(spec.on)
+    if spec.update_all:
+        builder = builder.when_matched_update_all(spec.update_filter)
+    if spec.insert_all:
+        builder = builder.when_not_matched_insert_all()
+    if spec.delete_by_source:
+        builder = builder.when_not_matched_by_source_delete(spec.delete_filter)
+    transaction, stats = builder.execute_uncommitted(data)
+    counts = {name: int(stats.get(name, 0)) for name in _COUNTS}
+    transaction.transaction_properties = {
+        **(transaction.transaction_properties or {}),
+        **_properties(request_id, **counts),
+    }
+    committed = LanceDataset.commit(
+        dataset, transaction, storage_options=storage_options or None
+    )
+    return WriteResult(version=committed.version, **counts)
+
+
+def _properties(request_id: str | None, **counts: int) -> dict[str, str]:
+    props = {name: str(value) for name, value in counts.items()}
+    if request_id:
+        props[REQUEST_ID] = request_id
+    return props

@@ -1,0 +1,107 @@
+"""The live service under test: one local Ray cluster and one Serve application per session.
+
+Each test gets its own database (a fresh ``x-lancedb-database``), so tests
+share the deployment but never each other's tables.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lancedb
+import pytest
+
+API_KEY = "test-key"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_healthy(url: str, timeout_s: float = 180) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"service at {url} never became healthy")
+
+
+@dataclass
+class LiveService:
+    url: str
+    api_key: str
+    root: Path
+    settings: dict[str, Any]
+
+    def connect(self, database: str | None = None, **kwargs: Any) -> lancedb.DBConnection:
+        database = database or f"db{uuid.uuid4().hex[:10]}"
+        return lancedb.connect(
+            f"db://{database}", api_key=self.api_key, host_override=self.url, **kwargs
+        )
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[None]:
+    """One local Ray instance for the whole session (logical CPUs above the 2 real ones)."""
+    import ray
+
+    ray.init(num_cpus=8, include_dashboard=False, namespace="lancedb-ray-tests",
+             log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def service_settings(root: Path) -> dict[str, Any]:
+    return {
+        "server": {"api_keys": [API_KEY], "num_replicas": 2, "num_cpus": 0.25},
+        "storage": {"root": {"uri": str(root / "data")}},
+        "events": {
+            "embedded": {"directory": str(root / "events")},
+            "outbox_directory": str(root / "outbox"),
+        },
+        "agent": {"jobs_directory": str(root / "jobs")},
+    }
+
+
+@pytest.fixture(scope="session")
+def live_service(ray_cluster: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveService]:
+    from ray import serve
+
+    from lancedb_ray.api.app import build_app
+
+    root = tmp_path_factory.mktemp("service")
+    port = free_port()
+    settings = service_settings(root)
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(build_app({"settings": settings}), name="lancedb", route_prefix="/")
+    url = f"http://127.0.0.1:{port}"
+    wait_healthy(url)
+    yield LiveService(url=url, api_key=API_KEY, root=root / "data", settings=settings)
+    serve.shutdown()
+
+
+@pytest.fixture
+def db(live_service: LiveService) -> lancedb.DBConnection:
+    """A remote connection to a database of this test's own."""
+    return live_service.connect()
+
+
+@pytest.fixture
+def embedded(tmp_path: Path) -> lancedb.DBConnection:
+    """Embedded lancedb on a local directory: the reference the service must match."""
+    return lancedb.connect(tmp_path / "embedded")
+
