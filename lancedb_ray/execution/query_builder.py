@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import pyarrow as pa
 from lancedb.query import (
     BooleanQuery,
     FullTextOperator,
@@ -18,6 +17,7 @@ from lancedb.query import (
 from lancedb.table import LanceTable
 
 from lancedb_ray.errors import InvalidInput
+from lancedb_ray.execution.vectors import resolve_vector_column
 from lancedb_ray.service.protocol import FullTextRequest, QueryRequest
 
 
@@ -45,8 +45,7 @@ def build_query(table: LanceTable, query: QueryRequest) -> LanceQueryBuilder:
 
 
 def _vector_query(table: LanceTable, query: QueryRequest) -> LanceQueryBuilder:
-    column = query.vector_column or _infer_vector_column(table.schema, len(query.query_vectors[0]))
-    _check_dimensions(table.schema, column, query.query_vectors)
+    column = resolve_vector_column(table.schema, query.vector_column, query.query_vectors)
     vectors: Any = query.vector
     builder = table.search(vectors, vector_column_name=column, query_type="vector")
     if query.distance_type:
@@ -66,53 +65,6 @@ def _vector_query(table: LanceTable, query: QueryRequest) -> LanceQueryBuilder:
     if query.bypass_vector_index:
         builder = builder.bypass_vector_index()
     return builder
-
-
-def _vector_columns(schema: pa.Schema) -> dict[str, int]:
-    """Vector columns and their dimension: fixed-size lists of numbers."""
-    found = {}
-    for field in schema:
-        if pa.types.is_fixed_size_list(field.type):
-            value = field.type.value_type
-            if pa.types.is_floating(value) or pa.types.is_integer(value):
-                found[field.name] = field.type.list_size
-    return found
-
-
-def _infer_vector_column(schema: pa.Schema, dimension: int) -> str:
-    columns = _vector_columns(schema)
-    matching = [name for name, dim in columns.items() if dim == dimension]
-    if len(matching) == 1:
-        return matching[0]
-    if not columns:
-        raise InvalidInput("the table has no vector column to search")
-    if not matching:
-        raise InvalidInput(
-            f"query vector has dimension {dimension}, but the table's vector columns are "
-            + ", ".join(f"'{n}' (dimension {d})" for n, d in columns.items())
-        )
-    raise InvalidInput(f"several vector columns {matching} match: name one in 'vector_column'")
-
-
-def _check_dimensions(schema: pa.Schema, column: str, vectors: list[list[float]]) -> None:
-    columns = _vector_columns(schema)
-    if column not in schema.names:
-        raise InvalidInput(f"vector column '{column}' not found; the columns are {schema.names}")
-    expected = columns.get(column)
-    if expected is None:
-        if _is_multivector(schema.field(column).type):
-            return
-        raise InvalidInput(f"column '{column}' is not a vector column")
-    for vector in vectors:
-        if len(vector) != expected:
-            raise InvalidInput(
-                f"query vector has dimension {len(vector)}, "
-                f"but column '{column}' has dimension {expected}"
-            )
-
-
-def _is_multivector(data_type: pa.DataType) -> bool:
-    return pa.types.is_list(data_type) and pa.types.is_fixed_size_list(data_type.value_type)
 
 
 def _full_text_query(table: LanceTable, fts: FullTextRequest) -> LanceQueryBuilder:
