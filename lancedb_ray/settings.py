@@ -117,6 +117,8 @@ class KafkaBusSettings(BaseModel):
     num_partitions: int = 4  # for a topic created here
     replication_factor: int = 1  # for a topic created here
     enable_idempotence: bool | None = None  # None: when the broker supports it
+    session_timeout_ms: int = 10_000  # a dead consumer's partitions move on after this
+    heartbeat_interval_ms: int = 3_000
 
 
 class EventHubBusSettings(BaseModel):
