@@ -11,8 +11,13 @@ from typing import Any
 from ray import serve
 from ray.serve import Application
 
+from lancedb_ray.api.context import install_services
 from lancedb_ray.api.http import create_app
 from lancedb_ray.events.outbox import ChangePublisher
+from lancedb_ray.execution.base import QueryExecutor
+from lancedb_ray.execution.distributed import DistributedExecutor, ExecutorPool
+from lancedb_ray.execution.local import LocalExecutor
+from lancedb_ray.service.connections import Connections
 from lancedb_ray.service.container import Services
 from lancedb_ray.settings import Settings
 
@@ -28,7 +33,19 @@ class QueryNode:
     def __init__(self, settings: dict[str, Any]) -> None:
         self._settings = Settings.from_plain(settings)
         self._publisher = ChangePublisher(self._settings.events)
-        fastapi_app.state.services = Services.build(self._settings, self._publisher.emit)
+        install_services(
+            Services.build(self._settings, self._publisher.emit, self._executor_factory)
+        )
+
+    def _executor_factory(self, connections: Connections) -> QueryExecutor:
+        """Plan executors when enabled (started and prewarmed before traffic), else local."""
+        if not self._settings.executors.enabled:
+            return LocalExecutor(connections)
+        pool = ExecutorPool(self._settings)
+        pool.start()
+        executor = DistributedExecutor(self._settings, connections, pool)
+        executor.prewarm(self._settings.executors.prewarm)
+        return executor
 
     def __del__(self) -> None:
         self._publisher.close()

@@ -10,14 +10,29 @@ from fastapi import Request
 from pydantic import BaseModel
 
 from lancedb_ray.api.arrow_io import read_arrow_stream
-from lancedb_ray.errors import InvalidInput, PayloadTooLarge, Unauthorized
+from lancedb_ray.errors import InvalidInput, PayloadTooLarge, Unauthorized, Unavailable
 from lancedb_ray.service.container import Services
 
 Body = TypeVar("Body", bound=BaseModel)
 
 
+_services: Services | None = None
+
+
+def install_services(services: Services) -> None:
+    """Give this process's app its services (one query node app per process).
+
+    Module state rather than ``app.state``: Serve's ingress serves a wrapped
+    app, so the app object a replica configures is not ``request.app``.
+    """
+    global _services
+    _services = services
+
+
 def services(request: Request) -> Services:
-    return request.app.state.services
+    if _services is None:
+        raise Unavailable("the query node is starting")
+    return _services
 
 
 def authenticate(request: Request) -> None:

@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from fastapi import FastAPI, Request, Response
 
 from lancedb_ray.api import namespace_routes, table_routes
+from lancedb_ray.api.context import install_services
 from lancedb_ray.api.errors import install_error_handlers
 from lancedb_ray.service.container import Services
 
@@ -22,7 +23,7 @@ PHALANX_VERSION = "0.3.0"
 def create_app(services: Services | None = None) -> FastAPI:
     app = FastAPI(title="lancedb-ray query node", docs_url=None, redoc_url=None)
     if services is not None:
-        app.state.services = services
+        install_services(services)
     install_error_handlers(app)
 
     @app.middleware("http")

@@ -22,6 +22,12 @@ class CreateNamespaceRequest(BaseModel):
     properties: dict[str, str] | None = None
 
 
+class DropNamespaceRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    mode: str | None = None
+    behavior: str | None = None
+
+
 @router.api_route("/{namespace_id}/create", methods=["POST"])
 async def create_namespace(request: Request, namespace_id: str) -> dict[str, Any]:
     body = await json_body(request, CreateNamespaceRequest)
@@ -54,8 +60,13 @@ async def describe_namespace(request: Request, namespace_id: str) -> dict[str, A
 
 @router.api_route("/{namespace_id}/drop", methods=["POST"])
 async def drop_namespace(request: Request, namespace_id: str) -> dict[str, Any]:
+    body = await json_body(request, DropNamespaceRequest)
     return await run_in_threadpool(
-        services(request).namespaces.drop, database(request), parse_namespace(namespace_id)
+        services(request).namespaces.drop,
+        database(request),
+        parse_namespace(namespace_id),
+        body.mode,
+        body.behavior,
     )
 
 

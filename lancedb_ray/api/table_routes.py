@@ -110,7 +110,7 @@ async def count_rows(request: Request, table_id: str) -> Response:
     ref = _ref(request, table_id)
     body = await json_body(request, CountRowsRequest)
     count = await run_in_threadpool(
-        services(request).tables.count_rows, ref, body.predicate, body.version
+        services(request).executor.count, QueryTarget(ref, body.version), body.predicate
     )
     return Response(json.dumps(count), media_type="application/json")
 

@@ -20,6 +20,11 @@ class LocalExecutor:
         with lance_errors(f"query on '{target.ref.qualified_name}'", target.ref.database):
             return build_query(table, query).to_arrow()
 
+    def count(self, target: QueryTarget, predicate: str | None) -> int:
+        table = self._connections.table(target.ref, target.version)
+        with lance_errors(f"count_rows on '{target.ref.qualified_name}'", target.ref.database):
+            return table.count_rows(predicate or None)
+
     def explain(self, target: QueryTarget, query: QueryRequest, verbose: bool) -> str:
         table = self._connections.table(target.ref, target.version)
         with lance_errors(f"explain_plan on '{target.ref.qualified_name}'", target.ref.database):

@@ -105,9 +105,15 @@ def parse_full_text(query: dict[str, Any]) -> FullTextQuery:
                 max_expansions=spec.get("max_expansions", 50),
                 operator=_operator(spec.get("operator", "Or")),
                 prefix_length=spec.get("prefix_length", 0),
+                document_granularity=spec.get("document_granularity"),
             )
         if kind == "phrase":
-            return PhraseQuery(spec["terms"], spec["column"], slop=spec.get("slop", 0))
+            return PhraseQuery(
+                spec["terms"],
+                spec["column"],
+                slop=spec.get("slop", 0),
+                document_granularity=spec.get("document_granularity"),
+            )
         if kind == "multi_match":
             return MultiMatchQuery(
                 spec["query"],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from lancedb_ray.execution.base import QueryExecutor
@@ -27,7 +28,10 @@ class Services:
 
     @classmethod
     def build(
-        cls, settings: Settings, on_change: ChangeSink, executor: QueryExecutor | None = None
+        cls,
+        settings: Settings,
+        on_change: ChangeSink,
+        executor_factory: Callable[[Connections], QueryExecutor] = LocalExecutor,
     ) -> Services:
         connections = Connections(
             StorageCatalog(settings.storage), settings.server.read_consistency_seconds
@@ -40,5 +44,5 @@ class Services:
             indexes=IndexService(connections, tables),
             versions=VersionService(connections, tables),
             namespaces=NamespaceService(connections),
-            executor=executor or LocalExecutor(connections),
+            executor=executor_factory(connections),
         )

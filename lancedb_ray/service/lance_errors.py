@@ -12,11 +12,21 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pyarrow as pa
+from lance_namespace.errors import ErrorCode, LanceNamespaceError
 
-from lancedb_ray.errors import AlreadyExists, InvalidInput, LanceDBRayError, NotFound, Unavailable
+from lancedb_ray.errors import (
+    AlreadyExists,
+    Forbidden,
+    InvalidInput,
+    LanceDBRayError,
+    NotFound,
+    Unavailable,
+)
 from lancedb_ray.storage.faults import storage_error
 
-_NOT_FOUND = re.compile(r"(Table|Namespace) '.*' (was )?not found|was not found|does not exist", re.I)
+_NOT_FOUND = re.compile(
+    r"(Table|Namespace) ('.*' )?(was )?not found|was not found|does not exist", re.I
+)
 _ALREADY_EXISTS = re.compile(r"already exists", re.I)
 _CONFLICT = re.compile(r"commit conflict|retryable commit conflict|too many concurrent writers", re.I)
 _BAD_INPUT_IN_OSERROR = re.compile(
@@ -35,6 +45,8 @@ def translate(exc: BaseException, subject: str, database: str) -> LanceDBRayErro
     if isinstance(exc, LanceDBRayError):
         return exc
     message = clean_message(exc)
+    if isinstance(exc, LanceNamespaceError):
+        return _namespace_error(exc, subject, message)
     if _NOT_FOUND.search(message) and not _field_problem(message):
         return NotFound(f"{subject} was not found: {message}")
     if _ALREADY_EXISTS.search(message):
@@ -53,6 +65,23 @@ def translate(exc: BaseException, subject: str, database: str) -> LanceDBRayErro
     if isinstance(exc, (OSError, TimeoutError)):
         return Unavailable(f"storage for database '{database}' is unavailable: {type(exc).__name__}")
     return LanceDBRayError(f"{subject}: internal error")
+
+
+def _namespace_error(exc: LanceNamespaceError, subject: str, message: str) -> LanceDBRayError:
+    """Namespace errors carry a code: use it rather than the text."""
+    name = getattr(exc.code, "name", "")
+    if name.endswith("_NOT_FOUND"):
+        return NotFound(f"{subject} was not found: {message}")
+    if name.endswith("_ALREADY_EXISTS"):
+        return AlreadyExists(f"{subject} already exists")
+    if exc.code in (ErrorCode.CONCURRENT_MODIFICATION, ErrorCode.SERVICE_UNAVAILABLE,
+                    ErrorCode.THROTTLING):
+        return Unavailable(f"{subject}: {message}, retry")
+    if exc.code in (ErrorCode.PERMISSION_DENIED, ErrorCode.UNAUTHENTICATED):
+        return Forbidden(f"{subject}: access to storage was denied")
+    if exc.code == ErrorCode.INTERNAL:
+        return LanceDBRayError(f"{subject}: internal error")
+    return InvalidInput(f"{subject}: {message}")
 
 
 def _field_problem(message: str) -> bool:

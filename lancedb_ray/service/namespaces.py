@@ -1,39 +1,97 @@
-"""Namespaces: nested groups of tables inside a database."""
+"""Namespaces: nested groups of tables inside a database.
+
+The client sends modes in its own spelling (``ExistOk``, ``Skip``,
+``Cascade``); embedded lancedb honours none of them, so they are applied here.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+from lancedb_ray.errors import AlreadyExists, InvalidInput, NotFound
 from lancedb_ray.service.connections import Connections
 from lancedb_ray.service.lance_errors import lance_errors
+
+_CREATE_MODES = {"create": "create", "existok": "exist_ok", "overwrite": "overwrite"}
+_DROP_MODES = {"fail": "fail", "skip": "skip"}
+_DROP_BEHAVIORS = {"restrict": "restrict", "cascade": "cascade"}
 
 
 class NamespaceService:
     def __init__(self, connections: Connections) -> None:
         self._connections = connections
 
-    def create(self, database: str, path: list[str], mode: str | None, properties: dict | None):
+    def create(
+        self, database: str, path: list[str], mode: str | None, properties: dict | None
+    ) -> dict[str, Any]:
+        if not path:
+            raise InvalidInput("the root namespace '$' always exists and cannot be created")
+        mode = _choice("create namespace mode", mode, _CREATE_MODES, "create")
         db = self._connections.database(database)
-        with lance_errors(f"namespace '{'$'.join(path)}'", database):
-            response = db.create_namespace(path, mode=mode, properties=properties)
+        try:
+            with lance_errors(f"namespace '{_name(path)}'", database):
+                response = db.create_namespace(path, properties=properties)
+        except AlreadyExists:
+            if mode == "create":
+                raise
+            if mode == "exist_ok":
+                return self.describe(database, path)
+            self.drop(database, path, None, None)  # overwrite: refused while not empty
+            with lance_errors(f"namespace '{_name(path)}'", database):
+                response = db.create_namespace(path, properties=properties)
         return {"properties": response.properties}
 
     def list(
         self, database: str, path: list[str], page_token: str | None, limit: int | None
     ) -> dict[str, Any]:
         db = self._connections.database(database)
-        with lance_errors(f"namespace '{'$'.join(path) or '$'}'", database):
+        with lance_errors(f"namespace '{_name(path)}'", database):
             response = db.list_namespaces(path or None, page_token=page_token, limit=limit)
         return {"namespaces": list(response.namespaces), "page_token": response.page_token}
 
     def describe(self, database: str, path: list[str]) -> dict[str, Any]:
+        if not path:
+            return {"properties": None}
         db = self._connections.database(database)
-        with lance_errors(f"namespace '{'$'.join(path)}'", database):
+        with lance_errors(f"namespace '{_name(path)}'", database):
             response = db.describe_namespace(path)
         return {"properties": response.properties}
 
-    def drop(self, database: str, path: list[str]) -> dict[str, Any]:
+    def drop(
+        self, database: str, path: list[str], mode: str | None, behavior: str | None
+    ) -> dict[str, Any]:
+        if not path:
+            raise InvalidInput("the root namespace '$' cannot be dropped")
+        mode = _choice("drop namespace mode", mode, _DROP_MODES, "fail")
+        cascade = _choice("drop namespace behavior", behavior, _DROP_BEHAVIORS, "restrict")
         db = self._connections.database(database)
-        with lance_errors(f"namespace '{'$'.join(path)}'", database):
-            db.drop_namespace(path)
+        try:
+            with lance_errors(f"namespace '{_name(path)}'", database):
+                db.drop_namespace(path)
+        except NotFound:
+            if mode == "fail":
+                raise
+        except InvalidInput as exc:
+            if cascade != "cascade":
+                raise
+            # Dropping the tables inside must go through the table service (its change
+            # events tell the agent to forget them): refuse rather than drop them silently.
+            raise InvalidInput(
+                f"{exc.message}; behavior 'cascade' is not supported: "
+                "drop its tables and child namespaces first"
+            ) from exc
         return {}
+
+
+def _name(path: list[str]) -> str:
+    return "$".join(path) or "$"
+
+
+def _choice(what: str, value: str | None, choices: dict[str, str], default: str) -> str:
+    """The client's spelling (``ExistOk``, ``exist_ok``, ``SKIP``) as one canonical name."""
+    if value is None:
+        return default
+    key = value.replace("_", "").lower()
+    if key not in choices:
+        raise InvalidInput(f"unknown {what} '{value}': use one of {sorted(set(choices.values()))}")
+    return choices[key]

@@ -95,11 +95,6 @@ class TableService:
         self.notify(ref, 0, "rename", request_id)
         self.notify(new_ref, self._connections.table(new_ref).version, "create", request_id)
 
-    def count_rows(self, ref: TableRef, predicate: str | None, version: int | None) -> int:
-        table = self._connections.table(ref, version)
-        with lance_errors(f"count_rows on '{ref.qualified_name}'", ref.database):
-            return table.count_rows(predicate or None)
-
     def stats(self, ref: TableRef) -> dict[str, Any]:
         table = self._connections.table(ref)
         with lance_errors(f"stats of '{ref.qualified_name}'", ref.database):

@@ -61,7 +61,7 @@ def conform(data: pa.Table, schema: pa.Schema) -> pa.Table:
             if column.type != field.type:
                 try:
                     column = column.cast(field.type)
-                except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                except pa.ArrowException as exc:
                     raise InvalidInput(
                         f"schema mismatch: column '{field.name}' is {column.type}, "
                         f"the table has {field.type}: {exc}"

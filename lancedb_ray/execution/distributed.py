@@ -1,0 +1,226 @@
+"""Queries planned on the query node and executed by the plan executors.
+
+Each sub-plan goes to an owner of its cache partition (rendezvous hashing,
+R owners); if that executor is dead or restarting, the sub-plan fails over to
+the next executor in the partition's ranking, which becomes its new owner
+until the first one is back. The query node merges the local results.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from collections.abc import Sequence
+from typing import Any
+
+import pyarrow as pa
+import ray
+from ray.exceptions import (
+    ActorDiedError,
+    ActorUnavailableError,
+    GetTimeoutError,
+    RayActorError,
+    RayTaskError,
+)
+
+from lancedb_ray.errors import LanceDBRayError, Unavailable
+from lancedb_ray.execution import hashing
+from lancedb_ray.execution.base import QueryTarget
+from lancedb_ray.execution.executor_actor import PlanExecutor
+from lancedb_ray.execution.local import LocalExecutor
+from lancedb_ray.execution.plan import (
+    MATCH_COLUMN,
+    DatasetRef,
+    SubPlan,
+    SubPlanKind,
+    plan_count,
+    plan_query,
+)
+from lancedb_ray.metrics import Metric, MetricSet
+from lancedb_ray.service.connections import Connections
+from lancedb_ray.service.lance_errors import lance_errors
+from lancedb_ray.service.protocol import QueryRequest
+from lancedb_ray.settings import Settings
+from lancedb_ray.types import TableRef
+
+logger = logging.getLogger(__name__)
+METRICS = MetricSet(
+    "executors",
+    {"failovers_total": Metric("Counter", "Sub-plans re-routed from a failed executor.")},
+)
+_EXECUTOR_FAULTS = (ActorDiedError, ActorUnavailableError, RayActorError, GetTimeoutError)
+SUBPLAN_TIMEOUT_S = 120.0
+
+
+def default_executor_count() -> int:
+    return max(1, min(8, (os.cpu_count() or 2) // 2))
+
+
+class ExecutorPool:
+    """The named plan executors of this deployment, started on first use."""
+
+    def __init__(self, settings: Settings) -> None:
+        count = settings.executors.num_executors or default_executor_count()
+        self.names = [f"plan-executor-{i}" for i in range(count)]
+        self.replicas = min(settings.executors.replicas, count)
+        self._namespace = settings.ray.namespace
+        self._num_cpus = settings.executors.num_cpus
+        self._settings = settings.to_plain()
+        self._handles: dict[str, Any] = {}
+
+    def handle(self, name: str, fresh: bool = False) -> Any:
+        if fresh or name not in self._handles:
+            self._handles[name] = (
+                ray.remote(PlanExecutor)
+                .options(
+                    name=name,
+                    namespace=self._namespace,
+                    lifetime="detached",
+                    get_if_exists=True,
+                    max_restarts=-1,
+                    max_concurrency=8,
+                    num_cpus=self._num_cpus,
+                )
+                .remote(name, self._settings)
+            )
+        return self._handles[name]
+
+    def start(self) -> None:
+        """Start every executor and wait until each answers."""
+        ray.get([self.handle(name).ready.remote() for name in self.names])
+
+    def route(self, partition: str) -> list[str]:
+        """Executors to try for ``partition``: a random owner first, then the rest in rank."""
+        ranked = hashing.rank(partition, self.names)
+        owners = ranked[: self.replicas]
+        first = random.choice(owners)
+        return [first] + [name for name in ranked if name != first]
+
+
+class DistributedExecutor:
+    def __init__(self, settings: Settings, connections: Connections, pool: ExecutorPool) -> None:
+        self._connections = connections
+        self._pool = pool
+        self._group_size = settings.executors.fragments_per_group
+        self._local = LocalExecutor(connections)
+
+    def search(self, target: QueryTarget, query: QueryRequest) -> pa.Table:
+        dataset, ref = self._resolve(target)
+        vectors = query.query_vectors
+        if not query.is_multi_vector:
+            return self._single(dataset, ref, query)
+        answers = []
+        for index, vector in enumerate(vectors):
+            answer = self._single(dataset, ref, query.model_copy(update={"vector": vector}))
+            column = pa.array([index] * answer.num_rows, pa.int32())
+            answers.append(answer.add_column(0, "query_index", column))
+        return pa.concat_tables(answers)
+
+    def count(self, target: QueryTarget, predicate: str | None) -> int:
+        dataset, ref = self._resolve(target)
+        plans = plan_count(dataset, ref, predicate, self._group_size)
+        return sum(self._run_all(plans, target))
+
+    def explain(self, target: QueryTarget, query: QueryRequest, verbose: bool) -> str:
+        dataset, ref = self._resolve(target)
+        single = query.model_copy(update={"vector": query.query_vectors[0]}) if query.vector \
+            else query
+        plans = plan_query(dataset, ref, single, self._group_size)
+        lines = [f"DistributedPlan: {len(plans)} sub-plans on {len(self._pool.names)} executors"]
+        for plan in plans:
+            owner = self._pool.route(plan.partition)[0]
+            detail = plan.index_segment or ",".join(map(str, plan.fragment_ids)) or "-"
+            lines.append(f"  {plan.kind.value} [{detail}] -> {owner} k={plan.local_limit}")
+        engine = self._local.explain(target, query, verbose)
+        return "\n".join(lines) + "\nPer sub-plan engine plan (lance):\n" + engine
+
+    def analyze(self, target: QueryTarget, query: QueryRequest) -> str:
+        return self._local.analyze(target, query)
+
+    def prewarm(self, tables: list[str]) -> None:
+        """Load every bucket of ``tables`` ("database/table") into its owners' caches."""
+        for name in tables:
+            database, _, table_id = name.partition("/")
+            target = QueryTarget(TableRef.parse(database, table_id), None)
+            dataset, ref = self._resolve(target)
+            plans = plan_count(dataset, ref, None, self._group_size)
+            by_owner: dict[str, list[SubPlan]] = {}
+            for plan in plans:
+                for owner in hashing.owners(plan.partition, self._pool.names, self._pool.replicas):
+                    by_owner.setdefault(owner, []).append(plan)
+            ray.get([self._pool.handle(owner).prewarm.remote(owned)
+                     for owner, owned in by_owner.items()])
+
+    def _resolve(self, target: QueryTarget) -> tuple[Any, DatasetRef]:
+        table = self._connections.table(target.ref, target.version)
+        location = self._connections.location(target.ref.database)
+        with lance_errors(f"table '{target.ref.qualified_name}'", target.ref.database):
+            dataset = table.to_lance()
+        return dataset, DatasetRef(target.ref, dataset.uri, dataset.version,
+                                   location.storage_options)
+
+    def _single(self, dataset: Any, ref: DatasetRef, query: QueryRequest) -> pa.Table:
+        with lance_errors(f"query on '{ref.ref.qualified_name}'", ref.ref.database):
+            plans = plan_query(dataset, ref, query, self._group_size)
+        if not plans:  # an empty table: nothing to distribute
+            return self._local.search(QueryTarget(ref.ref, ref.version), query)
+        results = self._run_all(plans, QueryTarget(ref.ref, ref.version))
+        if plans[0].kind is SubPlanKind.WHOLE_QUERY:
+            return results[0]
+        if plans[0].kind is SubPlanKind.SCAN:
+            return _merge_scan(results, query)
+        return _merge_nearest(results, query)
+
+    def _run_all(self, plans: Sequence[SubPlan], target: QueryTarget) -> list[Any]:
+        routes = [self._pool.route(plan.partition) for plan in plans]
+        pending = {i: self._submit(routes[i][0], plan) for i, plan in enumerate(plans)}
+        attempts = dict.fromkeys(pending, 0)
+        results: list[Any] = [None] * len(plans)
+        while pending:
+            for i, ref in list(pending.items()):
+                try:
+                    results[i] = ray.get(ref, timeout=SUBPLAN_TIMEOUT_S)
+                    del pending[i]
+                except _EXECUTOR_FAULTS as exc:
+                    attempts[i] += 1
+                    if attempts[i] >= len(routes[i]) * 2:
+                        raise Unavailable(
+                            f"no plan executor could answer for "
+                            f"'{target.ref.qualified_name}': {type(exc).__name__}"
+                        ) from exc
+                    name = routes[i][attempts[i] % len(routes[i])]
+                    METRICS.inc("failovers_total")
+                    logger.warning("sub-plan %s failed over to %s: %s", plans[i].kind, name, exc)
+                    pending[i] = self._submit(name, plans[i], fresh=True)
+                except RayTaskError as exc:
+                    cause = exc.cause if isinstance(exc.cause, BaseException) else exc
+                    if isinstance(cause, LanceDBRayError):
+                        raise cause from None
+                    with lance_errors(f"query on '{target.ref.qualified_name}'",
+                                      target.ref.database):
+                        raise cause from None
+        return results
+
+    def _submit(self, name: str, plan: SubPlan, fresh: bool = False) -> Any:
+        return self._pool.handle(name, fresh=fresh).execute.remote(plan)
+
+
+def _merge_nearest(results: list[pa.Table], query: QueryRequest) -> pa.Table:
+    """Global top-k of the local top-ks; a post-filter applies to that top-k."""
+    merged = pa.concat_tables(results, promote_options="default")
+    offset = query.offset or 0
+    limit = query.limit if query.limit is not None else 10
+    if merged.num_rows:
+        merged = merged.sort_by([("_distance", "ascending")])
+    merged = merged.slice(0, limit + offset)
+    if MATCH_COLUMN in merged.schema.names:
+        merged = merged.filter(merged.column(MATCH_COLUMN)).drop_columns([MATCH_COLUMN])
+    return merged.slice(offset, limit)
+
+
+def _merge_scan(results: list[pa.Table], query: QueryRequest) -> pa.Table:
+    """Buckets in fragment order, then the client's offset and limit."""
+    merged = pa.concat_tables(results, promote_options="default")
+    offset = query.offset or 0
+    return merged.slice(offset, query.limit) if query.limit is not None else merged.slice(offset)

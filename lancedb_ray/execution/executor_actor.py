@@ -1,0 +1,87 @@
+"""The plan executor: a named Ray actor that owns a share of the cache.
+
+It keeps three things warm: opened datasets (manifests), lance's index and
+metadata caches (one ``lance.Session``), and copies of the fragment buckets it
+owns (``FragmentCache``). It restarts on failure with an empty cache, which
+refills on the next misses.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import asdict
+from typing import Any
+
+import lance
+import pyarrow as pa
+from lance.dataset import LanceDataset
+
+from lancedb_ray.execution import subplans
+from lancedb_ray.execution.base import QueryTarget
+from lancedb_ray.execution.cache import FragmentCache
+from lancedb_ray.execution.local import LocalExecutor
+from lancedb_ray.execution.plan import SubPlan, SubPlanKind
+from lancedb_ray.service.connections import Connections
+from lancedb_ray.settings import Settings
+from lancedb_ray.storage.catalog import StorageCatalog
+
+_OPEN_DATASETS = 128
+
+
+class PlanExecutor:
+    def __init__(self, name: str, settings: dict[str, Any]) -> None:
+        config = Settings.from_plain(settings)
+        budget = config.executors.cache_bytes
+        self._name = name
+        # Index data and manifests get a share of the budget in lance's own caches.
+        self._session = lance.Session(
+            index_cache_size_bytes=budget // 2, metadata_cache_size_bytes=budget // 8
+        )
+        self._cache = FragmentCache(
+            name, budget // 2, config.executors.spill_dir, config.executors.spill_bytes
+        )
+        self._datasets: OrderedDict[tuple[str, int], LanceDataset] = OrderedDict()
+        self._lock = threading.Lock()
+        connections = Connections(
+            StorageCatalog(config.storage), config.server.read_consistency_seconds
+        )
+        self._local = LocalExecutor(connections)
+
+    def ready(self) -> str:
+        return self._name
+
+    def execute(self, plan: SubPlan) -> pa.Table | int:
+        if plan.kind is SubPlanKind.WHOLE_QUERY:
+            target = QueryTarget(plan.dataset.ref, plan.dataset.version)
+            return self._local.search(target, plan.query)
+        return subplans.run(plan, self._open, self._cache)
+
+    def prewarm(self, plans: list[SubPlan]) -> int:
+        """Load the copies of ``plans`` now, so the first queries hit the cache."""
+        for plan in plans:
+            if plan.cache_key is not None:
+                subplans.cached_copy(plan, self._open, self._cache)
+        return len(plans)
+
+    def cache_stats(self) -> dict[str, Any]:
+        return {"executor": self._name, **asdict(self._cache.stats())}
+
+    def _open(self, plan: SubPlan) -> LanceDataset:
+        key = (plan.dataset.uri, plan.dataset.version)
+        with self._lock:
+            dataset = self._datasets.get(key)
+            if dataset is not None:
+                self._datasets.move_to_end(key)
+                return dataset
+        dataset = lance.dataset(
+            plan.dataset.uri,
+            version=plan.dataset.version,
+            storage_options=plan.dataset.storage_options or None,
+            session=self._session,
+        )
+        with self._lock:
+            self._datasets[key] = dataset
+            while len(self._datasets) > _OPEN_DATASETS:
+                self._datasets.popitem(last=False)
+        return dataset
