@@ -305,8 +305,16 @@ def _unknown_keys(data: Any, model: Any, where: str) -> list[str]:
         return []
     fields = model.model_fields
     names = set(fields) | {f.alias for f in fields.values() if f.alias}
-    found = [f"{where}.{k}" for k in data if k not in names]
-    return found
+    return [f"{where}.{k}" for k in data if k not in names]
+
+
+def test_serve_unknown_key_check_catches_misspelling() -> None:
+    from ray.serve.schema import DeploymentSchema, ServeDeploySchema
+
+    misspelt = {"name": "QueryNode", "num_replica": 2, "max_ongoing_requests": 8}
+    config = {"applications": [{"import_path": BUILDER, "deployments": [misspelt]}]}
+    ServeDeploySchema.model_validate(config)  # Serve itself ignores the key...
+    assert _unknown_keys(misspelt, DeploymentSchema, "QueryNode") == ["QueryNode.num_replica"]
 
 
 def test_serve_configs_found() -> None:
@@ -647,7 +655,7 @@ def test_grafana_dashboard_covers_the_metrics() -> None:
     metrics = set(
         re.findall(r"\b(ray_lancedb_ray_\w+?)(?:_bucket|_sum|_count)?\{", " ".join(exprs))
     )
-    assert metrics == {
+    assert metrics >= {
         f"ray_lancedb_ray_{m}"
         for m in (
             "requests_total",
@@ -663,6 +671,7 @@ def test_grafana_dashboard_covers_the_metrics() -> None:
             "unindexed_rows",
         )
     }
+    assert all("ray_lancedb_ray_" in expr for expr in exprs)
     ids = [p["id"] for p in dashboard["panels"]]
     assert len(ids) == len(set(ids))
     variables = {v["name"] for v in dashboard["templating"]["list"]}
