@@ -6,4 +6,4 @@ import os
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-pytest_plugins: list[str] = ["tests.support.service"]
+pytest_plugins: list[str] = ["tests.support.service", "tests.support.azurite", "tests.support.kafka"]

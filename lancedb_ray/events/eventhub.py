@@ -60,16 +60,12 @@ def _credential(settings: EventHubBusSettings) -> Any | None:
     return DefaultAzureCredential()
 
 
-def producer_client(
-    settings: EventHubBusSettings, credential: Any | None
-) -> EventHubProducerClient:
+def producer_client(settings: EventHubBusSettings, credential: Any | None) -> EventHubProducerClient:
     if settings.connection_string is not None:
         return EventHubProducerClient.from_connection_string(
             settings.connection_string.get_secret_value(), eventhub_name=settings.eventhub_name
         )
-    return EventHubProducerClient(
-        _namespace(settings), settings.eventhub_name, credential=credential
-    )
+    return EventHubProducerClient(_namespace(settings), settings.eventhub_name, credential=credential)
 
 
 def consumer_client(
@@ -100,9 +96,7 @@ def checkpoint_store(settings: EventHubBusSettings, credential: Any | None) -> B
         return BlobCheckpointStore(
             settings.checkpoint_account_url, settings.checkpoint_container, credential=credential
         )
-    raise InvalidInput(
-        "the eventhub bus needs checkpoint_connection_string or checkpoint_account_url"
-    )
+    raise InvalidInput("the eventhub bus needs checkpoint_connection_string or checkpoint_account_url")
 
 
 def _checkpoint_container(settings: EventHubBusSettings, credential: Any | None) -> ContainerClient:
@@ -255,9 +249,7 @@ class EventHubConsumer:
         for event in events:
             if self._closing:
                 return  # never delivered, so never committed: the next consumer gets them
-            await self._queue.put(
-                EventHubPosition(context.partition_id, generation, context, event)
-            )
+            await self._queue.put(EventHubPosition(context.partition_id, generation, context, event))
 
     async def _on_error(self, context: PartitionContext | None, error: Exception) -> None:
         partition = context.partition_id if context is not None else "-"

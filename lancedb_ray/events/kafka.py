@@ -68,9 +68,7 @@ async def ensure_topic(settings: KafkaBusSettings) -> None:
         response = await admin.create_topics([topic])
         for _name, code, *message in response.topic_errors:
             if code and code != TopicAlreadyExistsError.errno:
-                _LOG.warning(
-                    "could not create topic %r (error %s: %s)", settings.topic, code, message
-                )
+                _LOG.warning("could not create topic %r (error %s: %s)", settings.topic, code, message)
     finally:
         await admin.close()
 
@@ -139,14 +137,22 @@ class KafkaPublisher:
 
 
 class KafkaConsumer:
+    """A group member; joining the group runs in the background so poll keeps its timeout."""
+
     def __init__(self, settings: KafkaBusSettings, group: str) -> None:
         self._settings = settings
         self._group = group
         self._consumer: AIOKafkaConsumer | None = None
+        self._starting: asyncio.Task[AIOKafkaConsumer] | None = None
 
     async def poll(self, max_events: int, timeout_s: float) -> list[Delivery]:
-        consumer = await self._started()
-        batches = await consumer.getmany(timeout_ms=int(timeout_s * 1000), max_records=max_events)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        consumer = await self._started(timeout_s)
+        if consumer is None:
+            return []  # still joining the group
+        remaining_ms = max(0, int((deadline - loop.time()) * 1000))
+        batches = await consumer.getmany(timeout_ms=remaining_ms, max_records=max_events)
         deliveries = []
         for partition, records in batches.items():
             for record in records:
@@ -173,28 +179,44 @@ class KafkaConsumer:
             next_offsets[key] = max(next_offsets.get(key, 0), offset + 1)
         await self._consumer.commit(next_offsets)
 
-    async def _started(self) -> AIOKafkaConsumer:
+    async def _started(self, timeout_s: float) -> AIOKafkaConsumer | None:
+        """The joined consumer, or None if joining takes longer than ``timeout_s``."""
         if self._consumer is None:
-            if self._settings.create_topic:
-                await ensure_topic(self._settings)  # subscribing to a missing topic waits minutes
-            consumer = AIOKafkaConsumer(
-                self._settings.topic,
-                group_id=self._group,
-                enable_auto_commit=False,
-                auto_offset_reset="earliest",
-                session_timeout_ms=self._settings.session_timeout_ms,
-                heartbeat_interval_ms=self._settings.heartbeat_interval_ms,
-                **connection_options(self._settings),
-            )
-            try:
-                await consumer.start()
-            except BaseException:
-                await consumer.stop()
-                raise
-            self._consumer = consumer
+            if self._starting is None:
+                self._starting = asyncio.create_task(self._start())
+            done, _ = await asyncio.wait({self._starting}, timeout=timeout_s)
+            if not done:
+                return None
+            starting, self._starting = self._starting, None
+            self._consumer = starting.result()  # a failed start raises; the next poll retries
         return self._consumer
 
+    async def _start(self) -> AIOKafkaConsumer:
+        if self._settings.create_topic:
+            await ensure_topic(self._settings)  # subscribing to a missing topic waits minutes
+        consumer = AIOKafkaConsumer(
+            self._settings.topic,
+            group_id=self._group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            session_timeout_ms=self._settings.session_timeout_ms,
+            heartbeat_interval_ms=self._settings.heartbeat_interval_ms,
+            **connection_options(self._settings),
+        )
+        try:
+            await consumer.start()
+        except BaseException:
+            await consumer.stop()
+            raise
+        return consumer
+
     async def close(self) -> None:
+        starting, self._starting = self._starting, None
+        if starting is not None:
+            starting.cancel()
+            results = await asyncio.gather(starting, return_exceptions=True)
+            if isinstance(results[0], AIOKafkaConsumer):
+                self._consumer = results[0]
         consumer, self._consumer = self._consumer, None
         if consumer is not None:
             await consumer.stop()

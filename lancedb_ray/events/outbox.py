@@ -35,7 +35,9 @@ class ChangePublisher:
         self._cond = threading.Condition()
         self._incoming: deque[ChangeEvent] = deque()
         self._in_flight = 0  # taken from incoming, neither published nor stored yet
-        self._stored = 0  # mirror of len(outbox), readable from any thread
+        self._worker = _Worker(settings)
+        self._worker.open()  # here, so what a previous run left counts as pending at once
+        self._stored = len(self._worker.outbox)  # mirror of len(outbox), readable from any thread
         self._closing = False
         self._loop = asyncio.new_event_loop()
         self._wake = asyncio.Event()
@@ -87,8 +89,7 @@ class ChangePublisher:
             self._loop.close()
 
     async def _main(self) -> None:
-        worker = _Worker(self._settings)
-        await worker.start()
+        worker = self._worker
         try:
             while True:
                 with self._cond:
@@ -135,9 +136,10 @@ class _Worker:
         self._retry_at = 0.0  # monotonic time before which the bus is left alone
         self._adopt_at = 0.0
 
-    async def start(self) -> None:
+    def open(self) -> None:
+        """Open the outbox, adopting what dead processes left; on failure, step retries."""
         try:
-            await asyncio.to_thread(self.outbox.open)  # also drains what a previous run left
+            self.outbox.open()
             self._opened = True
         except Exception:
             _LOG.exception("cannot open the outbox in %s", self._settings.outbox_directory)
@@ -146,7 +148,7 @@ class _Worker:
     async def step(self, batch: list[ChangeEvent], drain: bool) -> None:
         """Publish ``batch`` directly if nothing is waiting, else store it behind the rest."""
         if not self._opened:
-            await self.start()
+            await asyncio.to_thread(self.open)
         now = time.monotonic()
         if now >= self._adopt_at and self._opened:
             await asyncio.to_thread(self.outbox.adopt_orphans)
@@ -181,9 +183,7 @@ class _Worker:
         try:
             if self._publisher is None:
                 self._publisher = make_publisher(self._settings)
-            await asyncio.wait_for(
-                self._publisher.publish(events), self._settings.publish_timeout_seconds
-            )
+            await asyncio.wait_for(self._publisher.publish(events), self._settings.publish_timeout_seconds)
         except Exception as exc:
             _LOG.warning(
                 "publishing %d change events failed, retrying in %.1fs: %s",
