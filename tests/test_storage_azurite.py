@@ -46,9 +46,7 @@ def _name(stem: str) -> str:
 def _container_sas(az: Azurite, account: str, container: str) -> str:
     key = az.accounts[account].key
     perms = ContainerSasPermissions(**ALL_RIGHTS, create=True)
-    return generate_container_sas(
-        account, container, account_key=key, permission=perms, expiry=_expiry()
-    )
+    return generate_container_sas(account, container, account_key=key, permission=perms, expiry=_expiry())
 
 
 def _account_sas(az: Azurite, account: str) -> str:
@@ -122,9 +120,7 @@ def catalog(azurite: Azurite, places: dict[str, str]) -> StorageCatalog:
                 credential=CredentialMode.SAS_TOKEN,
                 sas_token="?" + _container_sas(az, PROVIDER, places["reports"]),
             ),
-            "crm": az.location(
-                CUSTOMER, places["crm"], credential=CredentialMode.CONNECTION_STRING
-            ),
+            "crm": az.location(CUSTOMER, places["crm"], credential=CredentialMode.CONNECTION_STRING),
             # The same container name and prefix as "ledger", in the other account.
             "twin": az.location(CUSTOMER, places["ledger"], "dbs/ledger"),
             "dev": StorageLocation(
@@ -217,26 +213,18 @@ def test_filesystem_for_each_credential_mode(catalog: StorageCatalog) -> None:
         fs.rm(record)
 
 
-def test_missing_container_is_created_on_first_use(
-    azurite: Azurite, places: dict[str, str]
-) -> None:
+def test_missing_container_is_created_on_first_use(azurite: Azurite, places: dict[str, str]) -> None:
     container = _name("fresh")
-    catalog = StorageCatalog(
-        StorageSettings(databases={"fresh": azurite.location(CUSTOMER, container, "p")})
-    )
+    catalog = StorageCatalog(StorageSettings(databases={"fresh": azurite.location(CUSTOMER, container, "p")}))
     location = catalog.resolve("fresh")
-    lancedb.connect(location.uri, storage_options=location.storage_options).create_table(
-        "t", _rows(5)
-    )
+    lancedb.connect(location.uri, storage_options=location.storage_options).create_table("t", _rows(5))
     assert _service(azurite, CUSTOMER).get_container_client(container).exists()
 
 
 def test_missing_container_without_the_right_to_create_it(azurite: Azurite) -> None:
     container = _name("absent")
     sas = _container_sas(azurite, CUSTOMER, container)
-    location = azurite.location(
-        CUSTOMER, container, credential=CredentialMode.SAS_TOKEN, sas_token=sas
-    )
+    location = azurite.location(CUSTOMER, container, credential=CredentialMode.SAS_TOKEN, sas_token=sas)
     catalog = StorageCatalog(StorageSettings(databases={"absent": location}))
     with pytest.raises(NotFound) as info:
         catalog.resolve("absent")
@@ -258,9 +246,7 @@ def test_customer_database_is_unreachable_with_the_provider_credential(
 
     location = spoofed.locate("crm")
     for attempt in (
-        lambda: lance.dataset(
-            location.table_uri("notes"), storage_options=location.storage_options
-        ),
+        lambda: lance.dataset(location.table_uri("notes"), storage_options=location.storage_options),
         lambda: (
             lancedb.connect(location.uri, storage_options=location.storage_options)
             .open_table("notes")
@@ -293,35 +279,36 @@ def test_outage_is_unavailable_and_recovery_needs_no_new_catalog(
 
     az.stop()
     attempts = {
-        "lance open": lambda: lance.dataset(
-            orders.table_uri("t"), storage_options=orders.storage_options
+        "lance open": (
+            "orders",
+            lambda: lance.dataset(orders.table_uri("t"), storage_options=orders.storage_options),
         ),
-        "lance append": lambda: lance.write_dataset(
-            _rows(1), orders.table_uri("t"), mode="append", storage_options=orders.storage_options
+        "lance append": (
+            "orders",
+            lambda: lance.write_dataset(
+                _rows(1), orders.table_uri("t"), mode="append", storage_options=orders.storage_options
+            ),
         ),
-        "lance scan": lambda: dataset.checkout_version(dataset.version).to_table(),
-        "lancedb list": lambda: conn.list_tables(),
-        "lancedb add": lambda: table.add(_rows(1, start=100)),
-        "catalog first use": lambda: catalog.resolve("later"),
+        "lance scan": ("orders", lambda: dataset.checkout_version(dataset.version).to_table()),
+        "lancedb list": ("orders", lambda: conn.list_tables()),
+        "lancedb add": ("orders", lambda: table.add(_rows(1, start=100))),
+        "catalog first use": ("later", lambda: catalog.resolve("later")),
     }
-    for what, attempt in attempts.items():
+    for what, (database, attempt) in attempts.items():
         with pytest.raises(Exception) as raised:
             attempt()
-        mapped = raised.value if isinstance(raised.value, Unavailable) else None
-        mapped = mapped or _classified(raised.value, "later" if "catalog" in what else "orders")
+        error = raised.value
+        mapped = error if isinstance(error, Unavailable) else _classified(error, database)
         assert isinstance(mapped, Unavailable), what
         assert mapped.status_code == 503
-        assert ("'later'" if "catalog" in what else "'orders'") in mapped.message
+        assert f"'{database}'" in mapped.message
         assert not any(secret in str(mapped) for secret in _secrets(az))
 
     az.start()
     table.add(_rows(5, start=200))
     assert table.count_rows() == 25
     assert conn.list_tables().tables == ["t"]
-    assert (
-        lance.dataset(orders.table_uri("t"), storage_options=orders.storage_options).count_rows()
-        == 25
-    )
+    assert lance.dataset(orders.table_uri("t"), storage_options=orders.storage_options).count_rows() == 25
     later = catalog.resolve("later")
     lancedb.connect(later.uri, storage_options=later.storage_options).create_table("t", _rows(1))
 
@@ -331,9 +318,7 @@ def test_locations_never_show_credentials(catalog: StorageCatalog) -> None:
         location: DatabaseLocation = catalog.locate(db)
         options = location.storage_options
         secrets = [
-            options[k]
-            for k in ("azure_storage_account_key", "azure_storage_sas_token")
-            if k in options
+            options[k] for k in ("azure_storage_account_key", "azure_storage_sas_token") if k in options
         ]
         assert secrets
         shown = repr(location) + str(location) + repr([location]) + f"{location}"

@@ -81,6 +81,12 @@ def test_unsafe_names_are_refused(name: str) -> None:
     assert not re.search(r"[\x00-\x1f]", info.value.message)  # control characters escaped
 
 
+def test_refusal_shows_a_long_name_cut_short() -> None:
+    with pytest.raises(InvalidInput) as info:
+        validate_name("database", "x" * 10_000)
+    assert len(info.value.message) < 200 and "at most 128 characters" in info.value.message
+
+
 def test_refusal_names_the_kind() -> None:
     with pytest.raises(InvalidInput, match=r"^invalid database name '\.\.': "):
         validate_name("database", "..")

@@ -82,8 +82,7 @@ class StorageCatalog:
         self._policy = settings.unknown_databases
         self._root = _entry(settings.root, env)
         self._databases = {
-            validate_name("database", name): _entry(loc, env)
-            for name, loc in settings.databases.items()
+            validate_name("database", name): _entry(loc, env) for name, loc in settings.databases.items()
         }
         self._containers = ContainerGuard()
         self._check_isolation()
@@ -99,9 +98,7 @@ class StorageCatalog:
         place = self._root.place.child(database)
         if any(place.overlaps(entry.place) for entry in self._databases.values()):
             # Never name the other database: it may belong to another tenant.
-            raise Forbidden(
-                f"database '{database}' cannot be created: its storage location is reserved"
-            )
+            raise Forbidden(f"database '{database}' cannot be created: its storage location is reserved")
         return self._root.location(database, place)
 
     def resolve(self, database: str) -> DatabaseLocation:

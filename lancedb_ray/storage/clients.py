@@ -55,9 +55,7 @@ def blob_service_client(options: Mapping[str, str]) -> Any:
     conn = connection_string(options)
     if conn is not None:
         return BlobServiceClient.from_connection_string(conn, **retry)
-    credential = (
-        None if options.get(opt.SKIP_SIGNATURE) == "true" else token_credential(options, aio=False)
-    )
+    credential = None if options.get(opt.SKIP_SIGNATURE) == "true" else token_credential(options, aio=False)
     return BlobServiceClient(blob_endpoint(options), credential=credential, **retry)
 
 

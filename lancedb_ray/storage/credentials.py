@@ -17,9 +17,7 @@ from lancedb_ray.storage.places import StorageConfigError
 
 AZURITE_ACCOUNT = "devstoreaccount1"
 # The emulator's published development key: not a secret.
-AZURITE_KEY = (
-    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
-)
+AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 AZURITE_ENDPOINT = "http://127.0.0.1:10000"
 
 # lance/object_store option names.
@@ -121,9 +119,7 @@ def _from_connection_string(fields: dict[str, str], account: str) -> dict[str, s
     elif "SharedAccessSignature" in fields:
         options[SAS_TOKEN] = fields["SharedAccessSignature"].lstrip("?")
     else:
-        raise StorageConfigError(
-            "connection string has neither AccountKey nor SharedAccessSignature"
-        )
+        raise StorageConfigError("connection string has neither AccountKey nor SharedAccessSignature")
     if "BlobEndpoint" in fields:
         options[ENDPOINT] = fields["BlobEndpoint"].rstrip("/")
     elif fields.get("EndpointSuffix", "core.windows.net") != "core.windows.net":

@@ -22,8 +22,7 @@ def validate_name(kind: str, name: str) -> str:
         raise ValueError(f"unknown name kind {kind!r}")
     problem = _problem(name)
     if problem:
-        shown = name.encode("unicode_escape").decode("ascii") if isinstance(name, str) else name
-        raise InvalidInput(f"invalid {kind} name '{shown}': {problem}")
+        raise InvalidInput(f"invalid {kind} name '{_shown(name)}': {problem}")
     return name
 
 
@@ -45,3 +44,9 @@ def _problem(name: object) -> str | None:
     if not _ALLOWED.fullmatch(name):
         return "may only contain letters, digits, '_', '-' and '.'"
     return None
+
+
+def _shown(name: object) -> str:
+    """The name as it may appear in a message: escaped, and cut short."""
+    text = str(name).encode("unicode_escape").decode("ascii")
+    return text if len(text) <= 64 else text[:64] + "..."

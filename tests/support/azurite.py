@@ -53,8 +53,7 @@ class Azurite:
         self._proc: subprocess.Popen[bytes] | None = None
         keys = {PROVIDER: AZURITE_KEY, CUSTOMER: CUSTOMER_KEY}
         self.accounts = {
-            name: AzuriteAccount(name, key, f"http://127.0.0.1:{port}/{name}")
-            for name, key in keys.items()
+            name: AzuriteAccount(name, key, f"http://127.0.0.1:{port}/{name}") for name, key in keys.items()
         }
 
     @property
