@@ -155,6 +155,7 @@ def test_refuse_policy_answers_not_found(tmp_path: Path) -> None:
 def test_locations_pickle_for_ray_actors() -> None:
     location = catalog(az("data")).locate("x")
     assert pickle.loads(pickle.dumps(location)) == location
+    assert {location: 1}[pickle.loads(pickle.dumps(location))] == 1
 
 
 # --- isolation between databases ----------------------------------------------------------

@@ -64,6 +64,10 @@ class DatabaseLocation:
 
     __str__ = __repr__
 
+    def __hash__(self) -> int:
+        # The options dict is unhashable; equal locations still share database and uri.
+        return hash((self.database, self.uri))
+
 
 @dataclass(frozen=True)
 class _Entry:

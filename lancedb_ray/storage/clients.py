@@ -30,7 +30,11 @@ def connection_string(options: Mapping[str, str]) -> str | None:
 
 
 def token_credential(options: Mapping[str, str], *, aio: bool) -> Any:
-    """DefaultAzureCredential (workload identity first on AKS) for the configured client."""
+    """DefaultAzureCredential (workload identity first on AKS) for the configured client.
+
+    Tenant, token file and authority come from the pod's environment, as the
+    credential reads them itself; only a location's own client id is passed on.
+    """
     if aio:
         from azure.identity.aio import DefaultAzureCredential
     else:
@@ -39,10 +43,6 @@ def token_credential(options: Mapping[str, str], *, aio: bool) -> Any:
     if opt.CLIENT_ID in options:
         kwargs["managed_identity_client_id"] = options[opt.CLIENT_ID]
         kwargs["workload_identity_client_id"] = options[opt.CLIENT_ID]
-    if opt.TENANT_ID in options:
-        kwargs["workload_identity_tenant_id"] = options[opt.TENANT_ID]
-    if opt.AUTHORITY_HOST in options:
-        kwargs["authority"] = options[opt.AUTHORITY_HOST]
     return DefaultAzureCredential(**kwargs)
 
 
