@@ -29,8 +29,8 @@ from lancedb_ray.execution import hashing
 from lancedb_ray.execution.base import QueryTarget
 from lancedb_ray.execution.executor_actor import PlanExecutor
 from lancedb_ray.execution.local import LocalExecutor
+from lancedb_ray.execution.merge import merge_nearest, merge_scan
 from lancedb_ray.execution.plan import (
-    MATCH_COLUMN,
     DatasetRef,
     SubPlan,
     SubPlanKind,
@@ -169,8 +169,8 @@ class DistributedExecutor:
         if plans[0].kind is SubPlanKind.WHOLE_QUERY:
             return results[0]
         if plans[0].kind is SubPlanKind.SCAN:
-            return _merge_scan(results, query)
-        return _merge_nearest(results, query)
+            return merge_scan(results, query)
+        return merge_nearest(results, query)
 
     def _run_all(self, plans: Sequence[SubPlan], target: QueryTarget) -> list[Any]:
         routes = [self._pool.route(plan.partition) for plan in plans]
@@ -204,23 +204,3 @@ class DistributedExecutor:
 
     def _submit(self, name: str, plan: SubPlan, fresh: bool = False) -> Any:
         return self._pool.handle(name, fresh=fresh).execute.remote(plan)
-
-
-def _merge_nearest(results: list[pa.Table], query: QueryRequest) -> pa.Table:
-    """Global top-k of the local top-ks; a post-filter applies to that top-k."""
-    merged = pa.concat_tables(results, promote_options="default")
-    offset = query.offset or 0
-    limit = query.limit if query.limit is not None else 10
-    if merged.num_rows:
-        merged = merged.sort_by([("_distance", "ascending")])
-    merged = merged.slice(0, limit + offset)
-    if MATCH_COLUMN in merged.schema.names:
-        merged = merged.filter(merged.column(MATCH_COLUMN)).drop_columns([MATCH_COLUMN])
-    return merged.slice(offset, limit)
-
-
-def _merge_scan(results: list[pa.Table], query: QueryRequest) -> pa.Table:
-    """Buckets in fragment order, then the client's offset and limit."""
-    merged = pa.concat_tables(results, promote_options="default")
-    offset = query.offset or 0
-    return merged.slice(offset, query.limit) if query.limit is not None else merged.slice(offset)

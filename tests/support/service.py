@@ -6,7 +6,6 @@ share the deployment but never each other's tables.
 
 from __future__ import annotations
 
-import os
 import socket
 import time
 import urllib.request
@@ -74,6 +73,9 @@ def service_settings(root: Path) -> dict[str, Any]:
             "outbox_directory": str(root / "outbox"),
         },
         "agent": {"jobs_directory": str(root / "jobs")},
+        # Small buckets, so that test tables of a few fragments spread over both executors.
+        "executors": {"num_executors": 2, "fragments_per_group": 2, "num_cpus": 0.25,
+                      "spill_dir": str(root / "spill")},
     }
 
 

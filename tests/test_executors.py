@@ -1,0 +1,186 @@
+"""The plan executors behind the live service: distributed answers, consistency, fail-over."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import lancedb
+import numpy as np
+import pyarrow as pa
+import pytest
+import ray
+
+from tests.support.service import LiveService
+
+DIM = 16
+NAMESPACE = "lancedb-ray"
+
+
+def _rows(rng: np.random.Generator, start: int, count: int) -> pa.Table:
+    centers = rng.normal(size=(8, DIM)) * 4
+    vectors = centers[rng.integers(0, 8, count)] + rng.normal(size=(count, DIM))
+    return pa.table({
+        "id": np.arange(start, start + count),
+        "group": [f"g{i % 4}" for i in range(start, start + count)],
+        "vector": pa.array(vectors.astype("float32").tolist(), pa.list_(pa.float32(), DIM)),
+    })
+
+
+@pytest.fixture(scope="module")
+def tables(live_service: LiveService):
+    """A table with an index and unindexed appends, through the service and embedded.
+
+    The embedded handle opens the service's own storage, so both search the same
+    index (IVF training is randomised: two builds would not be comparable).
+    """
+    rng = np.random.default_rng(11)
+    remote = live_service.connect("executors").create_table("t", _rows(rng, 0, 1500),
+                                                            mode="overwrite")
+    for i in range(3):
+        remote.add(_rows(rng, 1500 + i * 100, 100))
+    remote.create_index(metric="l2", vector_column_name="vector", num_partitions=4,
+                        num_sub_vectors=4)
+    for i in range(3, 5):
+        remote.add(_rows(rng, 1500 + i * 100, 100))
+    embedded = lancedb.connect(live_service.root / "executors").open_table("t")
+    return remote, embedded
+
+
+def _queries(count: int) -> np.ndarray:
+    return np.random.default_rng(5).normal(size=(count, DIM)).astype("float32") * 2
+
+
+def test_exact_search_identical_to_embedded(tables) -> None:
+    remote, embedded = tables
+    for q in _queries(10):
+        got = remote.search(q).bypass_vector_index().limit(10).with_row_id(True).to_arrow()
+        want = embedded.search(q).bypass_vector_index().limit(10).with_row_id(True).to_arrow()
+        assert got["id"].to_pylist() == want["id"].to_pylist()
+        assert got["_rowid"].to_pylist() == want["_rowid"].to_pylist()
+        np.testing.assert_allclose(got["_distance"].to_numpy(), want["_distance"].to_numpy(),
+                                   rtol=1e-6)
+
+
+def test_indexed_recall_matches_embedded(tables) -> None:
+    remote, embedded = tables
+    recalls = {"remote": [], "embedded": []}
+    for q in _queries(30):
+        truth = set(embedded.search(q).bypass_vector_index().limit(10).to_arrow()["id"].to_pylist())
+        for name, table in (("remote", remote), ("embedded", embedded)):
+            found = table.search(q).nprobes(2).refine_factor(2).limit(10).to_arrow()["id"]
+            recalls[name].append(len(truth & set(found.to_pylist())) / 10)
+    assert abs(np.mean(recalls["remote"]) - np.mean(recalls["embedded"])) <= 0.01
+
+
+@pytest.mark.parametrize("prefilter", [True, False])
+def test_filters_projections_offsets_match(tables, prefilter: bool) -> None:
+    remote, embedded = tables
+    q = _queries(1)[0]
+
+    def run(table):
+        return (table.search(q).where("group = 'g1'", prefilter=prefilter)
+                .select({"id": "id", "twice": "id * 2"}).offset(3).limit(7)
+                .bypass_vector_index().to_arrow())
+
+    got, want = run(remote), run(embedded)
+    assert got.schema.names == want.schema.names
+    assert got["id"].to_pylist() == want["id"].to_pylist()
+    assert got["twice"].to_pylist() == want["twice"].to_pylist()
+
+
+def test_scans_counts_and_versions_match(tables) -> None:
+    remote, embedded = tables
+    for table in (remote, embedded):
+        table.checkout(3)
+    try:
+        assert remote.count_rows("group = 'g2'") == embedded.count_rows("group = 'g2'")
+        got = remote.search().where("id % 11 = 0").select(["id"]).limit(30).to_arrow()
+        want = embedded.search().where("id % 11 = 0").select(["id"]).limit(30).to_arrow()
+        assert got.to_pydict() == want.to_pydict()
+    finally:
+        remote.checkout_latest()
+        embedded.checkout_latest()
+    assert remote.count_rows() == embedded.count_rows() == 2000
+
+
+def test_read_your_writes_across_replicas(live_service: LiveService) -> None:
+    """Each write, acknowledged by one replica, is seen by the next query on any replica."""
+    rng = np.random.default_rng(3)
+    live_service.connect("ryw").create_table("t", _rows(rng, 0, 10), mode="overwrite")
+    for i in range(30):
+        # New connections: the proxy spreads requests over both query node replicas.
+        live_service.connect("ryw").open_table("t").add(_rows(rng, 10 + i, 1))
+        reader = live_service.connect("ryw").open_table("t")
+        assert reader.count_rows() == 11 + i
+        assert reader.search().where(f"id = {10 + i}").to_arrow().num_rows == 1
+
+
+def test_outside_writer_becomes_visible(live_service: LiveService) -> None:
+    db = live_service.connect("outside")
+    rng = np.random.default_rng(4)
+    table = db.create_table("t", _rows(rng, 0, 20), mode="overwrite")
+    direct = lancedb.connect(live_service.root / "outside").open_table("t")
+    direct.add(_rows(rng, 20, 5))
+    deadline = time.monotonic() + live_service_staleness(live_service) + 5
+    while table.count_rows() != 25:
+        assert time.monotonic() < deadline, "an outside write never became visible"
+        time.sleep(0.2)
+
+
+def live_service_staleness(live_service: LiveService) -> float:
+    return float(live_service.settings["server"].get("read_consistency_seconds", 0.0))
+
+
+def _stats(name: str) -> dict:
+    return ray.get(ray.get_actor(name, namespace=NAMESPACE).cache_stats.remote())
+
+
+def test_cache_serves_repeated_queries(tables) -> None:
+    remote, _ = tables
+    q = _queries(1)[0]
+    remote.search(q).bypass_vector_index().limit(5).to_arrow()
+    before = [_stats(f"plan-executor-{i}") for i in range(2)]
+    for _ in range(5):
+        remote.search(q).bypass_vector_index().limit(5).to_arrow()
+    after = [_stats(f"plan-executor-{i}") for i in range(2)]
+    assert sum(a["misses"] for a in after) == sum(b["misses"] for b in before)
+    assert sum(a["hits"] for a in after) > sum(b["hits"] for b in before)
+    assert all(a["entries"] > 0 for a in after), "both executors own part of the table"
+
+
+def test_killing_an_executor_loses_no_query(tables) -> None:
+    remote, embedded = tables
+    queries = _queries(40)
+    want = [embedded.search(q).bypass_vector_index().limit(5).to_arrow()["id"].to_pylist()
+            for q in queries]
+    answers: list[list[int]] = []
+    errors: list[BaseException] = []
+
+    def load() -> None:
+        for q in queries:
+            try:
+                answers.append(remote.search(q).bypass_vector_index().limit(5)
+                               .to_arrow()["id"].to_pylist())
+            except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+                errors.append(exc)
+
+    worker = threading.Thread(target=load)
+    worker.start()
+    time.sleep(0.3)
+    ray.kill(ray.get_actor("plan-executor-0", namespace=NAMESPACE), no_restart=False)
+    worker.join(timeout=300)
+    assert not errors
+    assert answers == want
+    # The executor comes back with an empty cache and refills it on the next queries.
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            stats = _stats("plan-executor-0")
+            break
+        except Exception:  # noqa: BLE001 - still restarting
+            assert time.monotonic() < deadline
+            time.sleep(0.5)
+    for q in queries[:5]:
+        remote.search(q).bypass_vector_index().limit(5).to_arrow()
+    assert _stats("plan-executor-0")["entries"] > 0 or stats["entries"] > 0
