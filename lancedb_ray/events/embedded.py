@@ -133,6 +133,9 @@ class EmbeddedConsumer:
                 self._log_fd = os.open(self._directory / LOG_FILE, os.O_RDONLY)
             except FileNotFoundError:
                 return []
+        if os.fstat(self._log_fd).st_size < self._position:
+            _LOG.warning("the event log is shorter than group checkpoint %d: re-reading it", self._position)
+            self._position = self._committed = 0  # the log was recreated; at-least-once beats silence
         deliveries: list[Delivery] = []
         chunk = _READ_CHUNK
         while len(deliveries) < max_events:

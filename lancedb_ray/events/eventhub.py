@@ -99,14 +99,21 @@ def checkpoint_store(settings: EventHubBusSettings, credential: Any | None) -> B
     raise InvalidInput("the eventhub bus needs checkpoint_connection_string or checkpoint_account_url")
 
 
-def _checkpoint_container(settings: EventHubBusSettings, credential: Any | None) -> ContainerClient:
+async def ensure_checkpoint_container(settings: EventHubBusSettings, credential: Any | None) -> None:
+    """Create the checkpoint container if missing: BlobCheckpointStore expects it to exist."""
     if settings.checkpoint_connection_string is not None:
-        return ContainerClient.from_connection_string(
+        container = ContainerClient.from_connection_string(
             settings.checkpoint_connection_string.get_secret_value(), settings.checkpoint_container
         )
-    return ContainerClient(
-        settings.checkpoint_account_url, settings.checkpoint_container, credential=credential
-    )
+    else:
+        container = ContainerClient(
+            settings.checkpoint_account_url, settings.checkpoint_container, credential=credential
+        )
+    async with container:
+        try:
+            await container.create_container()
+        except ResourceExistsError:
+            pass
 
 
 def _namespace(settings: EventHubBusSettings) -> str:
@@ -203,18 +210,17 @@ class EventHubConsumer:
         self._closing = True
         while not self._queue.empty():  # unblock a callback waiting for room
             self._queue.get_nowait()
-        await self._client.close()  # ends receive_batch
+        await self._client.close()  # stops the partition receivers and the connection
         if self._receiver is not None:
-            try:
-                await asyncio.wait_for(self._receiver, 10)
-            except Exception:
-                _LOG.debug("the Event Hubs receiver ended with an error", exc_info=True)
+            # receive_batch itself sleeps through a load-balancing interval before it notices.
+            self._receiver.cancel()
+            await asyncio.gather(self._receiver, return_exceptions=True)
         if self._credential is not None:
             await self._credential.close()
 
     async def _ensure_receiving(self) -> None:
         if self._receiver is None:
-            await self._ensure_container()
+            await ensure_checkpoint_container(self._settings, self._credential)
             self._receiver = asyncio.create_task(
                 self._client.receive_batch(
                     self._on_batch,
@@ -228,13 +234,6 @@ class EventHubConsumer:
         elif self._receiver.done():
             self._receiver.result()  # raises what stopped it
             raise RuntimeError("the Event Hubs receiver stopped")
-
-    async def _ensure_container(self) -> None:
-        async with _checkpoint_container(self._settings, self._credential) as container:
-            try:
-                await container.create_container()
-            except ResourceExistsError:
-                pass
 
     async def _on_partition_initialize(self, context: PartitionContext) -> None:
         self._generations[context.partition_id] = self._generations.get(context.partition_id, 0) + 1

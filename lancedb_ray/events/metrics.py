@@ -8,10 +8,13 @@ here; if nothing else imported it, it cannot be initialised.
 
 from __future__ import annotations
 
+import logging
 import sys
 import threading
+from collections.abc import Callable
 from typing import Any
 
+_LOG = logging.getLogger(__name__)
 _lock = threading.Lock()
 _metrics: dict[str, Any] = {}
 
@@ -23,36 +26,39 @@ _DEFINITIONS: dict[str, tuple[str, str, tuple[str, ...]]] = {
 }
 
 
-def _metric(name: str) -> Any | None:
+def _record(name: str, action: Callable[[Any], None]) -> None:
+    """Apply ``action`` to the metric; a metrics fault must never fail a publish."""
     ray = sys.modules.get("ray")
     if ray is None or not ray.is_initialized():
-        return None
-    with _lock:
-        if name not in _metrics:
-            from ray.util import metrics
+        return
+    try:
+        with _lock:
+            if name not in _metrics:
+                from ray.util import metrics
 
-            kind, description, tag_keys = _DEFINITIONS[name]
-            _metrics[name] = getattr(metrics, kind)(
-                f"lancedb_ray_events_{name}", description=description, tag_keys=tag_keys
-            )
-        return _metrics[name]
+                kind, description, tag_keys = _DEFINITIONS[name]
+                _metrics[name] = getattr(metrics, kind)(
+                    f"lancedb_ray_events_{name}", description=description, tag_keys=tag_keys
+                )
+            metric = _metrics[name]
+        action(metric)
+    except Exception:
+        _LOG.warning("recording the %s metric failed", name, exc_info=True)
 
 
 def published(backend: str, count: int) -> None:
-    if count and (metric := _metric("published")) is not None:
-        metric.inc(count, tags={"backend": backend})
+    if count:
+        _record("published", lambda m: m.inc(count, tags={"backend": backend}))
 
 
 def publish_failed(backend: str) -> None:
-    if (metric := _metric("publish_failures")) is not None:
-        metric.inc(1, tags={"backend": backend})
+    _record("publish_failures", lambda m: m.inc(1, tags={"backend": backend}))
 
 
 def consumed(backend: str, group: str, count: int) -> None:
-    if count and (metric := _metric("consumed")) is not None:
-        metric.inc(count, tags={"backend": backend, "group": group})
+    if count:
+        _record("consumed", lambda m: m.inc(count, tags={"backend": backend, "group": group}))
 
 
 def outbox_pending(count: int) -> None:
-    if (metric := _metric("outbox_pending")) is not None:
-        metric.set(count)
+    _record("outbox_pending", lambda m: m.set(count))

@@ -52,7 +52,10 @@ class ChangePublisher:
                     _LOG.error("change event emitted after close, dropped: %s", event)
                     return
                 self._incoming.append(event)
-            self._loop.call_soon_threadsafe(self._wake.set)
+            try:
+                self._loop.call_soon_threadsafe(self._wake.set)
+            except RuntimeError:
+                pass  # closed meanwhile: its final step, taken after ours, stored the event
         except Exception:
             _LOG.exception("could not queue change event %s", event)
 
