@@ -194,3 +194,23 @@ def test_an_unusable_outbox_does_not_stop_direct_publishing(tmp_path: Path) -> N
         publisher.close()
     publisher.emit(sent[0])  # after close: logged and dropped, never raised
     assert read_all(settings, len(sent)) == sent
+
+
+def test_with_bus_and_outbox_both_down_events_wait_in_memory(
+    blocked_embedded: EventBusSettings, tmp_path: Path
+) -> None:
+    (tmp_path / "no-outbox").write_text("")
+    settings = blocked_embedded.model_copy(
+        update={"outbox_directory": str(tmp_path / "no-outbox" / "outbox")}
+    )
+    sent = make_events(tables=2, versions=3)
+    publisher = ChangePublisher(settings)
+    try:
+        emit_all(publisher, sent)
+        assert not publisher.flush(0.5)
+        assert publisher.pending == len(sent)
+        unblock(settings)
+        assert publisher.flush(10)
+    finally:
+        publisher.close()
+    assert by_key(read_all(settings, len(sent))) == by_key(sent)

@@ -76,7 +76,10 @@ class ChangePublisher:
             if self._closing:
                 return
             self._closing = True
-        self._loop.call_soon_threadsafe(self._wake.set)
+        try:
+            self._loop.call_soon_threadsafe(self._wake.set)
+        except RuntimeError:
+            pass  # the loop already ended
         self._thread.join(self._settings.publish_timeout_seconds + 10)
         if self._thread.is_alive():
             _LOG.warning("change publisher thread did not stop in time")
@@ -150,14 +153,14 @@ class _Worker:
 
     async def step(self, batch: list[ChangeEvent], drain: bool) -> None:
         """Publish ``batch`` directly if nothing is waiting, else store it behind the rest."""
-        if not self._opened:
-            await asyncio.to_thread(self.open)
         now = time.monotonic()
-        if now >= self._adopt_at and self._opened:
-            await asyncio.to_thread(self.outbox.adopt_orphans)
+        if now >= self._adopt_at:
+            await asyncio.to_thread(self.outbox.adopt_orphans if self._opened else self.open)
             self._adopt_at = now + _ADOPT_INTERVAL_S
         if batch:
             if len(self.outbox) or now < self._retry_at or not await self._publish(batch):
+                if not self._opened:
+                    await asyncio.to_thread(self.open)  # needed now: retry it
                 if not self._opened:
                     raise RuntimeError("the outbox is unavailable")
                 await asyncio.to_thread(self.outbox.append, batch)
