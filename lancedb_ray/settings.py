@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, Field, SecretStr
@@ -74,6 +74,9 @@ class ServerSettings(BaseModel):
     max_ongoing_requests: int = 64
     max_queued_requests: int = 256  # beyond this the proxy answers 503, so the client retries
     num_cpus: float = 0.5  # CPUs reserved per replica; the work itself runs in lance's threads
+    # "haproxy": Serve's HAProxy ingress (far less per-request overhead than the Python
+    # proxy); "serve": the Python proxy. Read when this process starts Ray.
+    proxy: Literal["haproxy", "serve"] = "haproxy"
     max_body_bytes: int = 512 * 1024 * 1024
     read_consistency_seconds: float = 0.0  # staleness allowed for data written by outside writers
     idempotency_window: int = 20  # recent versions searched for a retried write's request id
@@ -147,7 +150,8 @@ class AgentSettings(BaseModel):
     """The Lance agent: keeps every table indexed and compact."""
 
     enabled: bool = True
-    debounce_seconds: float = 2.0
+    debounce_seconds: float = 2.0  # a table is looked at once it was quiet this long
+    debounce_max_seconds: float = 30.0  # ... or its oldest unhandled event waited this long
     reconcile_interval_seconds: float = 30.0
     retrain_unindexed_fraction: float = 0.5  # retrain a vector index past this delta share
     min_rows_for_vector_index: int = 256
@@ -158,6 +162,13 @@ class AgentSettings(BaseModel):
     use_gpu: bool | None = None  # None: when the cluster has GPUs
     index_segments: int = 2  # parallel index segments for a large build
     segment_min_rows: int = 100_000
+    target_rows_per_fragment: int = 1024 * 1024  # compaction's output fragment size
+    compact_parallelism: int = 2
+    max_concurrent_jobs: int = 2  # tables worked on at once (one job at a time per table)
+    max_attempts: int = 3  # a job that failed (or was interrupted) this often is failed
+    retry_seconds: float = 5.0  # first retry delay of a failed job, doubling per attempt
+    job_retention_seconds: float = 7 * 24 * 3600  # finished job records kept this long
+    num_cpus: float = 0.25  # reserved by the agent replica; indexers reserve their own
 
 
 class RaySettings(BaseModel):

@@ -5,5 +5,7 @@ import os
 # Ray 2.59+ turns token auth on by default; tests, CI and the serve script all turn it off alike.
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# The service runs behind Serve's HAProxy ingress by default (settings.server.proxy); test that path.
+os.environ.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1")
 
 pytest_plugins: list[str] = ["tests.support.service", "tests.support.azurite", "tests.support.kafka"]

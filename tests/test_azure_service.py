@@ -125,16 +125,19 @@ def test_outage_loses_no_acknowledged_write(
     table = azure_service.connect("outage").create_table("t", _rows(0, 1), mode="overwrite")
     acknowledged: list[int] = []
     failures: list[str] = []
+    slowest = [0.0]
     stop = threading.Event()
 
     def writer() -> None:
         next_id = 1
         while not stop.is_set():
+            started = time.monotonic()
             try:
                 table.add(_rows(next_id, 1))
                 acknowledged.append(next_id)
             except Exception as exc:  # noqa: BLE001 - the status is asserted below
                 failures.append(str(exc))
+            slowest[0] = max(slowest[0], time.monotonic() - started)
             next_id += 1
 
     thread = threading.Thread(target=writer)
@@ -147,7 +150,8 @@ def test_outage_loses_no_acknowledged_write(
     stop.set()
     thread.join(timeout=120)
     assert acknowledged, "some writes succeed around the outage"
-    assert failures, "the outage was seen by the client"
+    # The outage reached the writes: they failed (retryably) or waited it out.
+    assert failures or slowest[0] >= 3.0, slowest
     assert all("503" in f or "Retry" in f or "retry" in f for f in failures), failures[:3]
     # The service recovered without a restart, and every acknowledged row is there.
     deadline = time.monotonic() + 60

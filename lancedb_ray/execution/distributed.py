@@ -173,34 +173,51 @@ class DistributedExecutor:
         return merge_nearest(results, query)
 
     def _run_all(self, plans: Sequence[SubPlan], target: QueryTarget) -> list[Any]:
+        """Run every sub-plan: one batched call per executor, each plan failing over alone."""
         routes = [self._pool.route(plan.partition) for plan in plans]
-        pending = {i: self._submit(routes[i][0], plan) for i, plan in enumerate(plans)}
-        attempts = dict.fromkeys(pending, 0)
+        attempts = [0] * len(plans)
         results: list[Any] = [None] * len(plans)
-        while pending:
-            for i, ref in list(pending.items()):
+        todo = list(range(len(plans)))
+        while todo:
+            batches: dict[str, list[int]] = {}
+            for i in todo:
+                batches.setdefault(routes[i][attempts[i] % len(routes[i])], []).append(i)
+            calls = {
+                name: self._pool.handle(name, fresh=any(attempts[i] for i in members))
+                .execute_batch.remote([plans[i] for i in members])
+                for name, members in batches.items()
+            }
+            todo = []
+            for name, call in calls.items():
+                members = batches[name]
                 try:
-                    results[i] = ray.get(ref, timeout=SUBPLAN_TIMEOUT_S)
-                    del pending[i]
+                    answers = ray.get(call, timeout=SUBPLAN_TIMEOUT_S)
                 except _EXECUTOR_FAULTS as exc:
-                    attempts[i] += 1
-                    if attempts[i] >= len(routes[i]) * 2:
-                        raise Unavailable(
-                            f"no plan executor could answer for "
-                            f"'{target.ref.qualified_name}': {type(exc).__name__}"
-                        ) from exc
-                    name = routes[i][attempts[i] % len(routes[i])]
-                    METRICS.inc("failovers_total")
-                    logger.warning("sub-plan %s failed over to %s: %s", plans[i].kind, name, exc)
-                    pending[i] = self._submit(name, plans[i], fresh=True)
+                    for i in members:
+                        attempts[i] += 1
+                        if attempts[i] >= 2 * len(routes[i]):
+                            raise Unavailable(
+                                f"no plan executor could answer for "
+                                f"'{target.ref.qualified_name}': {type(exc).__name__}"
+                            ) from exc
+                    METRICS.inc("failovers_total", len(members))
+                    logger.warning("%d sub-plans failed over from %s: %s", len(members), name, exc)
+                    todo.extend(members)
+                    continue
                 except RayTaskError as exc:
-                    cause = exc.cause if isinstance(exc.cause, BaseException) else exc
-                    if isinstance(cause, LanceDBRayError):
-                        raise cause from None
-                    with lance_errors(f"query on '{target.ref.qualified_name}'",
-                                      target.ref.database):
-                        raise cause from None
+                    raise _cause(exc, target) from None
+                for i, answer in zip(members, answers, strict=True):
+                    results[i] = answer
         return results
 
-    def _submit(self, name: str, plan: SubPlan, fresh: bool = False) -> Any:
-        return self._pool.handle(name, fresh=fresh).execute.remote(plan)
+
+def _cause(exc: RayTaskError, target: QueryTarget) -> LanceDBRayError:
+    """The error a sub-plan raised on its executor, as the query node would have raised it."""
+    cause = exc.cause if isinstance(exc.cause, BaseException) else exc
+    if isinstance(cause, LanceDBRayError):
+        return cause
+    try:
+        with lance_errors(f"query on '{target.ref.qualified_name}'", target.ref.database):
+            raise cause
+    except LanceDBRayError as translated:
+        return translated

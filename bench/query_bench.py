@@ -1,0 +1,281 @@
+"""Query benchmark: the service over HTTP side by side with embedded lancedb.
+
+One command (``.venv/bin/python bench/query_bench.py``) builds a clustered
+table (default 200,000 x 384), indexes it once, and runs the same queries
+through (a) embedded lancedb in-process on a local directory, (b) the service
+on a local directory and (c) the service on Azure Blob Storage (Azurite).
+It reports recall@10 against exact search, QPS at concurrency 1 and 8,
+p50/p99 latency, and cold versus warm, as a markdown table and a PNG plot
+under ``bench/results/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1")  # the service's default ingress
+
+import lancedb  # noqa: E402
+
+from lancedb_ray.settings import Settings  # noqa: E402
+
+API_KEY = "bench-key"
+NAMESPACE = "lancedb-ray"
+
+
+@dataclass
+class Result:
+    system: str
+    recall: float
+    p50_ms: float
+    p99_ms: float
+    qps_1: float
+    qps_n: float
+    threads: int
+    cold_ms: float
+
+
+def clustered_vectors(rows: int, dim: int, seed: int) -> np.ndarray:
+    """Gaussian clusters of different sizes and spreads, like real embeddings."""
+    rng = np.random.default_rng(seed)
+    clusters = max(16, rows // 1000)
+    centers = rng.normal(size=(clusters, dim)).astype("float32")
+    weights = rng.pareto(1.5, clusters) + 1
+    labels = rng.choice(clusters, size=rows, p=weights / weights.sum())
+    spread = rng.uniform(0.2, 0.6, clusters).astype("float32")[labels, None]
+    vectors = centers[labels] + rng.normal(size=(rows, dim)).astype("float32") * spread
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def make_table(vectors: np.ndarray) -> pa.Table:
+    dim = vectors.shape[1]
+    return pa.table({
+        "id": np.arange(len(vectors)),
+        "category": pa.array([f"c{i % 10}" for i in range(len(vectors))]),
+        "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), dim),
+    })
+
+
+def load(table, data: pa.Table, batch: int = 50_000) -> None:
+    for start in range(0, data.num_rows, batch):
+        table.add(data.slice(start, batch))
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return (time.perf_counter() - start) * 1000
+
+
+def run_system(name: str, open_table, queries: np.ndarray, truth: list[set[int]],
+               threads: int, nprobes: int, refine: int, cold) -> Result:
+    table = open_table()
+
+    def search(t, q):
+        return t.search(q).nprobes(nprobes).refine_factor(refine).limit(10).select(["id"])
+
+    cold_ms = cold(lambda: search(table, queries[0]).to_arrow())
+    for q in queries[:20]:  # warm up
+        search(table, q).to_arrow()
+    latencies, recalls = [], []
+    for q, want in zip(queries, truth):
+        got: list[int] = []
+        latencies.append(timed(lambda q=q: got.extend(search(table, q).to_arrow()["id"].to_pylist())))
+        recalls.append(len(want & set(got)) / 10)
+    elapsed = sum(latencies) / 1000
+    handles = [open_table() for _ in range(threads)]
+    start = time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(lambda i: search(handles[i % threads], queries[i]).to_arrow(),
+                      range(len(queries))))
+    parallel = time.perf_counter() - start
+    return Result(name, float(np.mean(recalls)), statistics.median(latencies),
+                  float(np.percentile(latencies, 99)), len(queries) / elapsed,
+                  len(queries) / parallel, threads, cold_ms)
+
+
+def start_service(storage: dict, state: Path, name: str, prefix: str, namespace: str) -> str:
+    from ray import serve
+
+    from lancedb_ray.api.app import build_app
+
+    settings = Settings(
+        server={"api_keys": [API_KEY], "num_replicas": 2, "num_cpus": 0.25},
+        storage=storage,
+        executors={"num_executors": 2, "num_cpus": 0.25, "spill_dir": str(state / "spill")},
+        events={"embedded": {"directory": str(state / "events")},
+                "outbox_directory": str(state / "outbox")},
+        agent={"enabled": False, "jobs_directory": str(state / "jobs")},
+        ray={"namespace": namespace},
+    )
+    serve.run(build_app({"settings": settings.to_plain()}), name=name, route_prefix=prefix)
+    return prefix
+
+
+def restart_executors(namespace: str):
+    """Kill every plan executor; each restarts with an empty cache (a cold start)."""
+    import ray
+
+    def cold(first_query) -> float:
+        for i in range(2):
+            ray.kill(ray.get_actor(f"plan-executor-{i}", namespace=namespace), no_restart=False)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                for i in range(2):
+                    ray.get(ray.get_actor(f"plan-executor-{i}", namespace=namespace)
+                            .ready.remote())
+                break
+            except Exception:  # noqa: BLE001 - still restarting
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        return timed(first_query)
+
+    return cold
+
+
+def write_report(results: list[Result], args: argparse.Namespace, out: Path) -> str:
+    lines = [
+        f"# Query benchmark: {args.rows:,} x {args.dim} vectors, {args.queries} queries, "
+        f"IVF_PQ ({args.partitions} partitions), nprobes={args.nprobes}, "
+        f"refine_factor={args.refine}",
+        "",
+        "| system | recall@10 | p50 ms | p99 ms | QPS (1) | QPS (N threads) | cold first query ms |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        lines.append(f"| {r.system} | {r.recall:.3f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | "
+                     f"{r.qps_1:.0f} | {r.qps_n:.0f} ({r.threads}) | {r.cold_ms:.1f} |")
+    report = "\n".join(lines) + "\n"
+    (out / "query_bench.md").write_text(report)
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    names = [r.system for r in results]
+    axes[0].bar(names, [r.p50_ms for r in results], label="p50")
+    axes[0].bar(names, [r.p99_ms - r.p50_ms for r in results], bottom=[r.p50_ms for r in results],
+                alpha=0.5, label="p99")
+    axes[0].set_ylabel("latency (ms)")
+    axes[0].legend()
+    axes[1].bar(names, [r.qps_n for r in results])
+    axes[1].set_ylabel("QPS, concurrent")
+    axes[2].bar(names, [r.cold_ms for r in results])
+    axes[2].set_ylabel("first query after restart (ms)")
+    for ax in axes:
+        ax.tick_params(axis="x", rotation=20)
+    fig.suptitle(f"{args.rows:,} x {args.dim}, recall@10: "
+                 + ", ".join(f"{r.system} {r.recall:.2f}" for r in results))
+    fig.tight_layout()
+    fig.savefig(out / "query_bench.png", dpi=100)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rows", type=int, default=200_000)
+    parser.add_argument("--dim", type=int, default=384)
+    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--partitions", type=int, default=128)
+    parser.add_argument("--nprobes", type=int, default=16)
+    parser.add_argument("--refine", type=int, default=2)
+    parser.add_argument("--no-azure", action="store_true", help="skip the Azurite run")
+    parser.add_argument("--out", default=str(REPO / "bench" / "results"))
+    args = parser.parse_args(argv)
+
+    import ray
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="lancedb-ray-bench-"))
+    vectors = clustered_vectors(args.rows, args.dim, seed=1)
+    data = make_table(vectors)
+    # Queries near the data (held-out perturbations of stored vectors), as real queries are.
+    rng = np.random.default_rng(2)
+    queries = vectors[rng.choice(len(vectors), args.queries, replace=False)]
+    queries = queries + rng.normal(size=queries.shape).astype("float32") * 0.02
+
+    print(f"building {args.rows:,} x {args.dim} on a local directory ...", flush=True)
+    local_db = lancedb.connect(work / "local" / "bench")
+    table = local_db.create_table("vectors", data.slice(0, 1), mode="overwrite")
+    table.delete("true")
+    load(table, data)
+    table.create_index(metric="cosine", vector_column_name="vector",
+                       num_partitions=args.partitions, num_sub_vectors=args.dim // 16)
+    truth = [set(table.search(q).bypass_vector_index().limit(10).select(["id"]).to_arrow()["id"]
+                 .to_pylist()) for q in queries]
+
+    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
+    from ray import serve
+
+    port = int(os.environ.get("BENCH_PORT", "8765"))
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    base = f"http://127.0.0.1:{port}"
+    start_service({"root": {"uri": str(work / "local")}}, work / "state-local", "local", "/local",
+                  NAMESPACE)
+
+    def remote(prefix: str):
+        return lambda: lancedb.connect("db://bench", api_key=API_KEY,
+                                       host_override=base + prefix).open_table("vectors")
+
+    def reopen_embedded(first_query) -> float:
+        return timed(lambda: lancedb.connect(work / "local" / "bench").open_table("vectors")
+                     .search(queries[0]).limit(10).to_arrow())
+
+    embedded = lambda: lancedb.connect(work / "local" / "bench").open_table("vectors")  # noqa: E731
+    results = [
+        run_system("embedded lancedb", embedded, queries, truth, 4, args.nprobes, args.refine,
+                   reopen_embedded),
+        run_system("service, local dir", remote("/local"), queries, truth, 8, args.nprobes,
+                   args.refine, restart_executors(NAMESPACE)),
+    ]
+    azurite = None
+    if not args.no_azure:
+        from tests.support.azurite import PROVIDER, Azurite, free_port
+
+        (work / "azurite").mkdir()
+        azurite = Azurite(free_port(), None, work / "azurite.log")
+        azurite.start()
+        root = azurite.location(PROVIDER, "bench", prefix="dbs")
+        start_service({"root": root.model_dump()}, work / "state-azure", "azure", "/azure",
+                      "lancedb-ray-azure")
+        print("copying the table to Azurite through the service ...", flush=True)
+        az_table = lancedb.connect("db://bench", api_key=API_KEY, host_override=base + "/azure") \
+            .create_table("vectors", data.slice(0, 1), mode="overwrite")
+        az_table.delete("true")
+        load(az_table, data, batch=20_000)
+        az_table.create_index(metric="cosine", vector_column_name="vector",
+                              num_partitions=args.partitions, num_sub_vectors=args.dim // 16)
+        results.append(run_system("service, Azurite blob", remote("/azure"), queries, truth, 8,
+                                  args.nprobes, args.refine,
+                                  restart_executors("lancedb-ray-azure")))
+    print(write_report(results, args, out))
+    serve.shutdown()
+    ray.shutdown()
+    if azurite is not None:
+        azurite.stop()
+    shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
