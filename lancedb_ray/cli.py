@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import sys
@@ -80,6 +81,22 @@ def serve_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def jobs_command(args: argparse.Namespace) -> int:
+    """Print the agent's jobs: through the admin endpoint with --url, else from the job store."""
+    from lancedb_ray.agent.report import fetch_jobs, format_jobs, read_jobs
+
+    settings = Settings.load(args.config)
+    filters = {"state": args.state, "database": args.database, "table": args.table,
+               "limit": args.limit}
+    if args.url:
+        key = args.api_key or settings.server.api_keys[0].get_secret_value()
+        jobs = fetch_jobs(args.url, key, **filters)
+    else:
+        jobs = read_jobs(settings, **filters)
+    print(json.dumps(jobs, indent=1) if args.json else format_jobs(jobs))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lancedb-ray", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -92,6 +109,17 @@ def main(argv: list[str] | None = None) -> int:
     serve_parser.add_argument("--config", help="settings YAML file")
     serve_parser.add_argument("--address", help="join this Ray cluster instead of starting one")
     serve_parser.set_defaults(handler=serve_command)
+
+    jobs_parser = commands.add_parser("jobs", help="list the agent's jobs")
+    jobs_parser.add_argument("--config", help="settings YAML file (where the job store is)")
+    jobs_parser.add_argument("--url", help="ask this service's admin endpoint instead of storage")
+    jobs_parser.add_argument("--api-key", help="API key for --url (default: the first configured)")
+    jobs_parser.add_argument("--state", choices=["pending", "running", "succeeded", "failed"])
+    jobs_parser.add_argument("--database")
+    jobs_parser.add_argument("--table")
+    jobs_parser.add_argument("--limit", type=int, default=50)
+    jobs_parser.add_argument("--json", action="store_true", help="print JSON records")
+    jobs_parser.set_defaults(handler=jobs_command)
 
     args = parser.parse_args(argv)
     return args.handler(args)

@@ -1,4 +1,4 @@
-"""The query node as a Ray Serve application.
+"""The query node as a Ray Serve application, with the Lance agent beside it.
 
 ``build_app`` is the one builder: ``lancedb-ray serve`` calls it, ``serve run
 deployments/local.yaml`` imports it, and KubeRay's serveConfigV2 names it.
@@ -11,6 +11,7 @@ from typing import Any
 from ray import serve
 from ray.serve import Application
 
+from lancedb_ray.agent.deployment import LanceAgent, agent_options
 from lancedb_ray.api.context import install_services
 from lancedb_ray.api.http import create_app
 from lancedb_ray.events.outbox import ChangePublisher
@@ -30,8 +31,9 @@ fastapi_app = create_app()
 class QueryNode:
     """Authenticates, resolves tables, runs writes on storage and queries on executors."""
 
-    def __init__(self, settings: dict[str, Any]) -> None:
+    def __init__(self, settings: dict[str, Any], agent: Any = None) -> None:
         self._settings = Settings.from_plain(settings)
+        self._agent = agent  # the LanceAgent's handle: bound here so Serve deploys it in this app
         self._publisher = ChangePublisher(self._settings.events)
         install_services(
             Services.build(self._settings, self._publisher.emit, self._executor_factory)
@@ -74,4 +76,6 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
     """Build the application from ``{"config_file": path, "settings": {overrides}}``."""
     args = args or {}
     settings = Settings.load(args.get("config_file"), **(args.get("settings") or {}))
-    return QueryNode.options(**deployment_options(settings)).bind(settings.to_plain())
+    plain = settings.to_plain()
+    agent = LanceAgent.options(**agent_options(settings)).bind(plain) if settings.agent.enabled else None
+    return QueryNode.options(**deployment_options(settings)).bind(plain, agent)

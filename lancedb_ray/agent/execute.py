@@ -1,0 +1,94 @@
+"""Running one job: look at the table again, then act only if there is still work.
+
+Jobs are at-least-once: an attempt can be interrupted after its Lance commit
+and before its record says so. Every attempt therefore starts from the
+table's current state with the same rule that created the job
+(:func:`decide.still_needed`): indices that already cover the table are not
+optimised again, a retrained index is not retrained again, compaction
+re-plans from the fragments as they are. A repeated attempt is a no-op.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+from lancedb_ray.agent.decide import Need, index_segments, still_needed
+from lancedb_ray.agent.jobs import Job, JobKind
+from lancedb_ray.agent.tables import TableReader, TableState
+from lancedb_ray.settings import Settings
+
+
+@dataclass(frozen=True)
+class Outcome:
+    result_version: int | None  # the table's version after the job
+    detail: str
+    acted: bool  # False: the job found nothing to do, or nothing changed
+    after: TableState | None  # the table once the job is done (None: it no longer exists)
+
+
+class JobRunner:
+    """Turns a job record into calls of the indexers (``lancedb_ray.indexers``)."""
+
+    def __init__(self, settings: Settings, reader: TableReader, indexers: ModuleType | Any = None):
+        self._settings = settings
+        self._agent = settings.agent
+        self._reader = reader
+        self._indexers = indexers
+        self._use_gpu: bool | None = settings.agent.use_gpu
+
+    @property
+    def indexers(self) -> Any:
+        if self._indexers is None:
+            from lancedb_ray import indexers
+
+            self._indexers = indexers
+        return self._indexers
+
+    def run(self, job: Job) -> Outcome:
+        state = self._reader.inspect(job.database, job.table)
+        if state is None:
+            return Outcome(None, "skipped: the table no longer exists", False, None)
+        need = still_needed(state, self._agent, job.kind, job.index, time.time())
+        if need is None:
+            return Outcome(state.version, f"no-op: nothing to do at version {state.version}",
+                           False, state)
+        detail = self._act(job, need, state)
+        after = self._reader.inspect(job.database, job.table)
+        version = after.version if after is not None else None
+        return Outcome(version, detail, version != state.version, after)
+
+    def _act(self, job: Job, need: Need, state: TableState) -> str:
+        ops = self.indexers
+        location = self._reader.location(job.database)
+        handle = ops.TableHandle(job.database, job.table, state.uri, dict(location.storage_options))
+        if job.kind is JobKind.OPTIMIZE_INDICES:
+            version = ops.optimize_indices(handle)
+            return f"indexed new rows ({need.reason}) at version {version}"
+        if job.kind is JobKind.RETRAIN:
+            assert job.index is not None
+            version = ops.retrain_vector_index(
+                handle, job.index, num_segments=index_segments(state, self._agent),
+                use_gpu=self._gpu(),
+            )
+            return f"retrained {job.index} ({need.reason}) at version {version}"
+        if job.kind is JobKind.COMPACT:
+            version = ops.compact(
+                handle,
+                target_rows_per_fragment=self._agent.target_rows_per_fragment,
+                parallelism=self._agent.compact_parallelism,
+            )
+            if version is None:
+                return f"compaction found nothing to rewrite ({need.reason})"
+            return f"compacted {need.reason} at version {version}"
+        if job.kind is JobKind.CLEANUP:
+            removed = ops.cleanup(handle, older_than_seconds=self._agent.version_retention_seconds)
+            return f"cleaned up ({need.reason}): {removed}"
+        raise ValueError(f"unknown job kind {job.kind}")
+
+    def _gpu(self) -> bool:
+        if self._use_gpu is None:
+            self._use_gpu = bool(self.indexers.cluster_has_gpus())
+        return self._use_gpu

@@ -1,0 +1,235 @@
+"""Durable job records on the storage: one JSON document per job.
+
+Two backends behind one interface, picked by where the storage root is:
+
+* a local root keeps records in ``AgentSettings.jobs_directory`` (by default
+  ``./data/.system/jobs``), each written to a temporary file, fsync'd and
+  renamed over the record, so a crash leaves the old record or the new one;
+* an Azure root keeps them under ``<root>/.system/jobs/`` in the root's own
+  container: one Put Blob replaces a blob atomically, so a reader never sees
+  half a record. (``.system`` can never be a database: names may not start
+  with a dot.)
+
+Records are named ``<job id>.json``; ids sort by creation time.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Protocol
+
+from lancedb_ray.agent.jobs import Job, JobState
+from lancedb_ray.settings import Settings, StorageSettings
+from lancedb_ray.storage.catalog import DatabaseLocation
+from lancedb_ray.storage.credentials import azure_storage_options, implied_account
+from lancedb_ray.storage.places import AzurePlace, place_of
+
+_LOG = logging.getLogger(__name__)
+SYSTEM_DIR = ".system"
+JOBS_DIR = "jobs"
+_SUFFIX = ".json"
+_LOCK_FILE = "agent.lock"
+
+
+class JobStore(Protocol):
+    def put(self, job: Job) -> None:
+        """Write ``job``'s record durably, replacing an earlier one of the same id."""
+
+    def get(self, job_id: str) -> Job | None: ...
+
+    def list(self) -> list[Job]:
+        """Every readable record, oldest first; unreadable ones are logged and skipped."""
+
+    def delete(self, job_ids: Iterable[str]) -> None: ...
+
+    def unlock(self) -> None: ...
+
+    def try_lock(self) -> bool:
+        """Claim the store for this agent; False while another live agent holds it."""
+
+
+def open_job_store(settings: Settings) -> JobStore:
+    """The job store for these settings (see the module docstring)."""
+    root = root_location(settings.storage)
+    if root.is_azure:
+        return BlobJobStore(root)
+    return LocalJobStore(settings.agent.jobs_directory)
+
+
+def root_location(storage: StorageSettings) -> DatabaseLocation:
+    """The storage root as a location, with the options of the root's credential."""
+    root = storage.root
+    place = place_of(root, implied_account(root))
+    if isinstance(place, AzurePlace):
+        return DatabaseLocation("", place.uri, azure_storage_options(root, place.account))
+    return DatabaseLocation("", place.uri, dict(root.options))
+
+
+def describe(store: JobStore) -> str:
+    return getattr(store, "where", type(store).__name__)
+
+
+def select(
+    jobs: Iterable[Job],
+    state: str | None = None,
+    database: str | None = None,
+    table: str | None = None,
+    limit: int | None = None,
+) -> list[Job]:
+    """Filter records for display: newest first, at most ``limit``."""
+    wanted = JobState(state) if state else None
+    chosen = [
+        job
+        for job in jobs
+        if (wanted is None or job.state is wanted)
+        and (database is None or job.database == database)
+        and (table is None or job.table == table)
+    ]
+    chosen.sort(key=lambda job: (job.created_at, job.id), reverse=True)
+    return chosen[:limit] if limit is not None else chosen
+
+
+def expired(jobs: Iterable[Job], retention_seconds: float, now: float | None = None) -> list[str]:
+    """Ids of finished jobs older than the retention: safe to delete."""
+    horizon = (now or time.time()) - retention_seconds
+    return [
+        job.id
+        for job in jobs
+        if not job.state.active and (job.finished_at or job.created_at) < horizon
+    ]
+
+
+class LocalJobStore:
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.directory = Path(directory)
+        self.where = str(self.directory)
+        self._lock = threading.Lock()
+        self._lock_fd: int | None = None
+
+    def put(self, job: Job) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.directory / f"{job.id}{_SUFFIX}"
+        temp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        with open(temp, "wb") as file:
+            file.write(job.to_json())
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temp, path)
+        with self._lock:
+            _fsync_directory(self.directory)
+
+    def get(self, job_id: str) -> Job | None:
+        try:
+            return Job.from_json((self.directory / f"{job_id}{_SUFFIX}").read_bytes())
+        except FileNotFoundError:
+            return None
+
+    def list(self) -> list[Job]:
+        try:
+            names = sorted(n for n in os.listdir(self.directory) if _is_record(n))
+        except FileNotFoundError:
+            return []
+        jobs = []
+        for name in names:
+            try:
+                jobs.append(Job.from_json((self.directory / name).read_bytes()))
+            except FileNotFoundError:
+                continue  # pruned meanwhile
+            except ValueError as exc:
+                _LOG.warning("skipping unreadable job record %s: %s", self.directory / name, exc)
+        return jobs
+
+    def delete(self, job_ids: Iterable[str]) -> None:
+        for job_id in job_ids:
+            (self.directory / f"{job_id}{_SUFFIX}").unlink(missing_ok=True)
+
+    def try_lock(self) -> bool:
+        """An flock on ``agent.lock``, released by the kernel when this process dies."""
+        if self._lock_fd is not None:
+            return True
+        self.directory.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.directory / _LOCK_FILE, os.O_RDWR | os.O_CREAT)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self._lock_fd = fd
+        return True
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+
+class BlobJobStore:
+    """Records as blobs under the root location, through its fsspec filesystem (adlfs)."""
+
+    def __init__(self, root: DatabaseLocation) -> None:
+        self._root = root
+        self._base = root.fs_path(SYSTEM_DIR, JOBS_DIR)
+        self.where = f"{root.uri}/{SYSTEM_DIR}/{JOBS_DIR}"
+
+    @property
+    def _fs(self) -> Any:
+        return self._root.filesystem()
+
+    def put(self, job: Job) -> None:
+        self._fs.pipe_file(f"{self._base}/{job.id}{_SUFFIX}", job.to_json())
+
+    def get(self, job_id: str) -> Job | None:
+        try:
+            return Job.from_json(self._fs.cat_file(f"{self._base}/{job_id}{_SUFFIX}"))
+        except FileNotFoundError:
+            return None
+
+    def list(self) -> list[Job]:
+        fs = self._fs
+        fs.invalidate_cache(self._base)
+        try:
+            paths = sorted(p for p in fs.ls(self._base, detail=False) if _is_record(p.rsplit("/", 1)[-1]))
+        except FileNotFoundError:
+            return []
+        jobs = []
+        for path, data in fs.cat(paths, on_error="return").items():
+            if isinstance(data, FileNotFoundError):
+                continue
+            try:
+                if isinstance(data, Exception):
+                    raise ValueError(str(data))
+                jobs.append(Job.from_json(data))
+            except ValueError as exc:
+                _LOG.warning("skipping unreadable job record %s: %s", path, exc)
+        jobs.sort(key=lambda job: job.id)
+        return jobs
+
+    def delete(self, job_ids: Iterable[str]) -> None:
+        paths = [f"{self._base}/{job_id}{_SUFFIX}" for job_id in job_ids]
+        if paths:
+            self._fs.rm(paths)
+
+    def try_lock(self) -> bool:
+        # One agent replica is deployed; blob leases for overlapping replicas are not used.
+        return True
+
+    def unlock(self) -> None:
+        pass
+
+
+def _is_record(name: str) -> bool:
+    return name.endswith(_SUFFIX) and not name.startswith(".")
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

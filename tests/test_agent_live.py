@@ -1,0 +1,256 @@
+"""The agent deployed with the live service: indexing without client action, restarts,
+the reconciler, and the job listings (admin endpoint and CLI).
+
+Clients write through the official lancedb client; the agent runs as the
+``LanceAgent`` deployment of the same Serve application, on the embedded bus.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import lance
+import lancedb
+import numpy as np
+import pyarrow as pa
+import pytest
+import ray
+import yaml
+
+from lancedb_ray import cli
+from lancedb_ray.agent.jobs import Job, JobKind, JobState
+from lancedb_ray.agent.store import LocalJobStore
+from tests.support.service import LiveService
+
+pytestmark = pytest.mark.ray
+APP = "lancedb"
+
+
+def rows(count: int, start: int = 0, dim: int = 16) -> pa.Table:
+    rng = np.random.default_rng(start)
+    return pa.table({
+        "id": np.arange(start, start + count),
+        "text": [f"document {i} about {('cats', 'dogs', 'fish')[i % 3]}"
+                 for i in range(start, start + count)],
+        "vector": pa.array(rng.normal(size=(count, dim)).astype("float32").tolist(),
+                           pa.list_(pa.float32(), dim)),
+    })
+
+
+def wait_for(condition: Callable[[], Any], timeout_s: float, what: str, interval_s: float = 0.25) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+        time.sleep(interval_s)
+
+
+def job_store(service: LiveService) -> LocalJobStore:
+    return LocalJobStore(service.settings["agent"]["jobs_directory"])
+
+
+def jobs_of(service: LiveService, database: str, table: str | None = None) -> list[Job]:
+    return [job for job in job_store(service).list()
+            if job.database == database and (table is None or job.table == table)]
+
+
+def agent_setting(service: LiveService, name: str, default: float) -> float:
+    return float(service.settings.get("agent", {}).get(name, default))
+
+
+def unindexed(table: Any, *names: str) -> dict[str, int]:
+    return {name: table.index_stats(name).num_unindexed_rows for name in names}
+
+
+def new_database() -> str:
+    return f"agent{uuid.uuid4().hex[:10]}"
+
+
+def agent_status() -> dict[str, Any]:
+    from ray import serve
+
+    handle = serve.get_deployment_handle("LanceAgent", app_name=APP)
+    return handle.status.remote().result(timeout_s=30)
+
+
+def agent_replica() -> str:
+    from ray import serve
+
+    handle = serve.get_deployment_handle("LanceAgent", app_name=APP)
+    return handle.replica_actor_name.remote().result(timeout_s=30)
+
+
+def test_appended_rows_are_indexed_with_no_client_action(live_service: LiveService) -> None:
+    database = new_database()
+    table = live_service.connect(database).create_table("items", rows(600))
+    table.create_index(metric="l2", vector_column_name="vector", num_partitions=2, num_sub_vectors=4)
+    table.create_scalar_index("id")
+    table.create_fts_index("text")
+    names = ("vector_idx", "id_idx", "text_idx")
+    assert unindexed(table, *names) == dict.fromkeys(names, 0)
+
+    appended = rows(150, 600)
+    table.add(appended)
+    appended_at = time.monotonic()
+    appended_version = table.version
+    assert table.search().where("id >= 600").limit(1000).to_arrow().num_rows == 150  # readable now
+    wait_for(lambda: unindexed(table, *names) == dict.fromkeys(names, 0), 120,
+             "the agent to index the appended rows")
+    lag = time.monotonic() - appended_at
+
+    (job,) = [j for j in jobs_of(live_service, database, "items") if j.kind is JobKind.OPTIMIZE_INDICES]
+    assert job.state is JobState.SUCCEEDED and job.trigger == "event" and job.error is None
+    assert job.trigger_version == appended_version and job.result_version == table.version
+    query = appended["vector"][100].as_py()  # row 700
+    hits = table.search(query).nprobes(2).refine_factor(50).limit(1).to_arrow()
+    assert hits["id"].to_pylist() == [700]
+    fts = table.search("document 650", query_type="fts").limit(5).to_arrow()["id"].to_pylist()
+    assert 650 in fts
+    assert lag < 60
+
+
+def test_killed_mid_job_the_agent_resumes_without_loss_or_repetition(
+    live_service: LiveService,
+) -> None:
+    """Kill the agent's replica while a retrain runs; Serve restarts it and it finishes the job.
+
+    Also seeded: a record left ``running`` for work whose commit already landed
+    (a kill between the Lance commit and the record update); on restart it must
+    finish as a no-op, committing nothing.
+    """
+    database = new_database()
+    db = live_service.connect(database)
+    dim = 64
+    big = db.create_table("big", rows(4000, dim=dim))
+    big.create_index(metric="l2", vector_column_name="vector", num_partitions=16, num_sub_vectors=8)
+    big.add(rows(6000, 4000, dim=dim))  # 60% of the rows unseen by training: a retrain
+    trigger_version = big.version
+
+    done = db.create_table("done", rows(300))
+    done.create_scalar_index("id")
+    seeded = Job.new(database, "done", JobKind.OPTIMIZE_INDICES, done.version).started()
+    job_store(live_service).put(seeded)  # its work is done: nothing is unindexed
+    done_version = done.version
+
+    def retrain_running() -> Job | None:
+        return next((j for j in jobs_of(live_service, database, "big")
+                     if j.kind is JobKind.RETRAIN and j.state is JobState.RUNNING), None)
+
+    running = wait_for(retrain_running, 120, "the retrain job to start", interval_s=0.02)
+    victim = agent_replica()
+    ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
+    replacement = wait_for(lambda: _replica_other_than(victim), 120, "Serve to restart the agent")
+    assert replacement != victim
+
+    def finished() -> list[Job]:
+        jobs = jobs_of(live_service, database, "big")
+        return jobs if jobs and not any(j.state.active for j in jobs) else []
+
+    jobs = wait_for(finished, 300, "the resumed jobs to finish")
+    retrain = next(j for j in jobs if j.id == running.id)
+    assert retrain.state is JobState.SUCCEEDED, retrain
+    assert retrain.attempts == 2
+    assert unindexed(big, "vector_idx") == {"vector_idx": 0}
+    assert big.count_rows() == 10_000  # nothing lost
+
+    # Exactly one index build was committed after the trigger, however the kill fell.
+    dataset = lance.dataset(str(live_service.root / database / "big.lance"))
+    later = [t for t in dataset.get_transactions(dataset.version - trigger_version) if t]
+    assert [type(t.operation).__name__ for t in later] == ["CreateIndex"], later
+
+    resumed = job_store(live_service).get(seeded.id)
+    assert resumed.state is JobState.SUCCEEDED and resumed.attempts == 2
+    assert resumed.detail.startswith("no-op")
+    assert done.version == done_version  # nothing committed a second time
+
+
+def _replica_other_than(victim: str) -> str | None:
+    try:
+        name = agent_replica()
+    except Exception:  # noqa: BLE001 - the deployment is between replicas
+        return None
+    return name if name and name != victim else None
+
+
+def test_the_reconciler_indexes_writes_that_sent_no_event(live_service: LiveService) -> None:
+    database = new_database()
+    remote = live_service.connect(database).create_table("quiet", rows(400))
+    remote.create_scalar_index("id")
+    wait_for(lambda: agent_status()["events_outstanding"] == 0, 60,
+             "the agent to be done with the client's events")
+    # An outside writer: embedded lancedb straight on the service's storage, no event.
+    outside = lancedb.connect(live_service.root / database).open_table("quiet")
+    outside.add(rows(250, 400))
+    assert unindexed(remote, "id_idx") == {"id_idx": 250}
+    interval = agent_setting(live_service, "reconcile_interval_seconds", 30.0)
+    wait_for(lambda: unindexed(remote, "id_idx") == {"id_idx": 0}, interval * 2 + 60,
+             "the reconciler to index the outside write")
+    jobs = jobs_of(live_service, database, "quiet")
+    assert [(j.kind, j.trigger, j.state) for j in jobs] == [
+        (JobKind.OPTIMIZE_INDICES, "reconcile", JobState.SUCCEEDED)]
+
+
+def _get(url: str, key: str | None) -> tuple[int, Any]:
+    request = urllib.request.Request(url, headers={"x-api-key": key} if key else {})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def test_admin_endpoint_and_cli_list_jobs(
+    live_service: LiveService, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    database = new_database()
+    table = live_service.connect(database).create_table("listed", rows(300))
+    table.create_scalar_index("id")
+    table.add(rows(20, 300))
+    wait_for(lambda: [j for j in jobs_of(live_service, database) if j.state is JobState.SUCCEEDED],
+             120, "a finished job")
+    (job,) = jobs_of(live_service, database)
+
+    url, key = live_service.url, live_service.api_key
+    status, body = _get(f"{url}/v1/admin/jobs?database={database}", key)
+    assert status == 200
+    (listed,) = body["jobs"]
+    assert listed["id"] == job.id and listed["state"] == "succeeded"
+    assert listed["kind"] == "optimize_indices" and listed["table"] == "listed"
+    assert listed["trigger_version"] == job.trigger_version
+    assert listed["result_version"] == job.result_version and listed["duration_s"] >= 0
+    assert listed["error"] is None and listed["attempts"] == 1
+    assert _get(f"{url}/v1/admin/jobs?database={database}&state=failed", key)[1] == {"jobs": []}
+    assert _get(f"{url}/v1/admin/jobs?limit=1", key)[1]["jobs"].__len__() == 1
+    assert _get(f"{url}/v1/admin/jobs", None)[0] == 401
+    assert _get(f"{url}/v1/admin/jobs", "wrong-key")[0] == 401
+    assert _get(f"{url}/v1/admin/jobs?state=exploded", key)[0] == 400
+
+    assert cli.main(["jobs", "--url", url, "--api-key", key, "--database", database]) == 0
+    header, line = capsys.readouterr().out.strip().splitlines()
+    assert header.split()[:5] == ["id", "state", "kind", "database", "table"]
+    assert line.split()[:5] == [job.id, "succeeded", "optimize_indices", database, "listed"]
+
+    config = tmp_path / "settings.yaml"  # no service needed: read the job store on storage
+    config.write_text(yaml.safe_dump({
+        "storage": live_service.settings["storage"],
+        "agent": {"jobs_directory": live_service.settings["agent"]["jobs_directory"]},
+    }))
+    assert cli.main(["jobs", "--config", str(config), "--database", database, "--json"]) == 0
+    (printed,) = json.loads(capsys.readouterr().out)
+    assert printed["id"] == job.id and printed["state"] == "succeeded"
+
+
+def test_the_agent_reports_its_state(live_service: LiveService) -> None:
+    status = agent_status()
+    assert set(status["jobs"]) == {"pending", "running", "succeeded", "failed"}
+    assert status["events_outstanding"] >= 0
