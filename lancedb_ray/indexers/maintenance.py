@@ -1,0 +1,124 @@
+"""Keeping a table's indexes current and its fragments compact, on Ray tasks.
+
+- ``optimize_indices``: new rows into every existing index (vector, scalar,
+  full-text) with lance's ``optimize_indices``. A vector index gets a new delta
+  segment over the new fragments (``num_indices_to_merge=0``) instead of being
+  merged into one segment, so a segmented index keeps its parallel layout.
+- ``compact``: ``lance.optimize.Compaction.plan`` on the driver, one Ray task
+  per ``CompactionTask.execute``, ``Compaction.commit`` of all rewrites as one
+  version (lance remaps the indexes to the new fragments in that commit).
+- ``cleanup``: ``cleanup_old_versions`` on a Ray task.
+- ``unindexed_rows``: read from the manifest alone, so it runs anywhere.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import Any
+
+import ray
+from lance.optimize import Compaction, CompactionTask, RewriteResult
+
+from lancedb_ray.indexers.handle import TableHandle
+from lancedb_ray.indexers.runtime import METRICS, bounded_map, operation, require_ray
+
+_LOG = logging.getLogger(__name__)
+_CLEANUP_STATS = ("old_versions", "bytes_removed", "data_files_removed", "index_files_removed",
+                  "deletion_files_removed", "transaction_files_removed", "failed_deletes")
+
+
+def is_vector_index(index_type: str) -> bool:
+    kind = index_type.upper()
+    return "IVF" in kind or "HNSW" in kind
+
+
+def unindexed_rows(handle: TableHandle) -> dict[str, int]:
+    """Index name -> rows (deletions excluded) in fragments none of its segments covers."""
+    dataset = handle.open()
+    rows = {f.fragment_id: f.metadata.num_rows - f.metadata.num_deletions for f in dataset.get_fragments()}
+    covered: dict[str, set[int]] = {}
+    for index in dataset.describe_indices():
+        ids = covered.setdefault(index.name, set())
+        for segment in index.segments:
+            ids.update(segment.fragment_ids or ())
+    return {name: sum(n for fid, n in rows.items() if fid not in ids) for name, ids in covered.items()}
+
+
+def optimize_indices(handle: TableHandle, *, merge_vector_segments: bool = False) -> int:
+    """Index newly written rows into every index; the new version, or the current one if none lagged.
+
+    Running it again with nothing new written changes nothing.
+    """
+    require_ray("optimize_indices")
+    with operation("optimize_indices"):
+        version = ray.get(_optimize.remote(handle, merge_vector_segments))
+        METRICS.inc("tasks_total", kind="optimize_indices", device="cpu")
+        return version
+
+
+def compact(handle: TableHandle, *, target_rows_per_fragment: int, parallelism: int,
+            **options: Any) -> int | None:
+    """Rewrite small fragments into ones of about ``target_rows_per_fragment`` rows, in parallel.
+
+    The new version, or None if lance planned nothing to do. ``options`` are
+    further ``lance.optimize.CompactionOptions`` (``materialize_deletions`` ...).
+    """
+    require_ray("compact")
+    with operation("compact"):
+        dataset = handle.open()
+        plan = Compaction.plan(dataset, {"target_rows_per_fragment": target_rows_per_fragment, **options})
+        if plan.num_tasks() == 0:
+            return None
+        read_version = plan.read_version
+        _LOG.info("%s: compacting %d groups of fragments at version %d, %d at a time",
+                  handle.table, plan.num_tasks(), read_version, parallelism)
+        rewrites = bounded_map(
+            lambda task: _compact_task.remote(handle, read_version, task),
+            plan.tasks, parallelism, "compact",
+        )
+        METRICS.inc("tasks_total", len(rewrites), kind="compact", device="cpu")
+        base = handle.open(read_version)
+        metrics = Compaction.commit(base, rewrites)
+        METRICS.inc("fragments_compacted_total", metrics.fragments_removed)
+        _LOG.info("%s: compaction replaced %d fragments with %d as version %d", handle.table,
+                  metrics.fragments_removed, metrics.fragments_added, base.version)
+        return base.version
+
+
+def cleanup(handle: TableHandle, *, older_than_seconds: float) -> dict[str, int]:
+    """Remove versions older than ``older_than_seconds`` and the files only they used."""
+    require_ray("cleanup")
+    with operation("cleanup"):
+        stats = ray.get(_cleanup.remote(handle, older_than_seconds))
+        METRICS.inc("tasks_total", kind="cleanup", device="cpu")
+        return stats
+
+
+@ray.remote(num_cpus=1)
+def _optimize(handle: TableHandle, merge_vector_segments: bool) -> int:
+    dataset = handle.open()
+    lagging = {name for name, rows in unindexed_rows(handle).items() if rows > 0}
+    if not lagging:
+        return dataset.version
+    types = {index.name: str(index.index_type) for index in dataset.describe_indices()}
+    vector = sorted(name for name in lagging if is_vector_index(types[name]))
+    other = sorted(lagging - set(vector))
+    if vector:
+        kwargs = {} if merge_vector_segments else {"num_indices_to_merge": 0}
+        dataset.optimize.optimize_indices(index_names=vector, **kwargs)
+    if other:
+        dataset = handle.open()
+        dataset.optimize.optimize_indices(index_names=other)
+    return handle.open().version
+
+
+@ray.remote(num_cpus=1)
+def _compact_task(handle: TableHandle, read_version: int, task: CompactionTask) -> RewriteResult:
+    return task.execute(handle.open(read_version))
+
+
+@ray.remote(num_cpus=1)
+def _cleanup(handle: TableHandle, older_than_seconds: float) -> dict[str, int]:
+    stats = handle.open().cleanup_old_versions(older_than=timedelta(seconds=older_than_seconds))
+    return {name: int(getattr(stats, name)) for name in _CLEANUP_STATS if hasattr(stats, name)}

@@ -1,0 +1,208 @@
+"""Bulk ingest: parallel fragment writes on Ray, one atomic commit.
+
+    ray job submit -- python -m lancedb_ray.jobs.ingest --database DB --table T \\
+        --source PATH_OR_URI [--format parquet|lance|csv] [--mode append|create|overwrite] \\
+        [--rows-per-fragment N] [--config settings.yaml]
+
+Ray Data reads the source in parallel; each batch of ``--rows-per-fragment``
+rows becomes one Lance fragment, written by a Ray task with
+``lance.fragment.write_fragments`` under the table's directory but not yet part
+of any version. When every fragment is written, the driver commits them all
+with one ``LanceDataset.commit`` (an ``Append`` or an ``Overwrite``): readers
+see all the new rows or none, and a failed job leaves the table as it was
+(the unreferenced files go with the next version cleanup).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lance
+import pyarrow as pa
+import ray
+from lance.fragment import FragmentMetadata
+
+from lancedb_ray.errors import AlreadyExists, InvalidInput, NotFound
+from lancedb_ray.indexers.handle import TableHandle, table_handle
+from lancedb_ray.jobs.common import (
+    add_target_arguments,
+    connect_ray,
+    locate,
+    publish_change,
+    setup_logging,
+)
+from lancedb_ray.settings import Settings
+from lancedb_ray.storage.catalog import DatabaseLocation
+from lancedb_ray.types import TableRef
+
+_LOG = logging.getLogger(__name__)
+FORMATS = ("parquet", "lance", "csv")
+MODES = ("append", "create", "overwrite")
+DEFAULT_ROWS_PER_FRAGMENT = 1024 * 1024  # lance's own default file size
+_AZURE_SCHEMES = ("az://", "abfs://", "abfss://")
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    uri: str
+    version: int
+    rows: int
+    fragments: int
+    seconds: float
+
+
+def ingest(location: DatabaseLocation, table: str, source: str, *, fmt: str | None = None,
+           mode: str = "append", rows_per_fragment: int = DEFAULT_ROWS_PER_FRAGMENT) -> IngestResult:
+    """Write ``source`` into ``table`` as one new version (Ray must be initialised)."""
+    start = time.monotonic()
+    if mode not in MODES:
+        raise InvalidInput(f"unknown mode '{mode}': use one of {list(MODES)}")
+    fmt = fmt or infer_format(source)
+    if fmt not in FORMATS:
+        raise InvalidInput(f"unknown format '{fmt}': use one of {list(FORMATS)}")
+    existing = _existing(location, table)
+    if mode == "create" and existing is not None:
+        raise AlreadyExists(f"table '{table}' already exists in database '{location.database}'")
+    if mode == "append" and existing is None:
+        raise NotFound(f"table '{table}' was not found in database '{location.database}': "
+                       "use --mode create")
+    data = read_source(source, fmt, location)
+    if existing is None and TableRef.parse(location.database, table).namespace:
+        existing = _create_namespaced(location, table, data.schema().base_schema)
+        mode = "append"  # into the empty table lancedb just created
+    if existing is not None:
+        base = existing.open()
+        uri, base_version, schema = existing.uri, base.version, base.schema
+    else:
+        uri, base_version = location.table_uri(table), None
+        schema = data.schema().base_schema
+    write_mode = "append" if mode == "append" else "create"
+    if existing is not None and mode == "overwrite":
+        write_mode = "overwrite"
+    written = data.map_batches(
+        _write_fragments, batch_size=rows_per_fragment, batch_format="pyarrow", num_cpus=1,
+        fn_kwargs={"uri": uri, "schema": schema, "mode": write_mode, "rows_per_fragment": rows_per_fragment,
+                   "storage_options": dict(location.storage_options)},
+    )
+    fragments: list[FragmentMetadata] = []
+    rows = 0
+    for batch in written.iter_batches(batch_size=None, batch_format="pyarrow"):
+        texts, counts = batch.column("fragment").to_pylist(), batch.column("rows").to_pylist()
+        for text, count in zip(texts, counts, strict=True):
+            fragments.append(FragmentMetadata.from_json(text))
+            rows += count
+        print(f"ingest: {len(fragments)} fragments, {rows:,} rows written "
+              f"({time.monotonic() - start:.1f} s)", flush=True)
+    if mode == "append":
+        operation: Any = lance.LanceOperation.Append(fragments)
+    else:
+        operation = lance.LanceOperation.Overwrite(schema, fragments)
+        if existing is None and _existing(location, table) is not None:
+            raise AlreadyExists(f"table '{table}' was created by someone else while this job ran")
+    committed = lance.LanceDataset.commit(uri, operation, read_version=base_version,
+                                          storage_options=location.storage_options or None)
+    seconds = time.monotonic() - start
+    print(f"ingest: committed {rows:,} rows in {len(fragments)} fragments as version "
+          f"{committed.version} of {location.database}/{table} ({seconds:.1f} s)", flush=True)
+    return IngestResult(uri, committed.version, rows, len(fragments), seconds)
+
+
+def infer_format(source: str) -> str:
+    path = source.rstrip("/")
+    if path.endswith(".lance"):
+        return "lance"
+    if path.endswith((".csv", ".csv.gz")):
+        return "csv"
+    if "://" not in path and (Path(path) / "_versions").is_dir():
+        return "lance"
+    return "parquet"
+
+
+def read_source(source: str, fmt: str, location: DatabaseLocation) -> ray.data.Dataset:
+    """The source as a Ray Data dataset; Azure sources use the database's credentials."""
+    if fmt == "lance":
+        options = dict(location.storage_options) if source.startswith(_AZURE_SCHEMES) else None
+        return ray.data.read_lance(source, storage_options=options)
+    kwargs: dict[str, Any] = {}
+    if source.startswith(_AZURE_SCHEMES):
+        from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+        kwargs["filesystem"] = PyFileSystem(FSSpecHandler(location.filesystem()))
+        source = source.split("://", 1)[1]
+    if fmt == "csv":
+        return ray.data.read_csv(source, **kwargs)
+    return ray.data.read_parquet(source, **kwargs)
+
+
+def _existing(location: DatabaseLocation, table: str) -> TableHandle | None:
+    try:
+        return table_handle(location, table)
+    except NotFound:
+        return None
+
+
+def _create_namespaced(location: DatabaseLocation, table: str, schema: pa.Schema) -> TableHandle:
+    """An empty namespaced table, created by lancedb, which chooses its directory."""
+    import lancedb
+
+    ref = TableRef.parse(location.database, table)
+    db = lancedb.connect(location.uri, storage_options=location.storage_options or None)
+    created = db.create_table(ref.name, schema=schema, namespace_path=list(ref.namespace))
+    return TableHandle(location.database, table, created.to_lance().uri, dict(location.storage_options))
+
+
+def _write_fragments(batch: pa.Table, *, uri: str, schema: pa.Schema, mode: str, rows_per_fragment: int,
+                     storage_options: dict[str, str]) -> pa.Table:
+    from lance.fragment import write_fragments
+
+    batch = _conform(batch, schema)
+    fragments = write_fragments(batch, uri, schema=schema, mode=mode, max_rows_per_file=rows_per_fragment,
+                                storage_options=storage_options or None)
+    return pa.table({"fragment": [json.dumps(f.to_json()) for f in fragments],
+                     "rows": [f.num_rows for f in fragments]})
+
+
+def _conform(batch: pa.Table, schema: pa.Schema) -> pa.Table:
+    missing = [name for name in schema.names if name not in batch.schema.names]
+    if missing:
+        raise InvalidInput(f"the source lacks the table's columns {missing}")
+    extra = [name for name in batch.schema.names if name not in schema.names]
+    if extra:
+        raise InvalidInput(f"the source has columns the table lacks: {extra}")
+    return batch.select(schema.names).cast(schema)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m lancedb_ray.jobs.ingest", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_target_arguments(parser)
+    parser.add_argument("--source", required=True, help="a file, a directory, or a URI (az://...)")
+    parser.add_argument("--format", choices=FORMATS, default=None,
+                        help="default: from the source's name (.lance, .csv), else parquet")
+    parser.add_argument("--mode", choices=MODES, default="append")
+    parser.add_argument("--rows-per-fragment", type=int, default=DEFAULT_ROWS_PER_FRAGMENT)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    setup_logging()
+    settings = Settings.load(args.config)
+    connect_ray(settings)
+    location = locate(settings, args.database)
+    result = ingest(location, args.table, args.source, fmt=args.format, mode=args.mode,
+                    rows_per_fragment=args.rows_per_fragment)
+    if args.event:
+        operation = {"append": "insert", "create": "create", "overwrite": "overwrite"}[args.mode]
+        publish_change(settings, args.database, args.table, result.version, operation, result.rows)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
