@@ -158,7 +158,7 @@ class AgentSettings(BaseModel):
     compact_min_fragments: int = 8  # compact once this many small fragments pile up
     small_fragment_rows: int = 64 * 1024
     version_retention_seconds: float = 7 * 24 * 3600
-    jobs_directory: str = "./data/.system/jobs"
+    jobs_directory: str = "./data/.system/jobs"  # local root only; Azure: <root>/.system/jobs
     use_gpu: bool | None = None  # None: when the cluster has GPUs
     index_segments: int = 2  # parallel index segments for a large build
     segment_min_rows: int = 100_000

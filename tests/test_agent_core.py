@@ -58,18 +58,22 @@ class StandInIndexers:
         if self.failures:
             self.failures -= 1
             raise OSError("the storage account throttled us")
-        return lance.dataset(handle.uri)
+        return self._open(handle)
+
+    @staticmethod
+    def _open(handle: Handle) -> lance.LanceDataset:
+        return lance.dataset(handle.uri, storage_options=handle.storage_options or None)
 
     def optimize_indices(self, handle: Handle) -> int:
         self._enter("optimize_indices", handle).optimize.optimize_indices()
-        return lance.dataset(handle.uri).version
+        return self._open(handle).version
 
     def compact(self, handle: Handle, *, target_rows_per_fragment: int, parallelism: int) -> int | None:
         dataset = self._enter("compact", handle)
         before = dataset.version
         dataset.optimize.compact_files(target_rows_per_fragment=target_rows_per_fragment,
                                        num_threads=parallelism)
-        after = lance.dataset(handle.uri).version
+        after = self._open(handle).version
         return after if after != before else None
 
     def retrain_vector_index(self, handle: Handle, index_name: str, *, num_segments: int,
@@ -383,3 +387,38 @@ def test_renamed_away_tables_need_nothing(tmp_path: Path, operation: str) -> Non
     indexers = StandInIndexers()
     run_until(LanceAgent(settings, indexers=indexers), lambda: checkpoint(settings) == log_size(settings))
     assert indexers.calls == [] and LocalJobStore(settings.agent.jobs_directory).list() == []
+
+
+def test_an_unreadable_table_does_not_hold_the_checkpoint_forever(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lancedb_ray.agent import core
+
+    monkeypatch.setattr(core, "_INSPECT_RETRY_S", 0.01)
+    settings = make_settings(tmp_path)
+    indexed_table(tmp_path / "data").add(rows(10, 300))
+    publish(settings, event("t", 3))
+    agent = LanceAgent(settings, indexers=StandInIndexers())
+    reads: list[str] = []
+
+    def unreadable(database: str, table: str) -> None:
+        reads.append(table)
+        raise OSError("connection reset by peer")
+
+    monkeypatch.setattr(agent._reader, "inspect", unreadable)
+    run_until(agent, lambda: checkpoint(settings) == log_size(settings))
+    assert reads == ["t"] * core._INSPECT_ATTEMPTS
+    assert LocalJobStore(settings.agent.jobs_directory).list() == []
+
+
+def test_the_reconciler_leaves_tables_written_within_the_debounce_alone(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, reconcile_interval_seconds=0.1, debounce_seconds=2.0)
+    root = tmp_path / "data"
+    indexed_table(root).add(rows(10, 300))
+    written = lance.dataset(str(root / "db" / "t.lance")).versions()[-1]["timestamp"].timestamp()
+    store = LocalJobStore(settings.agent.jobs_directory)
+    agent = LanceAgent(settings, indexers=StandInIndexers())
+    run_until(agent, finished(store))
+    (job,) = store.list()
+    assert job.trigger == "reconcile" and agent.reconciled > 5
+    assert job.created_at - written >= 2.0

@@ -254,3 +254,27 @@ def test_the_agent_reports_its_state(live_service: LiveService) -> None:
     status = agent_status()
     assert set(status["jobs"]) == {"pending", "running", "succeeded", "failed"}
     assert status["events_outstanding"] >= 0
+
+
+def test_agent_metrics_reach_prometheus(live_service: LiveService) -> None:
+    """Events consumed and outstanding, jobs by state, unindexed rows per table."""
+    database = new_database()
+    table = live_service.connect(database).create_table("metered", rows(300))
+    table.create_scalar_index("id")
+    table.add(rows(10, 300))
+    wait_for(lambda: unindexed(table, "id_idx") == {"id_idx": 0}, 120, "the agent to index")
+    port = ray.nodes()[0]["MetricsExportPort"]
+
+    def scrape() -> str | None:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+            text = response.read().decode()
+        wanted = ["ray_lancedb_ray_agent_events_consumed", "ray_lancedb_ray_agent_events_outstanding",
+                  'ray_lancedb_ray_agent_jobs{', 'state="succeeded"',
+                  'ray_lancedb_ray_agent_unindexed_rows{', f'database="{database}"']
+        return text if all(w in text for w in wanted) else None
+
+    text = wait_for(scrape, 120, "the agent's metrics to be exported", interval_s=2)
+    unindexed_line = next(line for line in text.splitlines()
+                          if line.startswith("ray_lancedb_ray_agent_unindexed_rows")
+                          and f'database="{database}"' in line)
+    assert unindexed_line.rsplit(" ", 1)[1] in ("0", "0.0")

@@ -44,11 +44,18 @@ _POLL_BATCH = 500
 _POLL_TIMEOUT_S = 0.5
 _BUS_RETRY_S = 2.0
 _INSPECT_RETRY_S = 5.0
+_INSPECT_ATTEMPTS = 5  # reads of a table before its events are let go (75 s of retries)
 _RETRY_CAP_S = 300.0
 
 
 def _key(database: str, table: str) -> str:
     return f"{database}/{table}"
+
+
+def _recently_written(state: TableState, quiet_s: float) -> bool:
+    """Whether the table changed within the debounce interval: the reconciler debounces too."""
+    latest = state.latest_version_time
+    return latest is not None and time.time() - latest < quiet_s
 
 
 class LanceAgent:
@@ -72,6 +79,7 @@ class LanceAgent:
         self._debouncer = Debouncer(self._agent.debounce_seconds, self._agent.debounce_max_seconds)
         self._tracker = CheckpointTracker()
         self._examining: set[str] = set()
+        self._read_failures: dict[str, int] = {}
         self._records: dict[str, Job] = {}  # every record in the store, as last written
         self._queues: dict[str, deque[Job]] = {}
         self._draining: set[str] = set()
@@ -200,12 +208,13 @@ class LanceAgent:
             try:
                 state = await asyncio.to_thread(self._reader.inspect, database, table)
             except Exception as exc:
-                _LOG.warning("cannot read %s, trying again in %.0fs: %s", key, _INSPECT_RETRY_S, exc)
-                if deliveries:
-                    self._debouncer.defer(key, deliveries, time.monotonic(), _INSPECT_RETRY_S)
+                self._unreadable(key, deliveries, exc)
                 return
+            self._read_failures.pop(key, None)
             if state is None:
                 METRICS.set("unindexed_rows", 0, database=database, table=table)
+            elif trigger == "reconcile" and _recently_written(state, self._agent.debounce_seconds):
+                self._observe(state)  # its event is on the way, or the next pass will do
             else:
                 self._observe(state)
                 for need in decide(state, self._agent, time.time()):
@@ -219,6 +228,24 @@ class LanceAgent:
             self._tracker.handled(deliveries)
         finally:
             self._examining.discard(key)
+
+    def _unreadable(self, key: str, deliveries: list[Delivery], exc: Exception) -> None:
+        """Try a table that cannot be read again later; in the end let its events go.
+
+        Its events hold back the checkpoint of every later event, so they are not
+        kept forever: once released, the reconciler still looks at the table.
+        """
+        failures = self._read_failures.get(key, 0) + 1
+        if failures >= _INSPECT_ATTEMPTS or not deliveries:
+            self._read_failures.pop(key, None)
+            _LOG.error("cannot read %s (%d attempts), leaving it to the reconciler: %s", key,
+                       failures, exc)
+            self._tracker.handled(deliveries)
+            return
+        self._read_failures[key] = failures
+        delay = _INSPECT_RETRY_S * 2 ** (failures - 1)
+        _LOG.warning("cannot read %s, trying again in %.0fs: %s", key, delay, exc)
+        self._debouncer.defer(key, deliveries, time.monotonic(), delay)
 
     def _pending(self, key: str, need: Any) -> bool:
         return any(

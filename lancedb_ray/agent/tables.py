@@ -14,7 +14,7 @@ from typing import Any
 
 from lance.dataset import LanceDataset
 
-from lancedb_ray.errors import InvalidInput, NotFound
+from lancedb_ray.errors import Forbidden, InvalidInput, NotFound
 from lancedb_ray.service.connections import Connections
 from lancedb_ray.service.lance_errors import lance_errors
 from lancedb_ray.settings import StorageSettings
@@ -55,6 +55,7 @@ class TableState:
     indices: tuple[IndexState, ...]
     num_versions: int
     oldest_version_time: float | None  # epoch seconds
+    latest_version_time: float | None = None  # epoch seconds of the latest commit
 
     @property
     def unindexed_rows(self) -> int:
@@ -78,8 +79,8 @@ class TableReader:
             opened = self._connections.table(ref)
             with lance_errors(f"table '{ref}'", database):
                 return opened.to_lance()
-        except (NotFound, InvalidInput):
-            return None
+        except (NotFound, InvalidInput, Forbidden):
+            return None  # gone, or never a table this service may touch
 
     def inspect(self, database: str, table: str) -> TableState | None:
         dataset = self.dataset(database, table)
@@ -114,6 +115,7 @@ def read_state(database: str, table: str, dataset: LanceDataset) -> TableState:
         indices=tuple(_indices(dataset, rows_at, physical)),
         num_versions=len(versions),
         oldest_version_time=min(times) if times else None,
+        latest_version_time=max(times) if times else None,
     )
 
 
