@@ -74,10 +74,17 @@ async def read_body(request: Request) -> bytes:
 async def json_body(request: Request, model: type[Body]) -> Body:
     """Parse a JSON body into ``model``; an empty body means all defaults."""
     raw = await read_body(request)
-    data: Any = json.loads(raw) if raw.strip() else {}
+    try:
+        data: Any = json.loads(raw) if raw.strip() else {}
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidInput(f"request body is not valid JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise InvalidInput(f"request body must be a JSON object, got {type(data).__name__}")
     return model.model_validate(data)
+
+
+def is_arrow(request: Request) -> bool:
+    return "arrow" in request.headers.get("content-type", "")
 
 
 async def arrow_body(request: Request):

@@ -17,6 +17,7 @@ from lancedb_ray.api.context import (
     arrow_body,
     authenticate,
     database,
+    is_arrow,
     json_body,
     request_id,
     services,
@@ -234,6 +235,11 @@ async def drop_index(request: Request, table_id: str, index_name: str) -> dict[s
 @router.post("/{table_id}/add_columns/")
 async def add_columns(request: Request, table_id: str) -> dict[str, Any]:
     ref = _ref(request, table_id)
+    if is_arrow(request):  # all-null columns, sent as the schema of an empty Arrow stream
+        schema = (await arrow_body(request)).schema
+        return await run_in_threadpool(
+            services(request).tables.add_null_columns, ref, schema, request_id(request)
+        )
     body = await json_body(request, AddColumnsRequest)
     return await run_in_threadpool(
         services(request).tables.add_columns, ref, body, request_id(request)

@@ -18,7 +18,7 @@ SCALAR_INDEX_TYPES = {"BTREE", "BITMAP", "LABEL_LIST"}
 FTS_INDEX_TYPES = {"FTS", "INVERTED"}
 _VECTOR_OPTIONS = (
     "num_partitions", "num_sub_vectors", "num_bits", "sample_rate", "max_iterations",
-    "m", "ef_construction",
+    "m", "ef_construction", "target_partition_size",
 )
 
 
@@ -65,6 +65,7 @@ class IndexService:
                     ngram_min_length=body.min_ngram_length,
                     ngram_max_length=body.max_ngram_length,
                     prefix_only=body.prefix_only,
+                    block_size=body.block_size,
                     name=body.name,
                 )
             else:

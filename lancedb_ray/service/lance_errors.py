@@ -47,7 +47,9 @@ def translate(exc: BaseException, subject: str, database: str) -> LanceDBRayErro
     message = clean_message(exc)
     if isinstance(exc, LanceNamespaceError):
         return _namespace_error(exc, subject, message)
-    if _NOT_FOUND.search(message) and not _field_problem(message):
+    if _NOT_FOUND.search(message):
+        if _field_problem(message):  # a column the request named: its fault, whatever the type
+            return InvalidInput(f"{subject}: {message}")
         return NotFound(f"{subject} was not found: {message}")
     if _ALREADY_EXISTS.search(message):
         return AlreadyExists(f"{subject} already exists")

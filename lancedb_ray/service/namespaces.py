@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from lancedb_ray.errors import AlreadyExists, InvalidInput, NotFound
+from lancedb_ray.service import paging
 from lancedb_ray.service.connections import Connections
 from lancedb_ray.service.lance_errors import lance_errors
 
@@ -46,8 +47,11 @@ class NamespaceService:
     ) -> dict[str, Any]:
         db = self._connections.database(database)
         with lance_errors(f"namespace '{_name(path)}'", database):
-            response = db.list_namespaces(path or None, page_token=page_token, limit=limit)
-        return {"namespaces": list(response.namespaces), "page_token": response.page_token}
+            names = paging.all_names(
+                lambda token: db.list_namespaces(path or None, page_token=token), "namespaces"
+            )
+        namespaces, next_token = paging.page(names, page_token, limit)
+        return {"namespaces": namespaces, "page_token": next_token}
 
     def describe(self, database: str, path: list[str]) -> dict[str, Any]:
         if not path:
@@ -63,7 +67,7 @@ class NamespaceService:
         if not path:
             raise InvalidInput("the root namespace '$' cannot be dropped")
         mode = _choice("drop namespace mode", mode, _DROP_MODES, "fail")
-        cascade = _choice("drop namespace behavior", behavior, _DROP_BEHAVIORS, "restrict")
+        behavior = _choice("drop namespace behavior", behavior, _DROP_BEHAVIORS, "restrict")
         db = self._connections.database(database)
         try:
             with lance_errors(f"namespace '{_name(path)}'", database):
@@ -72,7 +76,7 @@ class NamespaceService:
             if mode == "fail":
                 raise
         except InvalidInput as exc:
-            if cascade != "cascade":
+            if behavior != "cascade":
                 raise
             # Dropping the tables inside must go through the table service (its change
             # events tell the agent to forget them): refuse rather than drop them silently.

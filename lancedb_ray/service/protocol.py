@@ -141,6 +141,7 @@ class CreateIndexRequest(_Body):
     max_iterations: int | None = None
     m: int | None = None
     ef_construction: int | None = None
+    target_partition_size: int | None = None
     # full text
     with_position: bool = False
     base_tokenizer: str = "simple"
@@ -154,6 +155,7 @@ class CreateIndexRequest(_Body):
     min_ngram_length: int = 3
     max_ngram_length: int = 3
     prefix_only: bool = False
+    block_size: int = 128
 
 
 class MergeInsertParams(_Body):

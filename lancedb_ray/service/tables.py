@@ -17,9 +17,9 @@ from lance.schema import json_to_schema, schema_to_json
 
 from lancedb_ray.errors import InvalidInput, NotFound
 from lancedb_ray.events.model import ChangeEvent
-from lancedb_ray.service import writes
+from lancedb_ray.service import paging, writes
 from lancedb_ray.service.connections import Connections
-from lancedb_ray.service.lance_errors import lance_errors
+from lancedb_ray.service.lance_errors import clean_message, lance_errors
 from lancedb_ray.service.protocol import (
     AddColumnsRequest,
     AlterColumnsRequest,
@@ -45,10 +45,12 @@ class TableService:
     ) -> dict[str, Any]:
         db = self._connections.database(database)
         with lance_errors(f"namespace '{'$'.join(namespace) or '$'}'", database):
-            response = db.list_tables(
-                namespace_path=namespace or None, page_token=page_token or None, limit=limit
+            names = paging.all_names(
+                lambda token: db.list_tables(namespace_path=namespace or None, page_token=token),
+                "tables",
             )
-        return {"tables": list(response.tables), "page_token": response.page_token}
+        tables, next_token = paging.page(names, page_token, limit)
+        return {"tables": tables, "page_token": next_token}
 
     def create(self, ref: TableRef, data: pa.Table, mode: str, request_id: str | None) -> None:
         if mode not in ("create", "overwrite", "exist_ok"):
@@ -87,7 +89,8 @@ class TableService:
             raise InvalidInput("renaming a table inside a namespace is not supported")
         self._connections.table(ref)  # 404 when the source is missing
         db = self._connections.database(ref.database)
-        if new_ref.name in db.table_names(limit=None):
+        existing = paging.all_names(lambda token: db.list_tables(page_token=token), "tables")
+        if new_ref.name in existing:
             raise InvalidInput(f"cannot rename to '{new_ref.name}': table already exists")
         location = self._connections.location(ref.database)
         with lance_errors(f"table '{ref.qualified_name}'", ref.database):
@@ -163,6 +166,14 @@ class TableService:
         table = self._connections.table(ref)
         with lance_errors(f"add_columns on '{ref.qualified_name}'", ref.database):
             table.add_columns({c.name: c.expression for c in body.new_columns})
+        return self._schema_changed(ref, table.version, "add_columns", request_id)
+
+    def add_null_columns(self, ref: TableRef, schema: pa.Schema, request_id: str | None) -> dict:
+        if not len(schema):
+            raise InvalidInput("add_columns needs at least one column")
+        table = self._connections.table(ref)
+        with lance_errors(f"add_columns on '{ref.qualified_name}'", ref.database):
+            table.add_columns(schema)
         return self._schema_changed(ref, table.version, "add_columns", request_id)
 
     def alter_columns(
@@ -244,7 +255,7 @@ def _arrow_type(data_type: dict[str, Any]) -> pa.DataType:
     try:
         return json_to_schema({"fields": [field]}).field("x").type
     except Exception as exc:  # noqa: BLE001 - any parse failure is the client's input
-        raise InvalidInput(f"unsupported data_type {data_type}: {exc}") from exc
+        raise InvalidInput(f"unsupported data_type {data_type}: {clean_message(exc)}") from exc
 
 
 def _plain(value: Any) -> Any:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timezone
 from typing import Any
 
-from lancedb_ray.errors import InvalidInput, NotFound
+from lancedb_ray.errors import InvalidInput
 from lancedb_ray.service.connections import Connections
 from lancedb_ray.service.lance_errors import lance_errors
 from lancedb_ray.service.tables import TableService
@@ -52,13 +52,15 @@ class VersionService:
     def tag_version(self, ref: TableRef, tag: str) -> dict[str, Any]:
         tags = self.list_tags(ref)
         if tag not in tags:
-            raise NotFound(f"tag '{tag}' was not found on table '{ref.qualified_name}'")
+            # Not a 404: the client reads any 404 on a table path as "table not found".
+            raise InvalidInput(f"tag '{tag}' does not exist on table '{ref.qualified_name}'")
         return {"version": tags[tag]["version"]}
 
     def create_tag(self, ref: TableRef, tag: str, version: int | None) -> None:
         if version is None:
             raise InvalidInput("creating a tag needs a 'version'")
         table = self._connections.table(ref)
+        _check_version(table, ref, version)
         with lance_errors(f"tag '{tag}' of '{ref.qualified_name}'", ref.database):
             table.tags.create(tag, version)
 
@@ -67,6 +69,7 @@ class VersionService:
             raise InvalidInput("updating a tag needs a 'version'")
         self.tag_version(ref, tag)
         table = self._connections.table(ref)
+        _check_version(table, ref, version)
         with lance_errors(f"tag '{tag}' of '{ref.qualified_name}'", ref.database):
             table.tags.update(tag, version)
 
@@ -75,6 +78,17 @@ class VersionService:
         table = self._connections.table(ref)
         with lance_errors(f"tag '{tag}' of '{ref.qualified_name}'", ref.database):
             table.tags.delete(tag)
+
+
+def _check_version(table: Any, ref: TableRef, version: int) -> None:
+    """A tag must name a version the table has (lance's own error reads as a missing table)."""
+    with lance_errors(f"versions of '{ref.qualified_name}'", ref.database):
+        known = {v["version"] for v in table.list_versions()}
+    if version not in known:
+        raise InvalidInput(
+            f"version {version} of table '{ref.qualified_name}' does not exist; "
+            f"it has versions {min(known)} to {max(known)}"
+        )
 
 
 def _rfc3339(moment: Any) -> str:

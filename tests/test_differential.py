@@ -1,0 +1,250 @@
+"""The same operations on the service (official client) and on embedded lancedb, compared.
+
+Embedded lancedb is the reference: whatever the service answers must be what
+lancedb itself answers over the same data, for exact searches, scans, counts,
+schemas and versions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from lancedb.index import FTS, BTree, IvfPq
+from lancedb.query import BooleanQuery, MatchQuery, Occur, PhraseQuery
+
+from tests.support.api import all_rows, make_rows, query_vector
+
+pytestmark = pytest.mark.ray
+
+QUERIES = [query_vector(seed) for seed in (1, 2, 3)]
+
+
+class Pair:
+    """One table on the service and its twin in embedded lancedb."""
+
+    def __init__(self, remote: Any, local: Any) -> None:
+        self.remote = remote
+        self.local = local
+
+    def both(self, operation: Callable[[Any], Any]) -> tuple[Any, Any]:
+        return operation(self.remote), operation(self.local)
+
+    def same(self, operation: Callable[[Any], Any]) -> Any:
+        remote, local = self.both(operation)
+        assert remote == local
+        return remote
+
+    def check_state(self) -> None:
+        """Versions, schema, row count and every row agree."""
+        assert self.remote.version == self.local.version
+        assert self.remote.schema == self.local.schema
+        assert self.remote.count_rows() == self.local.count_rows()
+        assert all_rows(self.remote) == all_rows(self.local)
+        remote_versions = [v["version"] for v in self.remote.list_versions()]
+        local_versions = [v["version"] for v in self.local.list_versions()]
+        assert remote_versions == local_versions
+
+
+@pytest.fixture
+def pair(db, embedded) -> Pair:
+    data = make_rows(600)
+    return Pair(db.create_table("items", data), embedded.create_table("items", data))
+
+
+def _same_search(remote: pa.Table, local: pa.Table, key: str = "_distance") -> None:
+    assert remote.schema.names == local.schema.names
+    assert remote.column("id").to_pylist() == local.column("id").to_pylist()
+    if key in remote.schema.names:
+        np.testing.assert_allclose(remote.column(key).to_numpy(), local.column(key).to_numpy(),
+                                   rtol=1e-5, atol=1e-6)
+    others = [n for n in remote.schema.names if n not in (key, "id")]
+    assert remote.select(others) == local.select(others)
+
+
+# -- writes keep both sides identical ----------------------------------------------------------
+
+
+def test_a_sequence_of_writes(pair: Pair) -> None:
+    pair.check_state()
+    pair.both(lambda t: t.add(make_rows(50, start=600, seed=1)))
+    pair.check_state()
+    assert pair.same(lambda t: t.delete("category = 'red' AND id < 300").num_deleted_rows) > 0
+    pair.check_state()
+    assert pair.same(lambda t: t.update(where="id % 7 = 0",
+                                        values={"text": "seven"}).rows_updated) > 0
+    pair.same(lambda t: t.update(values_sql={"price": "price * 1.5"}).rows_updated)
+    pair.check_state()
+
+    source = make_rows(40, start=630, seed=2)
+    result = pair.same(lambda t: _merge_counts(
+        t.merge_insert("id").when_matched_update_all().when_not_matched_insert_all()
+        .execute(source)))
+    assert result == (20, 20, 0)
+    pair.check_state()
+    pair.same(lambda t: _merge_counts(
+        t.merge_insert("id").when_matched_update_all(where="target.price < 3")
+        .when_not_matched_by_source_delete("id >= 660").execute(make_rows(10, start=0, seed=3))))
+    pair.check_state()
+
+    pair.both(lambda t: t.add_columns({"double_price": "price * 2"}))
+    pair.both(lambda t: t.alter_columns({"path": "text", "rename": "body"},
+                                        {"path": "double_price", "data_type": pa.float32()}))
+    pair.both(lambda t: t.drop_columns(["tags"]))
+    pair.check_state()
+
+    pair.both(lambda t: t.add(make_rows(5, start=5000, seed=4).drop_columns(["tags"])
+                              .rename_columns(["id", "vector", "body", "category", "price"])))
+    pair.check_state()
+    pair.both(lambda t: t.add(make_rows(3, start=9000).drop_columns(["tags"]).rename_columns(
+        ["id", "vector", "body", "category", "price"]), mode="overwrite"))
+    pair.check_state()
+
+
+def _merge_counts(result: Any) -> tuple[int, int, int]:
+    return (result.num_updated_rows, result.num_inserted_rows, result.num_deleted_rows)
+
+
+def test_history_matches(pair: Pair) -> None:
+    pair.both(lambda t: t.add(make_rows(10, start=600)))
+    pair.both(lambda t: t.delete("id < 100"))
+    pair.both(lambda t: t.create_index("id", config=BTree()))
+    pair.check_state()
+    for version in (1, 2, 3):
+        pair.both(lambda t, v=version: t.checkout(v))
+        assert pair.remote.version == pair.local.version == version
+        pair.same(lambda t: t.count_rows())
+        pair.same(lambda t: t.count_rows("id < 200"))
+        assert pair.remote.schema == pair.local.schema
+        _same_search(*pair.both(lambda t: t.search(QUERIES[0]).limit(7).to_arrow()))
+    pair.both(lambda t: t.checkout_latest())
+    pair.both(lambda t: t.restore(2))
+    pair.check_state()
+
+
+# -- reads -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("metric", ["l2", "cosine", "dot"])
+def test_exact_search(pair: Pair, metric: str) -> None:
+    for vector in QUERIES:
+        _same_search(*pair.both(
+            lambda t, v=vector: t.search(v).distance_type(metric).limit(15).to_arrow()))
+
+
+def test_exact_search_with_options(pair: Pair) -> None:
+    q = QUERIES[0]
+    builders = [
+        lambda t: t.search(q).where("price < 12", prefilter=True).limit(10),
+        lambda t: t.search(q).where("price < 12", prefilter=False).limit(30),
+        lambda t: t.search(q).select(["id", "category"]).limit(10),
+        lambda t: t.search(q).select({"id": "id", "p2": "price * 2"}).limit(10),
+        lambda t: t.search(q).limit(5).offset(4),
+        lambda t: t.search(q).with_row_id(True).limit(5),
+        lambda t: t.search(q).distance_range(2.0, 8.0).limit(600),
+        lambda t: t.search(q).where("category IN ('blue', 'green')").select(["id"]).limit(8),
+    ]
+    for build in builders:
+        _same_search(*pair.both(lambda t, b=build: b(t).to_arrow()))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known bug in execution/distributed.py (plan executors): its query_index column is "
+    "nullable int32, lancedb's is int32 not null; remove this mark once they agree",
+)
+def test_several_query_vectors(pair: Pair) -> None:
+    remote, local = pair.both(lambda t: t.search(QUERIES[:2]).limit(5).to_arrow())
+    assert remote.column("query_index").to_pylist() == local.column("query_index").to_pylist()
+    _same_search(remote, local)
+
+
+def test_bypassing_an_index_is_exact_on_both(pair: Pair) -> None:
+    pair.both(lambda t: t.create_index("vector", config=IvfPq(num_partitions=2,
+                                                               num_sub_vectors=2)))
+    assert pair.remote.version == pair.local.version
+    for vector in QUERIES:
+        _same_search(*pair.both(
+            lambda t, v=vector: t.search(v).bypass_vector_index().limit(10).to_arrow()))
+        _same_search(*pair.both(
+            lambda t, v=vector: t.search(v).where("id > 100").bypass_vector_index().limit(10)
+            .to_arrow()))
+
+
+@pytest.mark.parametrize(
+    "where",
+    ["id < 50", "category = 'blue' AND price > 10", "text LIKE '%kiwi%'",
+     "array_has_any(tags, ['fig'])", "price BETWEEN 3 AND 4", "NOT (id % 3 = 0)"],
+)
+def test_filtered_scans_and_counts(pair: Pair, where: str) -> None:
+    remote, local = pair.both(lambda t: t.search().where(where).limit(None).to_arrow()
+                              .sort_by("id"))
+    assert remote == local
+    assert pair.same(lambda t: t.count_rows(where)) == local.num_rows
+
+
+def test_scans_with_columns_limit_and_offset(pair: Pair) -> None:
+    remote, local = pair.both(
+        lambda t: t.search().where("id >= 10").select(["id", "price"]).limit(25).offset(5)
+        .to_arrow())
+    assert remote.schema == local.schema
+    assert remote.num_rows == local.num_rows == 25
+
+
+def test_full_text_search(pair: Pair) -> None:
+    pair.both(lambda t: t.create_index("text", config=FTS(with_position=True)))
+    queries = [
+        lambda t: t.search("kiwi", query_type="fts").limit(20),
+        lambda t: t.search("kiwi apple", query_type="fts").limit(600),
+        lambda t: t.search("honey", query_type="fts").where("id < 300").select(["id"]).limit(50),
+        lambda t: t.search(MatchQuery("lemon", "text")).limit(30),
+        lambda t: t.search(PhraseQuery("banana kiwi", "text")).limit(30),
+        lambda t: t.search(BooleanQuery([(Occur.MUST, MatchQuery("apple", "text")),
+                                         (Occur.MUST_NOT, MatchQuery("fig", "text"))])).limit(40),
+    ]
+    for build in queries:
+        remote, local = pair.both(lambda t, b=build: b(t).to_arrow())
+        assert remote.num_rows == local.num_rows > 0
+        assert set(remote.column("id").to_pylist()) == set(local.column("id").to_pylist())
+        np.testing.assert_allclose(sorted(remote.column("_score").to_pylist()),
+                                   sorted(local.column("_score").to_pylist()), rtol=1e-5)
+
+
+def test_hybrid_search(pair: Pair) -> None:
+    pair.both(lambda t: t.create_index("text", config=FTS()))
+    remote, local = pair.both(lambda t: t.search(query_type="hybrid").vector(QUERIES[0])
+                              .text("honey").limit(10).to_arrow())
+    assert remote.column("id").to_pylist() == local.column("id").to_pylist()
+    np.testing.assert_allclose(remote.column("_relevance_score").to_numpy(),
+                               local.column("_relevance_score").to_numpy(), rtol=1e-5)
+
+
+def test_indexes_are_listed_alike(pair: Pair) -> None:
+    pair.both(lambda t: t.create_index("id", config=BTree()))
+    pair.both(lambda t: t.create_index("text", config=FTS()))
+    remote, local = pair.both(lambda t: sorted((i.name, i.index_type, tuple(i.columns))
+                                               for i in t.list_indices()))
+    assert remote == local
+    for name in ("id_idx", "text_idx"):
+        r, e = pair.both(lambda t, n=name: t.index_stats(n))
+        assert (r.num_indexed_rows, r.num_unindexed_rows, r.index_type) == (
+            e.num_indexed_rows, e.num_unindexed_rows, e.index_type)
+
+
+def test_table_listing_and_stats(db, embedded) -> None:
+    for name in ("b", "a", "c"):
+        for conn in (db, embedded):
+            conn.create_table(name, make_rows(20))
+    assert db.list_tables().tables == embedded.list_tables().tables
+    remote, local = db.open_table("a"), embedded.open_table("a")
+    remote_stats, local_stats = remote.stats(), local.stats()
+    assert remote_stats["num_rows"] == local_stats["num_rows"]
+    assert remote_stats["num_indices"] == local_stats["num_indices"]
+    assert remote_stats["fragment_stats"]["num_fragments"] == (
+        local_stats["fragment_stats"]["num_fragments"])
+    db.drop_table("b")
+    embedded.drop_table("b")
+    assert db.list_tables().tables == embedded.list_tables().tables
