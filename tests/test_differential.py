@@ -248,3 +248,25 @@ def test_table_listing_and_stats(db, embedded) -> None:
     db.drop_table("b")
     embedded.drop_table("b")
     assert db.list_tables().tables == embedded.list_tables().tables
+
+
+def test_edge_cases_of_writes(db, embedded) -> None:
+    data = make_rows(20)
+    pair = Pair(db.create_table("my-table.v2", data), embedded.create_table("my-table.v2", data))
+    pair.both(lambda t: t.add(pa.table({"id": pa.array([99], pa.int64())})))  # nulls elsewhere
+    pair.both(lambda t: t.update(where="id = 1",
+                                 values={"vector": [1.0] * 8, "tags": ["x", "y"]}))
+    pair.both(lambda t: t.update(where="id = 2", values={"text": None}))
+    pair.check_state()
+    _same_search(*pair.both(lambda t: t.search(QUERIES[0]).limit(30).to_arrow()))
+
+
+def test_an_empty_table(db, embedded) -> None:
+    schema = make_rows(1).schema
+    pair = Pair(db.create_table("empty", schema=schema), embedded.create_table("empty", schema=schema))
+    pair.check_state()
+    _same_search(*pair.both(lambda t: t.search(QUERIES[0]).limit(5).to_arrow()))
+    remote, local = pair.both(lambda t: t.search().where("id > 0").limit(5).to_arrow())
+    assert remote == local
+    assert pair.same(lambda t: t.count_rows("id > 0")) == 0
+

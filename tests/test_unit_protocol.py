@@ -17,7 +17,7 @@ from lancedb.query import (
 
 from lancedb_ray.errors import AlreadyExists, InvalidInput, NotFound, Unavailable
 from lancedb_ray.execution.query_builder import parse_full_text
-from lancedb_ray.service import writes
+from lancedb_ray.service import paging, writes
 from lancedb_ray.service.lance_errors import clean_message, translate
 from lancedb_ray.service.protocol import UNLIMITED, QueryRequest
 from lancedb_ray.types import TableRef, parse_namespace
@@ -73,6 +73,29 @@ def test_parse_namespace() -> None:
     assert parse_namespace("a$b") == ["a", "b"]
     with pytest.raises(InvalidInput, match="namespace"):
         parse_namespace("a$..")
+
+
+# -- paging: page_token is the last name seen --------------------------------------------------
+
+
+def test_page_walks_sorted_names_after_the_token() -> None:
+    names = ["a", "b", "c", "d", "e"]
+    assert paging.page(names, None, 2) == (["a", "b"], "b")
+    assert paging.page(names, "b", 2) == (["c", "d"], "d")
+    assert paging.page(names, "d", 2) == (["e"], None)
+    assert paging.page(names, "e", 2) == ([], None)
+    assert paging.page(names, None, None) == (names, None)
+    assert paging.page(names, "bb", 10) == (["c", "d", "e"], None)  # a name that is gone
+    assert paging.page(names, None, 5) == (names, None)  # exactly one full page: no token
+
+
+def test_all_names_follows_the_backends_own_tokens() -> None:
+    class Page:
+        def __init__(self, tables: list[str], page_token: str | None) -> None:
+            self.tables, self.page_token = tables, page_token
+
+    pages = {None: Page(["c", "a"], "x.lance/"), "x.lance/": Page(["b"], None)}
+    assert paging.all_names(lambda token: pages[token], "tables") == ["a", "b", "c"]
 
 
 # -- query bodies --------------------------------------------------------------------------------
@@ -224,6 +247,10 @@ def test_conform_accepts_an_empty_batch() -> None:
         (ValueError("Schema error: column nope does not exist"), InvalidInput),
         (RuntimeError("LanceError(Index): FTS field path 'nope' does not exist"), InvalidInput),
         (RuntimeError("Namespace error: Namespace not found: zz"), NotFound),
+        (ValueError("External error: Not found: srv/db/t.lance/data/0101.lance"), Unavailable),
+        (OSError("Object at location az://c/db/t.lance/_indices/u/index.idx not found"),
+         Unavailable),
+        (ValueError("Dataset at path /srv/data/db/t.lance was not found"), NotFound),
         (OSError("Retryable commit conflict for version 3"), Unavailable),
         (OSError("LanceError(IO): Append with different schema"), InvalidInput),
         (TimeoutError("read timed out"), Unavailable),
@@ -240,6 +267,13 @@ def test_translate_keeps_our_own_errors_and_hides_internal_ones() -> None:
     internal = translate(RuntimeError("segfault at /secret/path"), "table 'x'", "db")
     assert internal.status_code == 500
     assert "secret" not in internal.message
+
+
+def test_a_missing_file_does_not_leak_its_path() -> None:
+    error = translate(ValueError("External error: Not found: /srv/db/t.lance/data/0101.lance"),
+                      "query on 't'", "db")
+    assert error.status_code == 503
+    assert "/srv" not in error.message
 
 
 def test_clean_message_strips_source_locations() -> None:

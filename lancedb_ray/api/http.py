@@ -7,6 +7,7 @@ around a local one); ``api.app`` wraps it in a Serve deployment.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from fastapi import FastAPI, Request, Response
 
@@ -20,11 +21,29 @@ from lancedb_ray.service.container import Services
 PHALANX_VERSION = "0.3.0"
 
 
+class _CollapseLeadingSlashes:
+    """``host_override="http://host/"`` makes the client send ``//v1/...``: route it as ``/v1/...``.
+
+    Rewritten before routing, so no redirect (which would break a streamed upload).
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("//"):
+            scope = {**scope, "path": "/" + scope["path"].lstrip("/")}
+            if scope.get("raw_path"):
+                scope["raw_path"] = b"/" + scope["raw_path"].lstrip(b"/")
+        await self.app(scope, receive, send)
+
+
 def create_app(services: Services | None = None) -> FastAPI:
     app = FastAPI(title="lancedb-ray query node", docs_url=None, redoc_url=None)
     if services is not None:
         install_services(services)
     install_error_handlers(app)
+    app.add_middleware(_CollapseLeadingSlashes)
 
     @app.middleware("http")
     async def advertise_protocol(

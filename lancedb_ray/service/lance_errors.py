@@ -27,6 +27,13 @@ from lancedb_ray.storage.faults import storage_error
 _NOT_FOUND = re.compile(
     r"(Table|Namespace) ('.*' )?(was )?not found|was not found|does not exist", re.I
 )
+# A file of a committed version is missing: the version was cleaned up or the table re-created
+# while it was read. Transient for the client (a retry reads the current version), and the
+# path it names is internal.
+_MISSING_FILE = re.compile(
+    r"(not found: |Object at location )\S*(/data/|/_indices/|/_deletions/)",
+    re.I,
+)
 _ALREADY_EXISTS = re.compile(r"already exists", re.I)
 _CONFLICT = re.compile(r"commit conflict|retryable commit conflict|too many concurrent writers", re.I)
 _BAD_INPUT_IN_OSERROR = re.compile(
@@ -47,6 +54,8 @@ def translate(exc: BaseException, subject: str, database: str) -> LanceDBRayErro
     message = clean_message(exc)
     if isinstance(exc, LanceNamespaceError):
         return _namespace_error(exc, subject, message)
+    if _MISSING_FILE.search(message):
+        return Unavailable(f"{subject}: the table changed while it was read, retry")
     if _NOT_FOUND.search(message):
         if _field_problem(message):  # a column the request named: its fault, whatever the type
             return InvalidInput(f"{subject}: {message}")
