@@ -278,3 +278,22 @@ def test_agent_metrics_reach_prometheus(live_service: LiveService) -> None:
                           if line.startswith("ray_lancedb_ray_agent_unindexed_rows")
                           and f'database="{database}"' in line)
     assert unindexed_line.rsplit(" ", 1)[1] in ("0", "0.0")
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "pylance 14.0 get_transactions() cannot decode a compaction that remapped an index "
+    "(RewrittenIndex missing new_details_*), so service/writes.find_committed fails every "
+    "write with a request id for the next idempotency_window versions; it should read "
+    "transactions one version at a time (read_transaction) and skip undecodable ones"))
+def test_clients_keep_writing_after_the_agent_compacts_an_indexed_table(
+    live_service: LiveService,
+) -> None:
+    database = new_database()
+    table = live_service.connect(database).create_table("piecemeal", rows(100))
+    table.create_scalar_index("id")
+    for i in range(8):
+        table.add(rows(10, 100 + 10 * i))
+    wait_for(lambda: any(j.kind is JobKind.COMPACT and j.state is JobState.SUCCEEDED
+                         for j in jobs_of(live_service, database)), 120, "a compaction")
+    table.add(rows(10, 1000))
+    assert table.count_rows() == 190
