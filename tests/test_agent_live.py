@@ -280,11 +280,6 @@ def test_agent_metrics_reach_prometheus(live_service: LiveService) -> None:
     assert unindexed_line.rsplit(" ", 1)[1] in ("0", "0.0")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "pylance 14.0 get_transactions() cannot decode a compaction that remapped an index "
-    "(RewrittenIndex missing new_details_*), so service/writes.find_committed fails every "
-    "write with a request id for the next idempotency_window versions; it should read "
-    "transactions one version at a time (read_transaction) and skip undecodable ones"))
 def test_clients_keep_writing_after_the_agent_compacts_an_indexed_table(
     live_service: LiveService,
 ) -> None:

@@ -64,12 +64,18 @@ def test_exact_search_identical_to_embedded(tables) -> None:
 
 def test_indexed_recall_matches_embedded(tables) -> None:
     remote, embedded = tables
+    # The agent may add index segments or compact meanwhile: compare one version.
+    version = remote.version
+    remote.checkout(version)
+    embedded.checkout(version)
     recalls = {"remote": [], "embedded": []}
     for q in _queries(30):
         truth = set(embedded.search(q).bypass_vector_index().limit(10).to_arrow()["id"].to_pylist())
         for name, table in (("remote", remote), ("embedded", embedded)):
             found = table.search(q).nprobes(2).refine_factor(2).limit(10).to_arrow()["id"]
             recalls[name].append(len(truth & set(found.to_pylist())) / 10)
+    remote.checkout_latest()
+    embedded.checkout_latest()
     assert abs(np.mean(recalls["remote"]) - np.mean(recalls["embedded"])) <= 0.01
 
 

@@ -34,6 +34,7 @@ from lancedb_ray.execution.plan import (
     DatasetRef,
     SubPlan,
     SubPlanKind,
+    dataset_fingerprint,
     plan_count,
     plan_query,
 )
@@ -114,7 +115,8 @@ class DistributedExecutor:
         for index, vector in enumerate(vectors):
             answer = self._single(dataset, ref, query.model_copy(update={"vector": vector}))
             column = pa.array([index] * answer.num_rows, pa.int32())
-            answers.append(answer.add_column(0, "query_index", column))
+            field = pa.field("query_index", pa.int32(), nullable=False)  # as lancedb has it
+            answers.append(answer.add_column(0, field, column))
         return pa.concat_tables(answers)
 
     def count(self, target: QueryTarget, predicate: str | None) -> int:
@@ -158,7 +160,7 @@ class DistributedExecutor:
         with lance_errors(f"table '{target.ref.qualified_name}'", target.ref.database):
             dataset = table.to_lance()
         return dataset, DatasetRef(target.ref, dataset.uri, dataset.version,
-                                   location.storage_options)
+                                   location.storage_options, dataset_fingerprint(dataset))
 
     def _single(self, dataset: Any, ref: DatasetRef, query: QueryRequest) -> pa.Table:
         with lance_errors(f"query on '{ref.ref.qualified_name}'", ref.ref.database):

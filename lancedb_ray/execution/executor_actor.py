@@ -41,7 +41,7 @@ class PlanExecutor:
         self._cache = FragmentCache(
             name, budget // 2, config.executors.spill_dir, config.executors.spill_bytes
         )
-        self._datasets: OrderedDict[tuple[str, int], LanceDataset] = OrderedDict()
+        self._datasets: OrderedDict[tuple[str, int, str], LanceDataset] = OrderedDict()
         self._lock = threading.Lock()
         connections = Connections(
             StorageCatalog(config.storage), config.server.read_consistency_seconds
@@ -72,7 +72,7 @@ class PlanExecutor:
         return {"executor": self._name, **asdict(self._cache.stats())}
 
     def _open(self, plan: SubPlan) -> LanceDataset:
-        key = (plan.dataset.uri, plan.dataset.version)
+        key = (plan.dataset.uri, plan.dataset.version, plan.dataset.fingerprint)
         with self._lock:
             dataset = self._datasets.get(key)
             if dataset is not None:

@@ -40,6 +40,14 @@ class DatasetRef:
     uri: str
     version: int
     storage_options: dict[str, str] = field(default_factory=dict, repr=False)
+    # The content of this version (schema and fragments): a table dropped and created
+    # again reuses version numbers, so (uri, version) alone could name old data.
+    fingerprint: str = ""
+
+
+def dataset_fingerprint(dataset: LanceDataset) -> str:
+    return content_key(dataset.uri, str(dataset.schema),
+                       [repr(f.metadata) for f in dataset.get_fragments()])
 
 
 @dataclass(frozen=True)

@@ -35,12 +35,25 @@ def find_committed(dataset: LanceDataset, request_id: str | None, window: int) -
     if not request_id:
         return None
     latest = dataset.version
-    for age, transaction in enumerate(dataset.get_transactions(window)):
-        props = (transaction.transaction_properties or {}) if transaction else {}
+    for version in range(latest, max(0, latest - window), -1):
+        props = _properties_of(dataset, version)
         if props.get(REQUEST_ID) == request_id:
             counts = {name: int(props.get(name, 0)) for name in _COUNTS}
-            return WriteResult(version=latest - age, replayed=True, **counts)
+            return WriteResult(version=version, replayed=True, **counts)
     return None
+
+
+def _properties_of(dataset: LanceDataset, version: int) -> dict[str, str]:
+    """A commit's transaction properties; {} where lance cannot decode the transaction.
+
+    Read one version at a time: pylance 14 cannot decode some transactions (a
+    compaction that remapped an index), and one such commit must not hide the rest.
+    """
+    try:
+        transaction = dataset.read_transaction(version)
+    except (OSError, ValueError, RuntimeError):
+        return {}
+    return dict(transaction.transaction_properties or {}) if transaction else {}
 
 
 def conform(data: pa.Table, schema: pa.Schema) -> pa.Table:
