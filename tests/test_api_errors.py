@@ -6,6 +6,7 @@ takes a replica down; overload answers 503 so that the client retries.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import uuid
@@ -289,8 +290,22 @@ def test_client_with_a_wrong_key(live_service: LiveService) -> None:
 # -- no harm done ------------------------------------------------------------------------------
 
 
+def _replica_pids() -> dict[str, int]:
+    """The query node replicas of the main application, by actor name, with their processes."""
+    import ray
+
+    pids = {}
+    for actor in ray.util.list_named_actors(all_namespaces=True):
+        if "lancedb#QueryNode" in actor["name"]:
+            handle = ray.get_actor(actor["name"], namespace=actor["namespace"])
+            pids[actor["name"]] = ray.get(handle.__ray_call__.remote(lambda _: os.getpid()))
+    return pids
+
+
 def test_a_barrage_of_bad_requests_changes_nothing(live_service: LiveService, db,
                                                    raw: RawClient) -> None:
+    replicas = _replica_pids()
+    assert len(replicas) == live_service.settings["server"]["num_replicas"]
     table = db.create_table("items", make_rows(100))
     table.create_index("id")
     before_rows = all_rows(table)
@@ -340,9 +355,10 @@ def test_a_barrage_of_bad_requests_changes_nothing(live_service: LiveService, db
     assert [i.name for i in table.list_indices()] == ["id_idx"]
     assert table.tags.list() == {}
     assert db.list_tables().tables == ["items"]
-    # still answering, and still writable
+    # still answering, still writable, and by the same replica processes
     table.add(make_rows(1, start=100))
     assert table.count_rows() == 101
+    assert _replica_pids() == replicas
 
 
 # -- overload: 503 from the proxy, so the client retries ---------------------------------------

@@ -123,6 +123,14 @@ def test_checkout_and_restore_by_tag(table) -> None:
     assert table.count_rows() == 20
 
 
+def test_restore_by_tag_name_raw(table, raw: RawClient) -> None:
+    table.tags.create("two", 2)
+    response = raw.post("/v1/table/items/restore/", json_body={"version": "two"})
+    assert response.status_code == 200, response.text
+    assert table.version == 5
+    assert table.count_rows() == 30
+
+
 def test_tag_errors_name_the_problem(table) -> None:
     table.tags.create("first", 1)
     with pytest.raises(Exception, match="400.*already exists"):

@@ -335,8 +335,8 @@ def test_hybrid_search_fuses_vector_and_text_results(indexed) -> None:
 def test_explain_plan_describes_the_query(items) -> None:
     plan = items.search(Q.tolist()).where("price < 3").limit(3).explain_plan(verbose=True)
     assert isinstance(plan, str)
-    assert "price < Float64(3)" in plan or "price" in plan
-    assert "KNN" in plan or "Distance" in plan or "TopK" in plan
+    assert "price < " in plan
+    assert "fetch=3" in plan or "TopK" in plan
 
 
 def test_analyze_plan_reports_metrics(items) -> None:

@@ -256,12 +256,6 @@ def test_host_override_with_a_trailing_slash(live_service) -> None:
     assert db.list_tables().tables == ["items"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug in execution/executor_actor.py (plan executors): open datasets are cached "
-    "by (uri, version), so a table dropped and created again (version 1 again) is read through "
-    "the old manifest, whose data files are gone; remove this mark once fixed",
-)
 def test_a_recreated_table_never_answers_with_the_old_data(db) -> None:
     # Same name, same version number (1): nothing cached for the old table may be served.
     first = make_rows(30, seed=1)

@@ -56,6 +56,21 @@ def test_insert_with_columns_in_another_order_and_castable_types(db) -> None:
     assert all_rows(table) == pa.concat_tables([make_rows(3), extra])
 
 
+@pytest.mark.parametrize("codec", ["lz4", "zstd"])
+def test_insert_of_a_compressed_arrow_stream(db, raw: RawClient, codec: str) -> None:
+    table = db.create_table("items", make_rows(5))
+    rows = make_rows(300, start=5, seed=2)
+    sink = pa.BufferOutputStream()
+    options = pa.ipc.IpcWriteOptions(compression=codec)
+    with pa.ipc.new_stream(sink, rows.schema, options=options) as writer:
+        for batch in rows.to_batches(max_chunksize=100):
+            writer.write_batch(batch)
+    response = raw.post("/v1/table/items/insert/", content=sink.getvalue().to_pybytes(),
+                        headers={"content-type": ARROW_STREAM})
+    assert response.status_code == 200, response.text
+    assert all_rows(table) == pa.concat_tables([make_rows(5), rows])
+
+
 # -- merge_insert ------------------------------------------------------------------------------
 
 
@@ -268,6 +283,17 @@ def test_a_retried_insert_after_other_writes_still_answers_its_version(db, raw: 
     retry = raw.insert("items", make_rows(2, start=10), request_id=request_id).json()
     assert retry == first
     assert table.count_rows() == 15
+
+
+def test_a_retried_overwrite_is_applied_once(db, raw: RawClient) -> None:
+    table = db.create_table("items", make_rows(10))
+    request_id = str(uuid.uuid4())
+    first = raw.insert("items", make_rows(4, start=50), request_id=request_id, mode="overwrite")
+    table.add(make_rows(2, start=60))  # a write after the overwrite: a replay must not undo it
+    retry = raw.insert("items", make_rows(4, start=50), request_id=request_id, mode="overwrite")
+    assert first.json() == retry.json() == {"version": 2}
+    assert table.version == 3
+    assert sorted(all_rows(table).column("id").to_pylist()) == [50, 51, 52, 53, 60, 61]
 
 
 def test_a_retried_merge_insert_is_applied_once(db, raw: RawClient) -> None:

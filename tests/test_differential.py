@@ -151,11 +151,6 @@ def test_exact_search_with_options(pair: Pair) -> None:
         _same_search(*pair.both(lambda t, b=build: b(t).to_arrow()))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug in execution/distributed.py (plan executors): its query_index column is "
-    "nullable int32, lancedb's is int32 not null; remove this mark once they agree",
-)
 def test_several_query_vectors(pair: Pair) -> None:
     remote, local = pair.both(lambda t: t.search(QUERIES[:2]).limit(5).to_arrow())
     assert remote.column("query_index").to_pylist() == local.column("query_index").to_pylist()
