@@ -186,8 +186,9 @@ def test_the_reconciler_indexes_writes_that_sent_no_event(live_service: LiveServ
     database = new_database()
     remote = live_service.connect(database).create_table("quiet", rows(400))
     remote.create_scalar_index("id")
-    wait_for(lambda: agent_status()["events_outstanding"] == 0, 60,
-             "the agent to be done with the client's events")
+    time.sleep(agent_setting(live_service, "debounce_seconds", 2.0) + 1)  # its events arrive ...
+    wait_for(lambda: (status := agent_status())["events_outstanding"] == 0
+             and status["tables_waiting"] == 0, 60, "the agent to be done with them")
     # An outside writer: embedded lancedb straight on the service's storage, no event.
     outside = lancedb.connect(live_service.root / database).open_table("quiet")
     outside.add(rows(250, 400))
@@ -280,15 +281,25 @@ def test_agent_metrics_reach_prometheus(live_service: LiveService) -> None:
     assert unindexed_line.rsplit(" ", 1)[1] in ("0", "0.0")
 
 
+@pytest.mark.xfail(strict=True, reason=(
+    "pylance 14.0 raises TypeError (RewrittenIndex missing new_details_*) reading a compaction "
+    "that remapped an index; service/writes._properties_of skips OSError, ValueError and "
+    "RuntimeError only, so writes with a request id fail for idempotency_window versions"))
 def test_clients_keep_writing_after_the_agent_compacts_an_indexed_table(
     live_service: LiveService,
 ) -> None:
+    """Compaction that remaps an index leaves a commit pylance 14 cannot decode; writes go on."""
     database = new_database()
     table = live_service.connect(database).create_table("piecemeal", rows(100))
     table.create_scalar_index("id")
-    for i in range(8):
+    for i in range(8):  # small fragments, each indexed before the next arrives
         table.add(rows(10, 100 + 10 * i))
+        wait_for(lambda: unindexed(table, "id_idx") == {"id_idx": 0}, 60, "the agent to index")
     wait_for(lambda: any(j.kind is JobKind.COMPACT and j.state is JobState.SUCCEEDED
                          for j in jobs_of(live_service, database)), 120, "a compaction")
+    dataset = lance.dataset(str(live_service.root / database / "piecemeal.lance"))
+    assert len(dataset.get_fragments()) < 9
+    with pytest.raises(TypeError, match="RewrittenIndex"):  # the commit the service must skip
+        dataset.read_transaction(dataset.version)
     table.add(rows(10, 1000))
     assert table.count_rows() == 190
