@@ -314,3 +314,33 @@ def test_a_retried_merge_insert_is_applied_once(db, raw: RawClient) -> None:
     assert first.json()["num_updated_rows"] == 3
     assert table.version == 2
     assert table.count_rows() == 13
+
+
+# -- concurrent writers ------------------------------------------------------------------------
+
+
+def test_concurrent_writers_lose_nothing(live_service, db) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    db.create_table("items", make_rows(10))
+    writers = 4
+
+    def write(worker: int) -> None:
+        # each worker has its own connection, so requests spread over the replicas
+        table = live_service.connect(db.db_name).open_table("items")
+        for step in range(5):
+            table.add(make_rows(10, start=1000 * (worker + 1) + 10 * step, seed=step))
+        table.merge_insert("id").when_matched_update_all().when_not_matched_insert_all().execute(
+            make_rows(5, start=1000 * (worker + 1), seed=99))
+        table.delete(f"id = {1000 * (worker + 1) + 49}")
+
+    with ThreadPoolExecutor(writers) as pool:
+        list(pool.map(write, range(writers)))
+    table = db.open_table("items")
+    assert table.count_rows() == 10 + writers * (50 - 1)
+    assert table.version == 1 + writers * 7
+    assert [v["version"] for v in table.list_versions()] == list(range(1, table.version + 1))
+    for worker in range(writers):
+        start = 1000 * (worker + 1)
+        updated = table.search().where(f"id >= {start} AND id < {start + 5}").limit(None)
+        assert updated.to_arrow().sort_by("id") == make_rows(5, start=start, seed=99)
