@@ -1,15 +1,19 @@
 """Open databases and tables through the storage catalog.
 
 One lancedb connection per database is kept for the life of the replica.
-Tables are opened per request: with ``read_consistency_interval`` 0 every
-read sees the latest committed version, which is what gives read-your-writes
-across query node replicas (a write acknowledged by one replica is visible to
-the next request on any other).
+With ``read_consistency_seconds`` 0 (the default) tables are opened per
+request, so every read sees the latest committed version: a write
+acknowledged by any replica, or made by an outside writer, is visible to the
+next request on every replica. A positive interval lets a replica reuse an
+opened table for that long (fewer manifest reads on object storage): its own
+writes stay visible at once (a write forgets the handle), while writes made
+elsewhere show within the interval.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from datetime import timedelta
 
 import lancedb
@@ -26,6 +30,7 @@ class Connections:
         self._catalog = catalog
         self._interval = timedelta(seconds=read_consistency_seconds)
         self._connections: dict[str, DBConnection] = {}
+        self._tables: dict[TableRef, tuple[LanceTable, float]] = {}
         self._lock = threading.Lock()
 
     def location(self, database: str) -> DatabaseLocation:
@@ -48,9 +53,23 @@ class Connections:
 
     def table(self, ref: TableRef, version: int | str | None = None) -> LanceTable:
         """Open ``ref`` at its latest version, or at ``version`` (a number or a tag)."""
+        reusable = version is None and self._interval.total_seconds() > 0
+        if reusable:
+            with self._lock:
+                cached = self._tables.get(ref)
+            if cached is not None and time.monotonic() - cached[1] < self._interval.total_seconds():
+                return cached[0]
         db = self.database(ref.database)
         with lance_errors(f"table '{ref.qualified_name}'", ref.database):
             table = db.open_table(ref.name, namespace_path=ref.namespace_path)
             if version is not None:
                 table.checkout(version)
+        if reusable:
+            with self._lock:
+                self._tables[ref] = (table, time.monotonic())
         return table
+
+    def forget(self, ref: TableRef) -> None:
+        """Drop a reused handle after this replica changed the table."""
+        with self._lock:
+            self._tables.pop(ref, None)

@@ -226,7 +226,8 @@ class TableService:
     def notify(
         self, ref: TableRef, version: int, operation: str, request_id: str | None, rows: int = 0
     ) -> None:
-        """Hand the committed change to the publisher (which never blocks or fails)."""
+        """Forget reused handles, then hand the change to the publisher (never blocks or fails)."""
+        self._connections.forget(ref)
         self._on_change(
             ChangeEvent(
                 database=ref.database,
