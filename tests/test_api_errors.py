@@ -380,7 +380,7 @@ def tiny_service(live_service: LiveService, tmp_path_factory: pytest.TempPathFac
     url = f"{live_service.url}/overload"
     wait_healthy(url)
     yield url
-    serve.delete("overload")
+    serve.delete("overload", _blocking=False)  # the session's shutdown waits for it
 
 
 def _trickle(seconds: float, rows: pa.Table) -> Iterator[bytes]:
