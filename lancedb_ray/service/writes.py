@@ -51,7 +51,7 @@ def _properties_of(dataset: LanceDataset, version: int) -> dict[str, str]:
     """
     try:
         transaction = dataset.read_transaction(version)
-    except (OSError, ValueError, RuntimeError):
+    except (OSError, ValueError, RuntimeError, TypeError):
         return {}
     return dict(transaction.transaction_properties or {}) if transaction else {}
 
