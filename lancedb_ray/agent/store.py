@@ -15,16 +15,15 @@ Records are named ``<job id>.json``; ids sort by creation time.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
-import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
 from lancedb_ray.agent.jobs import Job, JobState
+from lancedb_ray.durable_files import try_lock, write_atomically
 from lancedb_ray.settings import Settings, StorageSettings
 from lancedb_ray.storage.catalog import DatabaseLocation
 from lancedb_ray.storage.credentials import azure_storage_options, implied_account
@@ -109,20 +108,11 @@ class LocalJobStore:
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         self.directory = Path(directory)
         self.where = str(self.directory)
-        self._lock = threading.Lock()
         self._lock_fd: int | None = None
 
     def put(self, job: Job) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        path = self.directory / f"{job.id}{_SUFFIX}"
-        temp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        with open(temp, "wb") as file:
-            file.write(job.to_json())
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp, path)
-        with self._lock:
-            _fsync_directory(self.directory)
+        write_atomically(self.directory / f"{job.id}{_SUFFIX}", [job.to_json()])
 
     def get(self, job_id: str) -> Job | None:
         try:
@@ -154,14 +144,8 @@ class LocalJobStore:
         if self._lock_fd is not None:
             return True
         self.directory.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.directory / _LOCK_FILE, os.O_RDWR | os.O_CREAT)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return False
-        self._lock_fd = fd
-        return True
+        self._lock_fd = try_lock(self.directory / _LOCK_FILE)
+        return self._lock_fd is not None
 
     def unlock(self) -> None:
         if self._lock_fd is not None:
@@ -226,10 +210,3 @@ class BlobJobStore:
 def _is_record(name: str) -> bool:
     return name.endswith(_SUFFIX) and not name.startswith(".")
 
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import quote
 
+from lancedb_ray.durable_files import fsync_directory, try_lock, write_atomically
 from lancedb_ray.events.bus import Delivery
 from lancedb_ray.events.model import ChangeEvent
 from lancedb_ray.settings import EmbeddedBusSettings
@@ -68,7 +69,7 @@ class EmbeddedPublisher:
         if self._fd is None:
             self._directory.mkdir(parents=True, exist_ok=True)
             self._fd = os.open(self._directory / LOG_FILE, os.O_RDWR | os.O_APPEND | os.O_CREAT)
-            _fsync_directory(self._directory)  # the new file's name must survive a crash too
+            fsync_directory(self._directory)  # the new file's name must survive a crash too
         return self._fd
 
     async def close(self) -> None:
@@ -117,11 +118,8 @@ class EmbeddedConsumer:
         if self._lock_fd is not None:
             return True
         self._lock_path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
+        fd = try_lock(self._lock_path)
+        if fd is None:
             return False
         self._lock_fd = fd
         self._committed = self._position = _read_checkpoint(self._checkpoint_path)
@@ -174,18 +172,5 @@ def _read_checkpoint(path: Path) -> int:
 
 
 def _write_checkpoint(path: Path, offset: int) -> None:
-    temp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    with open(temp, "wb") as file:
-        file.write(json.dumps({"offset": offset}).encode())
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(temp, path)
-    _fsync_directory(path.parent)
+    write_atomically(path, [json.dumps({"offset": offset}).encode()])
 
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -18,6 +18,7 @@ import uuid
 from collections import deque
 from pathlib import Path
 
+from lancedb_ray.durable_files import fsync_directory, write_atomically
 from lancedb_ray.events.model import ChangeEvent
 
 _LOG = logging.getLogger(__name__)
@@ -67,13 +68,7 @@ class OutboxStore:
         if not self._events:
             self._data_path.unlink(missing_ok=True)
             return
-        temp = self._data_path.with_suffix(".tmp")
-        with open(temp, "wb") as file:
-            file.writelines(event.to_json() + b"\n" for event in self._events)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp, self._data_path)
-        _fsync_directory(self._directory)
+        write_atomically(self._data_path, (event.to_json() + b"\n" for event in self._events))
 
     def close(self) -> None:
         """Release the files; events still waiting stay on disk for the next owner."""
@@ -137,12 +132,5 @@ def _append_lines(path: Path, data: bytes) -> None:
     finally:
         os.close(fd)
     if created:
-        _fsync_directory(path.parent)
+        fsync_directory(path.parent)
 
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
