@@ -54,6 +54,8 @@ def serve_command(args: argparse.Namespace) -> int:
     from lancedb_ray.api.app import build_app
 
     settings = _serve_settings(args)
+    if settings.server.proxy == "haproxy":
+        os.environ.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1")
     address = settings.ray.address or os.environ.get("RAY_ADDRESS")
     ray.init(address=address, namespace=settings.ray.namespace, log_to_driver=False)
     serve.start(http_options={"host": settings.server.host, "port": settings.server.port})
