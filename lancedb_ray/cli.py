@@ -51,13 +51,14 @@ def serve_command(args: argparse.Namespace) -> int:
     import ray
     from ray import serve
 
-    from lancedb_ray.api.app import build_app
-
     settings = _serve_settings(args)
     if settings.server.proxy == "haproxy":
         os.environ.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1")
     address = settings.ray.address or os.environ.get("RAY_ADDRESS")
     ray.init(address=address, namespace=settings.ray.namespace, log_to_driver=False)
+    # Imported once Ray's processes are started: lancedb's runtime must not be forked.
+    from lancedb_ray.api.app import build_app
+
     serve.start(http_options={"host": settings.server.host, "port": settings.server.port})
     serve.run(
         build_app({"settings": settings.to_plain()}),
