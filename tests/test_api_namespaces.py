@@ -62,12 +62,23 @@ def test_drop_refuses_a_namespace_that_is_not_empty(db) -> None:
     db.create_table("t", make_rows(3), namespace_path=["team"])
     with pytest.raises(Exception, match="400.*not empty"):
         db.drop_namespace(["team"])
-    with pytest.raises(Exception, match="400.*cascade"):
-        db.drop_namespace(["team"], behavior="cascade")
     assert db.list_tables(namespace_path=["team"]).tables == ["t"]
     db.drop_table("t", namespace_path=["team"])
-    db.drop_namespace(["team"], behavior="cascade")  # empty now: nothing to cascade
+    db.drop_namespace(["team"])  # empty now
     assert db.list_namespaces().namespaces == []
+
+
+def test_cascade_drops_tables_and_child_namespaces(db) -> None:
+    db.create_namespace(["org"])
+    db.create_namespace(["org", "team"])
+    db.create_table("top", make_rows(3), namespace_path=["org"])
+    db.create_table("inner", make_rows(3), namespace_path=["org", "team"])
+    db.create_table("outside", make_rows(3))
+    db.drop_namespace(["org"], behavior="cascade")
+    assert db.list_namespaces().namespaces == []
+    assert db.list_tables().tables == ["outside"]
+    with pytest.raises(Exception, match="not found"):
+        db.open_table("inner", namespace_path=["org", "team"]).count_rows()
 
 
 def test_tables_in_namespaces_are_separate(db, raw: RawClient) -> None:

@@ -43,6 +43,6 @@ class Services:
             tables=tables,
             indexes=IndexService(connections, tables),
             versions=VersionService(connections, tables),
-            namespaces=NamespaceService(connections),
+            namespaces=NamespaceService(connections, tables),
             executor=executor_factory(connections),
         )

@@ -12,6 +12,8 @@ from lancedb_ray.errors import AlreadyExists, InvalidInput, NotFound
 from lancedb_ray.service import paging
 from lancedb_ray.service.connections import Connections
 from lancedb_ray.service.lance_errors import lance_errors
+from lancedb_ray.service.tables import TableService
+from lancedb_ray.types import TableRef
 
 _CREATE_MODES = {"create": "create", "existok": "exist_ok", "overwrite": "overwrite"}
 _DROP_MODES = {"fail": "fail", "skip": "skip"}
@@ -19,8 +21,9 @@ _DROP_BEHAVIORS = {"restrict": "restrict", "cascade": "cascade"}
 
 
 class NamespaceService:
-    def __init__(self, connections: Connections) -> None:
+    def __init__(self, connections: Connections, tables: TableService) -> None:
         self._connections = connections
+        self._tables = tables
 
     def create(
         self, database: str, path: list[str], mode: str | None, properties: dict | None
@@ -75,16 +78,29 @@ class NamespaceService:
         except NotFound:
             if mode == "fail":
                 raise
-        except InvalidInput as exc:
+        except InvalidInput:
             if behavior != "cascade":
                 raise
-            # Dropping the tables inside must go through the table service (its change
-            # events tell the agent to forget them): refuse rather than drop them silently.
-            raise InvalidInput(
-                f"{exc.message}; behavior 'cascade' is not supported: "
-                "drop its tables and child namespaces first"
-            ) from exc
+            self._drop_contents(database, path)
+            with lance_errors(f"namespace '{_name(path)}'", database):
+                db.drop_namespace(path)
         return {}
+
+    def _drop_contents(self, database: str, path: list[str]) -> None:
+        """Cascade: child namespaces first, then the tables, each through the table service
+        (so the agent hears of every dropped table)."""
+        db = self._connections.database(database)
+        with lance_errors(f"namespace '{_name(path)}'", database):
+            children = paging.all_names(
+                lambda token: db.list_namespaces(path, page_token=token), "namespaces"
+            )
+            tables = paging.all_names(
+                lambda token: db.list_tables(namespace_path=path, page_token=token), "tables"
+            )
+        for child in children:
+            self.drop(database, [*path, child], "skip", "cascade")
+        for table in tables:
+            self._tables.drop(TableRef(database, tuple(path), table), None)
 
 
 def _name(path: list[str]) -> str:

@@ -58,8 +58,9 @@ def ray_cluster() -> Iterator[None]:
     """One local Ray instance for the whole session (logical CPUs above the 2 real ones)."""
     import ray
 
-    ray.init(num_cpus=8, include_dashboard=False, namespace="lancedb-ray-tests",
-             log_to_driver=False)
+    # address="local": always a cluster of our own, even if another is running here.
+    ray.init(address="local", num_cpus=8, include_dashboard=False,
+             namespace="lancedb-ray-tests", log_to_driver=False)
     yield
     ray.shutdown()
 
