@@ -10,7 +10,8 @@ sample rate) is built on it:
 - by embedded lancedb: ``LanceTable.create_index`` in this process;
 - by ``lancedb_ray.indexers.build_vector_index``: training once in one Ray task,
   then ``N`` segments built in parallel Ray tasks and committed together, for
-  each ``N`` in ``--segments``, on a local Ray instance of ``--cpus`` CPUs.
+  each ``N`` in ``--segments``, on a local Ray instance of ``--cpus`` CPUs
+  (``N=1`` separates the effect of training once from that of parallel segments).
 
 Each build is timed end to end (Ray start-up excluded, task dispatch included)
 and its recall@10 is measured against exact search over ``--queries`` queries
@@ -34,6 +35,7 @@ import lancedb
 import numpy as np
 import pyarrow as pa
 import ray
+from lancedb.index import IvfPq
 
 from lancedb_ray.indexers import TableHandle, build_vector_index
 
@@ -108,7 +110,9 @@ def markdown(results: list[Result], args: argparse.Namespace) -> str:
         f"fragments), {args.partitions} partitions, {args.sub_vectors} sub-vectors; recall@10 at "
         f"nprobes={args.nprobes}, refine_factor={args.refine_factor} over {args.queries} queries; "
         f"{os.cpu_count()} cores "
-        f"({platform.processor() or platform.machine()}), Ray with {args.cpus} CPUs.",
+        f"({platform.processor() or platform.machine()}), Ray with {args.cpus} CPUs; 1-minute load "
+        f"average {args.load_before:.1f} before, {os.getloadavg()[0]:.1f} after (other work on the "
+        "machine stretches wall times).",
         "",
         "| method | segments | build seconds | rows/s | speed-up | recall@10 |",
         "|---|---:|---:|---:|---:|---:|",
@@ -126,7 +130,7 @@ def chart(results: list[Result], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [r.method if r.segments == 1 and "lancedb" in r.method else f"{r.method}\n{r.segments} seg"
+    labels = [r.method if r.method.startswith("embedded") else f"{r.method}\n{r.segments} seg"
               for r in results]
     fig, ax = plt.subplots(figsize=(1.8 * len(results) + 2, 4))
     bars = ax.bar(labels, [r.rows_per_second for r in results],
@@ -151,7 +155,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--fragments", type=int, default=16)
     parser.add_argument("--partitions", type=int, default=None, help="default: sqrt(rows)")
     parser.add_argument("--sub-vectors", type=int, default=None, help="default: dim / 16")
-    parser.add_argument("--segments", default="2,4", help="comma-separated segment counts")
+    parser.add_argument("--segments", default="1,2,4", help="comma-separated segment counts")
     parser.add_argument("--cpus", type=int, default=os.cpu_count())
     parser.add_argument("--queries", type=int, default=100)
     parser.add_argument("--nprobes", type=int, default=20)
@@ -165,6 +169,7 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
+    args.load_before = os.getloadavg()[0]
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("LANCE_INCLUDE_VECTOR_CENTROIDS", "false")
     work = Path(tempfile.mkdtemp(prefix="index-build-"))
@@ -180,8 +185,8 @@ def main() -> None:
 
         table = lancedb.connect(work).open_table("bench")
         start = time.perf_counter()
-        table.create_index(metric="l2", num_partitions=args.partitions, num_sub_vectors=args.sub_vectors,
-                           index_type="IVF_PQ", replace=True)
+        table.create_index("vector", replace=True, config=IvfPq(
+            distance_type="l2", num_partitions=args.partitions, num_sub_vectors=args.sub_vectors))
         seconds = time.perf_counter() - start
         results.append(Result("embedded lancedb create_index", 1, seconds, args.rows,
                               measure_recall(uri, queries, truth, 10, args.nprobes, args.refine_factor)))

@@ -63,7 +63,7 @@ def append(handle: TableHandle, rows: int, start: int, seed: int = 1) -> None:
 
 
 def recall(handle: TableHandle, queries: np.ndarray, k: int = 10, **nearest: object) -> float:
-    """Mean recall@k of the indexed search against exact search."""
+    """Mean recall@k of the indexed search (4 of 16 partitions, re-ranked) against exact search."""
     dataset = handle.open()
     hits = 0
     for q in queries:
@@ -71,7 +71,7 @@ def recall(handle: TableHandle, queries: np.ndarray, k: int = 10, **nearest: obj
                                                         "use_index": False},
                                 disable_scoring_autoprojection=True).to_table()["id"].to_pylist()
         found = dataset.scanner(columns=["id"], nearest={"column": "vector", "q": q, "k": k,
-                                                        "nprobes": 4, **nearest},
+                                                        "nprobes": 4, "refine_factor": 5, **nearest},
                                 disable_scoring_autoprojection=True).to_table()["id"].to_pylist()
         hits += len(set(exact) & set(found))
     return hits / (k * len(queries))
@@ -167,7 +167,7 @@ def test_segmented_build_commits_parallel_segments_in_one_version(ray_cluster: N
 
 @pytest.mark.ray
 def test_segmented_recall_matches_a_single_segment_build(ray_cluster: None, tmp_path: Path) -> None:
-    queries = np.stack([clustered(1, seed=100 + i)["vector"][0].values.to_numpy() for i in range(20)])
+    queries = np.stack([clustered(1, seed=100 + i)["vector"][0].values.to_numpy() for i in range(40)])
     single = make_table(tmp_path, name="single")
     build_vector_index(single, "vector", "IVF_PQ", PQ, num_segments=1, use_gpu=False)
     segmented = make_table(tmp_path, name="segmented")
@@ -178,7 +178,7 @@ def test_segmented_recall_matches_a_single_segment_build(ray_cluster: None, tmp_
     single_recall = recall(single, queries)
     segmented_recall = recall(segmented, queries)
     print(f"recall@10: single segment {single_recall:.3f}, 4 segments {segmented_recall:.3f}")
-    assert single_recall > 0.3  # the comparison means something
+    assert single_recall > 0.5  # the comparison means something
     assert segmented_recall >= 0.9 * single_recall
 
 

@@ -11,6 +11,10 @@ of any version. When every fragment is written, the driver commits them all
 with one ``LanceDataset.commit`` (an ``Append`` or an ``Overwrite``): readers
 see all the new rows or none, and a failed job leaves the table as it was
 (the unreferenced files go with the next version cleanup).
+
+A new table at the root of a database is created by that one commit. A new
+namespaced table is first created empty by lancedb (which owns the namespace
+layout), so it starts with that empty version and then the ingest's commit.
 """
 
 from __future__ import annotations
