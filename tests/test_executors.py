@@ -190,3 +190,41 @@ def test_killing_an_executor_loses_no_query(tables) -> None:
     for q in queries[:5]:
         remote.search(q).bypass_vector_index().limit(5).to_arrow()
     assert _stats("plan-executor-0")["entries"] > 0 or stats["entries"] > 0
+
+
+def test_prewarm_loads_a_table_before_its_first_query(live_service: LiveService) -> None:
+    from lancedb_ray.execution.distributed import DistributedExecutor, ExecutorPool
+    from lancedb_ray.service.connections import Connections
+    from lancedb_ray.settings import Settings
+    from lancedb_ray.storage.catalog import StorageCatalog
+
+    rng = np.random.default_rng(8)
+    remote = live_service.connect("prewarmed").create_table("t", _rows(rng, 0, 200),
+                                                            mode="overwrite")
+    for i in range(4):
+        remote.add(_rows(rng, 200 + i * 50, 50))
+    settings = Settings.load(None, **live_service.settings)
+    connections = Connections(StorageCatalog(settings.storage), 0)
+    DistributedExecutor(settings, connections, ExecutorPool(settings)).prewarm(["prewarmed/t"])
+    before = [_stats(f"plan-executor-{i}")["misses"] for i in range(2)]
+    assert remote.search().where("id >= 0").limit(None).to_arrow().num_rows == 400
+    assert remote.count_rows("group = 'g1'") == 100
+    assert [_stats(f"plan-executor-{i}")["misses"] for i in range(2)] == before
+
+
+def test_cache_metrics_reach_prometheus(tables) -> None:
+    import urllib.request
+
+    remote, _ = tables
+    remote.search(_queries(1)[0]).bypass_vector_index().limit(5).to_arrow()
+    port = ray.nodes()[0]["MetricsExportPort"]
+    wanted = ["ray_lancedb_ray_cache_hits_total{", "ray_lancedb_ray_cache_misses_total{",
+              "ray_lancedb_ray_cache_bytes{", 'executor="plan-executor-']
+    deadline = time.monotonic() + 120
+    while True:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+            text = response.read().decode()
+        if all(w in text for w in wanted):
+            break
+        assert time.monotonic() < deadline, [w for w in wanted if w not in text]
+        time.sleep(2)

@@ -21,6 +21,7 @@ import pytest
 
 from lancedb_ray.settings import CredentialMode, StorageLocation
 from lancedb_ray.storage.credentials import AZURITE_ACCOUNT, AZURITE_KEY
+from tests.support.processes import stop_process
 
 REPO = Path(__file__).resolve().parents[2]
 AZURITE_VERSION = "3.37.0"
@@ -78,14 +79,7 @@ class Azurite:
         self._wait_until_listening()
 
     def stop(self) -> None:
-        if self._proc is None:
-            return
-        self._proc.terminate()
-        try:
-            self._proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-            self._proc.wait()
+        stop_process(self._proc)
         self._proc = None
 
     def location(
