@@ -15,7 +15,13 @@ import pytest
 from lancedb_ray.execution import subplans
 from lancedb_ray.execution.cache import FragmentCache
 from lancedb_ray.execution.merge import merge_nearest, merge_scan
-from lancedb_ray.execution.plan import DatasetRef, SubPlanKind, plan_count, plan_query
+from lancedb_ray.execution.plan import (
+    DatasetRef,
+    Snapshot,
+    SubPlanKind,
+    plan_count,
+    plan_query,
+)
 from lancedb_ray.service.protocol import QueryRequest
 from lancedb_ray.types import TableRef
 
@@ -47,7 +53,7 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> lance.LanceDataset:
 
 def _run(ds: lance.LanceDataset, query: QueryRequest, cache: FragmentCache):
     target = DatasetRef(TableRef("db", (), "t"), ds.uri, ds.version)
-    plans = plan_query(ds, target, query, group_size=2)
+    plans = plan_query(Snapshot.of(ds), target, query, group_size=2)
     results = [subplans.run(plan, lambda _plan: ds, cache) for plan in plans]
     return plans, results
 
@@ -110,7 +116,7 @@ def test_scan_and_count(dataset, cache) -> None:
     assert got.to_pydict() == want.to_pydict()
     target = DatasetRef(TableRef("db", (), "t"), dataset.uri, dataset.version)
     counts = [subplans.run(p, lambda _p: dataset, cache)
-              for p in plan_count(dataset, target, "category = 'c2'", 2)]
+              for p in plan_count(Snapshot.of(dataset), target, "category = 'c2'", 2)]
     assert sum(counts) == dataset.count_rows("category = 'c2'")
 
 
@@ -129,7 +135,7 @@ def test_content_keys_change_only_where_rows_changed(dataset) -> None:
 
     def keys(ds: lance.LanceDataset) -> dict[tuple[int, ...], str]:
         target = DatasetRef(TableRef("db", (), "t"), ds.uri, ds.version)
-        return {p.fragment_ids: p.cache_key for p in plan_query(ds, target, query, 2)}
+        return {p.fragment_ids: p.cache_key for p in plan_query(Snapshot.of(ds), target, query, 2)}
 
     old, new = keys(before), keys(dataset)
     assert old.keys() == new.keys()

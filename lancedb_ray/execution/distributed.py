@@ -32,9 +32,9 @@ from lancedb_ray.execution.local import LocalExecutor
 from lancedb_ray.execution.merge import merge_nearest, merge_scan
 from lancedb_ray.execution.plan import (
     DatasetRef,
+    Snapshot,
     SubPlan,
     SubPlanKind,
-    dataset_fingerprint,
     plan_count,
     plan_query,
 )
@@ -107,28 +107,28 @@ class DistributedExecutor:
         self._local = LocalExecutor(connections)
 
     def search(self, target: QueryTarget, query: QueryRequest) -> pa.Table:
-        dataset, ref = self._resolve(target)
+        snapshot, ref = self._resolve(target)
         vectors = query.query_vectors
         if not query.is_multi_vector:
-            return self._single(dataset, ref, query)
+            return self._single(snapshot, ref, query)
         answers = []
         for index, vector in enumerate(vectors):
-            answer = self._single(dataset, ref, query.model_copy(update={"vector": vector}))
+            answer = self._single(snapshot, ref, query.model_copy(update={"vector": vector}))
             column = pa.array([index] * answer.num_rows, pa.int32())
             field = pa.field("query_index", pa.int32(), nullable=False)  # as lancedb has it
             answers.append(answer.add_column(0, field, column))
         return pa.concat_tables(answers)
 
     def count(self, target: QueryTarget, predicate: str | None) -> int:
-        dataset, ref = self._resolve(target)
-        plans = plan_count(dataset, ref, predicate, self._group_size)
+        snapshot, ref = self._resolve(target)
+        plans = plan_count(snapshot, ref, predicate, self._group_size)
         return sum(self._run_all(plans, target))
 
     def explain(self, target: QueryTarget, query: QueryRequest, verbose: bool) -> str:
-        dataset, ref = self._resolve(target)
+        snapshot, ref = self._resolve(target)
         single = query.model_copy(update={"vector": query.query_vectors[0]}) if query.vector \
             else query
-        plans = plan_query(dataset, ref, single, self._group_size)
+        plans = plan_query(snapshot, ref, single, self._group_size)
         lines = [f"DistributedPlan: {len(plans)} sub-plans on {len(self._pool.names)} executors"]
         for plan in plans:
             owner = self._pool.route(plan.partition)[0]
@@ -145,8 +145,8 @@ class DistributedExecutor:
         for name in tables:
             database, _, table_id = name.partition("/")
             target = QueryTarget(TableRef.parse(database, table_id), None)
-            dataset, ref = self._resolve(target)
-            plans = plan_count(dataset, ref, None, self._group_size)
+            snapshot, ref = self._resolve(target)
+            plans = plan_count(snapshot, ref, None, self._group_size)
             by_owner: dict[str, list[SubPlan]] = {}
             for plan in plans:
                 for owner in hashing.owners(plan.partition, self._pool.names, self._pool.replicas):
@@ -154,17 +154,18 @@ class DistributedExecutor:
             ray.get([self._pool.handle(owner).prewarm.remote(owned)
                      for owner, owned in by_owner.items()])
 
-    def _resolve(self, target: QueryTarget) -> tuple[Any, DatasetRef]:
+    def _resolve(self, target: QueryTarget) -> tuple[Snapshot, DatasetRef]:
         table = self._connections.table(target.ref, target.version)
         location = self._connections.location(target.ref.database)
         with lance_errors(f"table '{target.ref.qualified_name}'", target.ref.database):
-            dataset = table.to_lance()
-        return dataset, DatasetRef(target.ref, dataset.uri, dataset.version,
-                                   location.storage_options, dataset_fingerprint(dataset))
+            snapshot = Snapshot.of(table.to_lance())
+        dataset = snapshot.dataset
+        return snapshot, DatasetRef(target.ref, dataset.uri, dataset.version,
+                                    location.storage_options, snapshot.fingerprint)
 
-    def _single(self, dataset: Any, ref: DatasetRef, query: QueryRequest) -> pa.Table:
+    def _single(self, snapshot: Snapshot, ref: DatasetRef, query: QueryRequest) -> pa.Table:
         with lance_errors(f"query on '{ref.ref.qualified_name}'", ref.ref.database):
-            plans = plan_query(dataset, ref, query, self._group_size)
+            plans = plan_query(snapshot, ref, query, self._group_size)
         if not plans:  # an empty table: nothing to distribute
             return self._local.search(QueryTarget(ref.ref, ref.version), query)
         results = self._run_all(plans, QueryTarget(ref.ref, ref.version))

@@ -45,9 +45,22 @@ class DatasetRef:
     fingerprint: str = ""
 
 
-def dataset_fingerprint(dataset: LanceDataset) -> str:
-    return content_key(dataset.uri, str(dataset.schema),
-                       [repr(f.metadata) for f in dataset.get_fragments()])
+@dataclass(frozen=True)
+class Snapshot:
+    """A table version as the planner sees it, read once per query."""
+
+    dataset: LanceDataset
+    fragments: dict[int, str]  # fragment id -> its metadata (files, deletions), in id order
+    schema: str
+
+    @classmethod
+    def of(cls, dataset: LanceDataset) -> Snapshot:
+        described = {f.fragment_id: repr(f.metadata) for f in dataset.get_fragments()}
+        return cls(dataset, dict(sorted(described.items())), str(dataset.schema))
+
+    @property
+    def fingerprint(self) -> str:
+        return content_key(self.dataset.uri, self.schema, list(self.fragments.values()))
 
 
 @dataclass(frozen=True)
@@ -68,34 +81,34 @@ def bucket_partition(uri: str, bucket: int) -> str:
 
 
 def plan_query(
-    dataset: LanceDataset, target: DatasetRef, query: QueryRequest, group_size: int
+    snapshot: Snapshot, target: DatasetRef, query: QueryRequest, group_size: int
 ) -> list[SubPlan]:
     """Split ``query`` (at most one query vector) into sub-plans."""
     if query.full_text_query is not None or _needs_row_ids_in_filter(query):
         return [SubPlan(SubPlanKind.WHOLE_QUERY, target, f"{target.uri}#whole", query)]
     if query.vector:
-        return _plan_vector(dataset, target, query, group_size)
+        return _plan_vector(snapshot, target, query, group_size)
     wanted = None if query.limit is None else query.limit + (query.offset or 0)
-    return _bucket_plans(SubPlanKind.SCAN, dataset, target, query, None, wanted,
-                         _fragment_ids(dataset), group_size)
+    return _bucket_plans(SubPlanKind.SCAN, snapshot, target, query, None, wanted,
+                         list(snapshot.fragments), group_size)
 
 
-def plan_count(dataset: LanceDataset, target: DatasetRef, predicate: str | None,
+def plan_count(snapshot: Snapshot, target: DatasetRef, predicate: str | None,
                group_size: int) -> list[SubPlan]:
     query = QueryRequest(filter=predicate)
-    return _bucket_plans(SubPlanKind.COUNT, dataset, target, query, None, None,
-                         _fragment_ids(dataset), group_size)
+    return _bucket_plans(SubPlanKind.COUNT, snapshot, target, query, None, None,
+                         list(snapshot.fragments), group_size)
 
 
 def _plan_vector(
-    dataset: LanceDataset, target: DatasetRef, query: QueryRequest, group_size: int
+    snapshot: Snapshot, target: DatasetRef, query: QueryRequest, group_size: int
 ) -> list[SubPlan]:
     vector = query.query_vectors[0]
-    column = resolve_vector_column(dataset.schema, query.vector_column, [vector])
+    column = resolve_vector_column(snapshot.dataset.schema, query.vector_column, [vector])
     query = replace_query(query, vector_column=column)
     wanted = (query.limit or 10) + (query.offset or 0)
     plans: list[SubPlan] = []
-    segments = [] if query.bypass_vector_index else vector_index_segments(dataset, column)
+    segments = [] if query.bypass_vector_index else vector_index_segments(snapshot.dataset, column)
     covered: set[int] = set()
     for segment in segments:
         covered.update(segment["fragment_ids"])
@@ -105,15 +118,15 @@ def _plan_vector(
         )
     if segments and query.fast_search:
         return plans  # fast_search: indexed data only, as in lance
-    unindexed = [fid for fid in _fragment_ids(dataset) if fid not in covered]
-    plans += _bucket_plans(SubPlanKind.FLAT, dataset, target, query, vector, wanted, unindexed,
+    unindexed = [fid for fid in snapshot.fragments if fid not in covered]
+    plans += _bucket_plans(SubPlanKind.FLAT, snapshot, target, query, vector, wanted, unindexed,
                            group_size)
     return plans
 
 
 def _bucket_plans(
     kind: SubPlanKind,
-    dataset: LanceDataset,
+    snapshot: Snapshot,
     target: DatasetRef,
     query: QueryRequest,
     vector: list[float] | None,
@@ -121,12 +134,12 @@ def _bucket_plans(
     fragment_ids: list[int],
     group_size: int,
 ) -> list[SubPlan]:
-    metadata = {f.fragment_id: repr(f.metadata) for f in dataset.get_fragments()}
-    schema = str(dataset.schema)
+    described = snapshot.fragments
     return [
         SubPlan(kind, target, bucket_partition(target.uri, bucket), query, vector=vector,
                 fragment_ids=fragments, local_limit=local_limit,
-                cache_key=content_key(target.uri, schema, [metadata[f] for f in fragments]))
+                cache_key=content_key(target.uri, snapshot.schema,
+                                      [described[f] for f in fragments]))
         for bucket, fragments in _buckets(fragment_ids, group_size)
     ]
 
@@ -144,10 +157,6 @@ def vector_index_segments(dataset: LanceDataset, column: str) -> list[dict]:
 
 def replace_query(query: QueryRequest, **changes: object) -> QueryRequest:
     return query.model_copy(update=changes)
-
-
-def _fragment_ids(dataset: LanceDataset) -> list[int]:
-    return sorted(fragment.fragment_id for fragment in dataset.get_fragments())
 
 
 def _buckets(fragment_ids: list[int], group_size: int) -> list[tuple[int, tuple[int, ...]]]:
