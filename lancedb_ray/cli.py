@@ -52,6 +52,10 @@ def serve_command(args: argparse.Namespace) -> int:
     from ray import serve
 
     settings = _serve_settings(args)
+    # Ctrl-C (or SIGTERM) at any point, during start-up too, leads to the same clean stop.
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     if settings.server.proxy == "haproxy":
         os.environ.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1")
     address = settings.ray.address or os.environ.get("RAY_ADDRESS")
@@ -67,16 +71,13 @@ def serve_command(args: argparse.Namespace) -> int:
         blocking=False,
     )
     url = f"http://{settings.server.host}:{settings.server.port}"
-    _wait_healthy(url, timeout_s=120)
-    key = settings.server.api_keys[0].get_secret_value()
-    print(f"lancedb-ray is serving at {url}", flush=True)
-    print(f"  storage: {settings.storage.root.uri or settings.storage.root.container}")
-    print(f"  connect: lancedb.connect('db://mydb', api_key='{key}', host_override='{url}')")
-    print("Press Ctrl-C to stop.", flush=True)
-
-    stop = threading.Event()
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    if not stop.is_set():
+        _wait_healthy(url, timeout_s=120)
+        key = settings.server.api_keys[0].get_secret_value()
+        print(f"lancedb-ray is serving at {url}", flush=True)
+        print(f"  storage: {settings.storage.root.uri or settings.storage.root.container}")
+        print(f"  connect: lancedb.connect('db://mydb', api_key='{key}', host_override='{url}')")
+        print("Press Ctrl-C to stop.", flush=True)
     stop.wait()
     print("stopping...", flush=True)
     serve.shutdown()
