@@ -46,6 +46,18 @@ def _wait_healthy(url: str, timeout_s: float) -> None:
         time.sleep(0.5)
 
 
+def _wait_running(serve: Any, stop: threading.Event, timeout_s: float) -> None:
+    """Until every deployment of the app runs (the ingress reconfigures until then)."""
+    deadline = time.monotonic() + timeout_s
+    while not stop.is_set():
+        application = serve.status().applications.get(APP_NAME)
+        if application is not None and application.status == "RUNNING":
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the application did not start in {timeout_s}s")
+        time.sleep(0.5)
+
+
 def serve_command(args: argparse.Namespace) -> int:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray
@@ -72,6 +84,7 @@ def serve_command(args: argparse.Namespace) -> int:
     )
     url = f"http://{settings.server.host}:{settings.server.port}"
     if not stop.is_set():
+        _wait_running(serve, stop, timeout_s=300)
         _wait_healthy(url, timeout_s=120)
         key = settings.server.api_keys[0].get_secret_value()
         print(f"lancedb-ray is serving at {url}", flush=True)
@@ -80,8 +93,11 @@ def serve_command(args: argparse.Namespace) -> int:
         print("Press Ctrl-C to stop.", flush=True)
     stop.wait()
     print("stopping...", flush=True)
-    serve.shutdown()
-    ray.shutdown()
+    try:
+        serve.shutdown()
+    finally:
+        ray.shutdown()
+    print("stopped", flush=True)
     return 0
 
 

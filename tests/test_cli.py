@@ -21,7 +21,10 @@ def test_serve_command_serves_and_stops_cleanly(tmp_path: Path) -> None:
            "LANCEDB_RAY_EVENTS__EMBEDDED__DIRECTORY": str(tmp_path / "events"),
            "LANCEDB_RAY_EVENTS__OUTBOX_DIRECTORY": str(tmp_path / "outbox"),
            "LANCEDB_RAY_AGENT__JOBS_DIRECTORY": str(tmp_path / "jobs"),
-           "LANCEDB_RAY_EXECUTORS__NUM_EXECUTORS": "1"}
+           "LANCEDB_RAY_EXECUTORS__NUM_EXECUTORS": "1",
+           # HAProxy ports of its own, beside the test session's Serve instance
+           "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
+           "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port())}
     process = subprocess.Popen(
         [sys.executable, "-m", "lancedb_ray.cli", "serve", "--port", str(port),
          "--storage", str(storage), "--api-key", "cli-key"],
@@ -46,7 +49,7 @@ def test_serve_command_serves_and_stops_cleanly(tmp_path: Path) -> None:
         if process.poll() is None:
             process.kill()
             process.wait()
-    assert process.returncode == 0, output[-2000:]
+    assert process.returncode == 0, f"exit code {process.returncode}: {output[-3000:]}"
     assert f"lancedb-ray is serving at {url}" in output
     assert "api_key='cli-key'" in output
-    assert "stopping" in output
+    assert "stopped" in output
