@@ -94,7 +94,7 @@ class TableService:
             raise InvalidInput(f"cannot rename to '{new_ref.name}': table already exists")
         location = self._connections.location(ref.database)
         with lance_errors(f"table '{ref.qualified_name}'", ref.database):
-            _move_directory(location, location.table_uri(ref.name), location.table_uri(new_ref.name))
+            _move_table(location, ref.name, new_ref.name)
         self.notify(ref, 0, "rename", request_id)
         self.notify(new_ref, self._connections.table(new_ref).version, "create", request_id)
 
@@ -241,13 +241,13 @@ class TableService:
         )
 
 
-def _move_directory(location: DatabaseLocation, source: str, target: str) -> None:
-    if "://" not in source:
-        os.rename(source, target)  # atomic on one filesystem
+def _move_table(location: DatabaseLocation, name: str, new_name: str) -> None:
+    if not location.is_azure:
+        os.rename(location.table_uri(name), location.table_uri(new_name))  # atomic on one fs
         return
     # Object stores have no directory rename: copy every object, then remove the source.
-    filesystem = location.filesystem()
-    filesystem.mv(source.split("://", 1)[1], target.split("://", 1)[1], recursive=True)
+    location.filesystem().mv(location.fs_path(f"{name}.lance"),
+                             location.fs_path(f"{new_name}.lance"), recursive=True)
 
 
 def _arrow_type(data_type: dict[str, Any]) -> pa.DataType:

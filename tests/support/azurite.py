@@ -21,7 +21,7 @@ import pytest
 
 from lancedb_ray.settings import CredentialMode, StorageLocation
 from lancedb_ray.storage.credentials import AZURITE_ACCOUNT, AZURITE_KEY
-from tests.support.processes import stop_process
+from tests.support.processes import free_port, stop_process
 
 REPO = Path(__file__).resolve().parents[2]
 AZURITE_VERSION = "3.37.0"
@@ -131,12 +131,6 @@ def _azurite_binary() -> Path:
             capture_output=True,
         )
     return AZURITE_BIN
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,6 @@ a broker away and bring it back start their own :class:`TansuBroker`.
 from __future__ import annotations
 
 import asyncio
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -16,13 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.processes import stop_process
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tests.support.processes import free_port, stop_process
 
 
 class TansuBroker:

@@ -6,7 +6,6 @@ share the deployment but never each other's tables.
 
 from __future__ import annotations
 
-import socket
 import time
 import urllib.request
 import uuid
@@ -18,13 +17,9 @@ from typing import Any
 import lancedb
 import pytest
 
+from tests.support.processes import free_port
+
 API_KEY = "test-key"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_healthy(url: str, timeout_s: float = 180) -> None:
