@@ -181,9 +181,10 @@ def test_drop_table_removes_it(db) -> None:
     assert db.open_table("a").count_rows() == 2
 
 
-def test_drop_missing_table_succeeds(db, raw: RawClient) -> None:
-    db.drop_table("never_created")
-    assert raw.post("/v1/table/never_created/drop/").status_code == 200
+def test_drop_missing_table_is_not_found(raw: RawClient) -> None:
+    response = raw.post("/v1/table/never_created/drop/")
+    assert response.status_code == 404
+    assert "never_created" in response.text
 
 
 # -- rename ------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from lancedb_ray.types import TableRef
 
 MATCH_COLUMN = "__lancedb_ray_match"  # post-filter verdict carried to the merge
 SOURCE_ROWID = "__lancedb_ray_rowid"  # a cached copy's record of the source row id
+ORDER_COLUMN = "__lancedb_ray_order_"  # + key position: an order_by key carried to the merge
 
 
 class SubPlanKind(str, Enum):

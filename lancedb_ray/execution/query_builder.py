@@ -6,6 +6,7 @@ from typing import Any
 
 from lancedb.query import (
     BooleanQuery,
+    ColumnOrdering,
     FullTextOperator,
     FullTextQuery,
     LanceQueryBuilder,
@@ -34,6 +35,8 @@ def build_query(table: LanceTable, query: QueryRequest) -> LanceQueryBuilder:
         builder = builder.where(query.filter, prefilter=query.prefilter)
     if query.columns is not None:
         builder = builder.select(query.columns)
+    if query.order_by:
+        builder = builder.order_by([ColumnOrdering(**o.model_dump()) for o in query.order_by])
     builder = builder.limit(query.limit)
     if query.offset:
         builder = builder.offset(query.offset)

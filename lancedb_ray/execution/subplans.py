@@ -10,10 +10,16 @@ from collections.abc import Callable
 from typing import Any
 
 import pyarrow as pa
-from lance.dataset import LanceDataset
+from lance.dataset import ColumnOrdering, LanceDataset
 
 from lancedb_ray.execution.cache import FragmentCache
-from lancedb_ray.execution.plan import MATCH_COLUMN, SOURCE_ROWID, SubPlan, SubPlanKind
+from lancedb_ray.execution.plan import (
+    MATCH_COLUMN,
+    ORDER_COLUMN,
+    SOURCE_ROWID,
+    SubPlan,
+    SubPlanKind,
+)
 from lancedb_ray.service.protocol import QueryRequest
 
 OpenDataset = Callable[[SubPlan], LanceDataset]
@@ -92,9 +98,12 @@ def _projection(
     extra = {rowid: rowid} if rowid else {}
     if match:
         extra[MATCH_COLUMN] = f"coalesce(({match}), false)"
+    # The merge sorts by the order_by keys, projected or not.
+    for i, ordering in enumerate(query.order_by or []):
+        extra[f"{ORDER_COLUMN}{i}"] = ordering.column_name
     if isinstance(columns, dict):
         return {**columns, **extra}
-    if match:
+    if match or query.order_by:
         return {**{c: c for c in columns}, **extra}
     return [*columns, *extra]
 
@@ -128,8 +137,16 @@ def _scan(plan: SubPlan, copy: LanceDataset) -> pa.Table:
         filter=plan.query.filter or None,
         columns=_projection(plan.query, copy.schema.names, rowid, None),
         limit=plan.local_limit,
+        order_by=_orderings(plan.query),
     ).to_table()
     return _restore_rowid(result)
+
+
+def _orderings(query: QueryRequest) -> list[ColumnOrdering] | None:
+    """The bucket's rows in ``order_by`` order, so its local limit keeps the right ones."""
+    if not query.order_by:
+        return None
+    return [ColumnOrdering(o.column_name, o.ascending, o.nulls_first) for o in query.order_by]
 
 
 def _restore_rowid(table: pa.Table) -> pa.Table:

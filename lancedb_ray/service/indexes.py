@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from lancedb_ray.errors import InvalidInput, NotFound
@@ -77,12 +78,7 @@ class IndexService:
         table = self._connections.table(ref, version)
         with lance_errors(f"indices of '{ref.qualified_name}'", ref.database):
             indexes = table.list_indices()
-        return {
-            "indexes": [
-                {"index_name": i.name, "columns": list(i.columns), "index_type": i.index_type}
-                for i in indexes
-            ]
-        }
+        return {"indexes": [_described(i) for i in indexes]}
 
     def stats(self, ref: TableRef, name: str) -> dict[str, Any]:
         table = self._connections.table(ref)
@@ -105,3 +101,13 @@ class IndexService:
         with lance_errors(f"drop_index '{name}' on '{ref.qualified_name}'", ref.database):
             table.drop_index(name)
         self._tables.notify(ref, table.version, "drop_index", request_id)
+
+
+def _described(index: Any) -> dict[str, Any]:
+    """One entry of ``index/list``: ``index_details`` is a JSON string, as the client parses it
+    (its FTS tokenizer settings are what ``tokenize()`` rebuilds the tokenizer from)."""
+    described = {"index_name": index.name, "columns": list(index.columns),
+                 "index_type": index.index_type, "index_uuid": index.index_uuid}
+    if index.index_details is not None:
+        described["index_details"] = json.dumps(index.index_details)
+    return described

@@ -25,6 +25,14 @@ class FullTextRequest(_Body):
     query: str | dict[str, Any]
 
 
+class ColumnOrdering(_Body):
+    """One ``order_by`` key, as lance's ``ColumnOrdering`` has it."""
+
+    column_name: str
+    ascending: bool = True
+    nulls_first: bool = False
+
+
 class QueryRequest(_Body):
     k: int = 10
     vector: list[float] | list[list[float]] = Field(default_factory=list)
@@ -46,6 +54,7 @@ class QueryRequest(_Body):
     upper_bound: float | None = None
     bypass_vector_index: bool = False
     full_text_query: FullTextRequest | None = None
+    order_by: list[ColumnOrdering] | None = None
 
     @property
     def limit(self) -> int | None:

@@ -11,11 +11,12 @@ import os
 import time
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import pyarrow as pa
 from lance.schema import json_to_schema, schema_to_json
 
-from lancedb_ray.errors import InvalidInput, NotFound
+from lancedb_ray.errors import InvalidInput
 from lancedb_ray.events.model import ChangeEvent
 from lancedb_ray.service import paging, writes
 from lancedb_ray.service.connections import Connections
@@ -71,15 +72,17 @@ class TableService:
     def describe(self, ref: TableRef, version: int | None) -> dict[str, Any]:
         table = self._connections.table(ref, version)
         with lance_errors(f"table '{ref.qualified_name}'", ref.database):
-            return {"version": table.version, "schema": schema_to_json(table.schema)}
+            return {
+                "version": table.version,
+                "schema": schema_to_json(table.schema),
+                "location": _public_uri(table.uri),  # the client's ``table.uri``
+            }
 
     def drop(self, ref: TableRef, request_id: str | None) -> None:
+        """A missing table is a 404: the client then raises what embedded lancedb raises."""
         db = self._connections.database(ref.database)
-        try:
-            with lance_errors(f"table '{ref.qualified_name}'", ref.database):
-                db.drop_table(ref.name, namespace_path=ref.namespace_path)
-        except NotFound:
-            return  # dropping a missing table succeeds, as on LanceDB Cloud
+        with lance_errors(f"table '{ref.qualified_name}'", ref.database):
+            db.drop_table(ref.name, namespace_path=ref.namespace_path)
         self.notify(ref, 0, "drop", request_id)
 
     def rename(self, ref: TableRef, new_name: str, request_id: str | None) -> None:
@@ -239,6 +242,15 @@ class TableService:
                 request_id=request_id,
             )
         )
+
+
+def _public_uri(uri: str) -> str:
+    """``uri`` without user info or query string: credentials live in storage options, but
+    a root configured with a SAS token in its URI must not reach clients either."""
+    parts = urlsplit(uri)
+    if not parts.scheme or len(parts.scheme) == 1:  # a local path (or a Windows drive)
+        return uri
+    return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
 
 
 def _move_table(location: DatabaseLocation, name: str, new_name: str) -> None:

@@ -56,18 +56,26 @@ def _properties_of(dataset: LanceDataset, version: int) -> dict[str, str]:
     return dict(transaction.transaction_properties or {}) if transaction else {}
 
 
-def conform(data: pa.Table, schema: pa.Schema) -> pa.Table:
-    """Reorder and cast ``data`` to the table's schema, or say exactly what differs."""
+def conform(data: pa.Table, schema: pa.Schema, partial: bool = False) -> pa.Table:
+    """Reorder and cast ``data`` to the table's schema, or say exactly what differs.
+
+    With ``partial`` (a merge_insert source) the columns ``data`` omits stay omitted:
+    lance then keeps their values on updated rows and decides, as embedded lancedb
+    does, whether new rows may lack them. Padding them with nulls would overwrite
+    the stored values.
+    """
     incoming = set(data.schema.names)
     expected = set(schema.names)
-    missing = [n for n in schema.names if n not in incoming and not schema.field(n).nullable]
+    missing = [] if partial else [
+        n for n in schema.names if n not in incoming and not schema.field(n).nullable
+    ]
     unexpected = [n for n in data.schema.names if n not in expected]
     if missing or unexpected:
         raise InvalidInput(
             f"schema mismatch: data has unexpected columns {unexpected} and lacks "
             f"non-nullable columns {missing}; the table's columns are {schema.names}"
         )
-    columns = []
+    fields, columns = [], []
     for field in schema:
         if field.name in incoming:
             column = data.column(field.name)
@@ -79,12 +87,15 @@ def conform(data: pa.Table, schema: pa.Schema) -> pa.Table:
                         f"schema mismatch: column '{field.name}' is {column.type}, "
                         f"the table has {field.type}: {exc}"
                     ) from exc
+        elif partial:
+            continue
         else:
             column = pa.nulls(data.num_rows, field.type)
         if not field.nullable and column.null_count:
             raise InvalidInput(f"column '{field.name}' is not nullable but has null values")
+        fields.append(field)
         columns.append(column)
-    return pa.Table.from_arrays(columns, schema=schema)
+    return pa.Table.from_arrays(columns, schema=pa.schema(fields, metadata=schema.metadata))
 
 
 def append(
@@ -127,7 +138,7 @@ def merge_insert(
     missing_keys = [key for key in spec.on if key not in data.schema.names]
     if missing_keys:
         raise InvalidInput(f"merge_insert key columns {missing_keys} are not in the data")
-    data = conform(data, dataset.schema)
+    data = conform(data, dataset.schema, partial=True)
     builder = dataset.merge_insert(spec.on)
     if spec.update_all:
         builder = builder.when_matched_update_all(spec.update_filter)
