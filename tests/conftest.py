@@ -14,4 +14,6 @@ from tests.support.processes import free_port  # noqa: E402
 os.environ.setdefault("RAY_SERVE_HAPROXY_STATS_PORT", str(free_port()))
 os.environ.setdefault("RAY_SERVE_HAPROXY_METRICS_PORT", str(free_port()))
 
-pytest_plugins: list[str] = ["tests.support.service", "tests.support.azurite", "tests.support.kafka"]
+pytest_plugins: list[str] = [
+    "tests.support.service", "tests.support.local_node", "tests.support.azurite", "tests.support.kafka",
+]

@@ -100,7 +100,7 @@ class IndexService:
             raise NotFound(f"index '{name}' was not found on table '{ref.qualified_name}'")
         with lance_errors(f"drop_index '{name}' on '{ref.qualified_name}'", ref.database):
             table.drop_index(name)
-        self._tables.notify(ref, table.version, "drop_index", request_id)
+        self._tables.notify(ref, lambda: table.version, "drop_index", request_id)
 
 
 def _described(index: Any) -> dict[str, Any]:

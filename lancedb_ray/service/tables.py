@@ -7,6 +7,7 @@ the write.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from lance.schema import json_to_schema, schema_to_json
 
 from lancedb_ray.errors import InvalidInput
 from lancedb_ray.events.model import ChangeEvent
+from lancedb_ray.metrics import Metric, MetricSet
 from lancedb_ray.service import paging, writes
 from lancedb_ray.service.connections import Connections
 from lancedb_ray.service.lance_errors import clean_message, lance_errors
@@ -31,6 +33,12 @@ from lancedb_ray.storage.catalog import DatabaseLocation
 from lancedb_ray.types import TableRef
 
 ChangeSink = Callable[[ChangeEvent], None]
+logger = logging.getLogger(__name__)
+METRICS = MetricSet(
+    "writes",
+    {"post_commit_failures_total": Metric(
+        "Counter", "Committed writes whose change event or bookkeeping failed afterwards.")},
+)
 
 
 class TableService:
@@ -66,8 +74,7 @@ class TableService:
                 exist_ok=mode == "exist_ok",
                 namespace_path=ref.namespace_path,
             )
-            version = table.version
-        self.notify(ref, version, "create", request_id, data.num_rows)
+        self.notify(ref, lambda: table.version, "create", request_id, data.num_rows)
 
     def describe(self, ref: TableRef, version: int | None) -> dict[str, Any]:
         table = self._connections.table(ref, version)
@@ -99,7 +106,7 @@ class TableService:
         with lance_errors(f"table '{ref.qualified_name}'", ref.database):
             _move_table(location, ref.name, new_ref.name)
         self.notify(ref, 0, "rename", request_id)
-        self.notify(new_ref, self._connections.table(new_ref).version, "create", request_id)
+        self.notify(new_ref, lambda: self._connections.table(new_ref).version, "create", request_id)
 
     def stats(self, ref: TableRef) -> dict[str, Any]:
         table = self._connections.table(ref)
@@ -168,16 +175,16 @@ class TableService:
     def add_columns(self, ref: TableRef, body: AddColumnsRequest, request_id: str | None) -> dict:
         table = self._connections.table(ref)
         with lance_errors(f"add_columns on '{ref.qualified_name}'", ref.database):
-            table.add_columns({c.name: c.expression for c in body.new_columns})
-        return self._schema_changed(ref, table.version, "add_columns", request_id)
+            result = table.add_columns({c.name: c.expression for c in body.new_columns})
+        return self._schema_changed(ref, result.version, "add_columns", request_id)
 
     def add_null_columns(self, ref: TableRef, schema: pa.Schema, request_id: str | None) -> dict:
         if not len(schema):
             raise InvalidInput("add_columns needs at least one column")
         table = self._connections.table(ref)
         with lance_errors(f"add_columns on '{ref.qualified_name}'", ref.database):
-            table.add_columns(schema)
-        return self._schema_changed(ref, table.version, "add_columns", request_id)
+            result = table.add_columns(schema)
+        return self._schema_changed(ref, result.version, "add_columns", request_id)
 
     def alter_columns(
         self, ref: TableRef, body: AlterColumnsRequest, request_id: str | None
@@ -194,14 +201,14 @@ class TableService:
             alterations.append(change)
         table = self._connections.table(ref)
         with lance_errors(f"alter_columns on '{ref.qualified_name}'", ref.database):
-            table.alter_columns(*alterations)
-        return self._schema_changed(ref, table.version, "alter_columns", request_id)
+            result = table.alter_columns(*alterations)
+        return self._schema_changed(ref, result.version, "alter_columns", request_id)
 
     def drop_columns(self, ref: TableRef, columns: list[str], request_id: str | None) -> dict:
         table = self._connections.table(ref)
         with lance_errors(f"drop_columns on '{ref.qualified_name}'", ref.database):
-            table.drop_columns(columns)
-        return self._schema_changed(ref, table.version, "drop_columns", request_id)
+            result = table.drop_columns(columns)
+        return self._schema_changed(ref, result.version, "drop_columns", request_id)
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -227,21 +234,37 @@ class TableService:
         return {"version": version}
 
     def notify(
-        self, ref: TableRef, version: int, operation: str, request_id: str | None, rows: int = 0
+        self,
+        ref: TableRef,
+        version: int | Callable[[], int],
+        operation: str,
+        request_id: str | None,
+        rows: int = 0,
     ) -> None:
-        """Forget reused handles, then hand the change to the publisher (never blocks or fails)."""
-        self._connections.forget(ref)
-        self._on_change(
-            ChangeEvent(
-                database=ref.database,
-                table=ref.qualified_name,
-                version=version,
-                operation=operation,
-                rows=rows,
-                time=time.time(),
-                request_id=request_id,
+        """Forget reused handles, then hand the change to the publisher. Never raises.
+
+        It runs after the commit: the change is durable, so the client must hear success.
+        A failure here answered as a 5xx would make the client retry a write that already
+        applied. So it is logged and counted; ``version`` may be a callable for the same
+        reason (reading it after the commit can touch storage).
+        """
+        try:
+            self._connections.forget(ref)
+            self._on_change(
+                ChangeEvent(
+                    database=ref.database,
+                    table=ref.qualified_name,
+                    version=version() if callable(version) else version,
+                    operation=operation,
+                    rows=rows,
+                    time=time.time(),
+                    request_id=request_id,
+                )
             )
-        )
+        except Exception:  # noqa: BLE001 - after a commit nothing may fail the request
+            METRICS.inc("post_commit_failures_total")
+            logger.exception("after committing %s on '%s' (request %s)", operation,
+                             ref.qualified_name, request_id)
 
 
 def _public_uri(uri: str) -> str:

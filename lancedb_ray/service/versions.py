@@ -36,7 +36,7 @@ class VersionService:
         table = self._connections.table(ref, version)
         with lance_errors(f"restore of '{ref.qualified_name}'", ref.database):
             table.restore()
-        self._tables.notify(ref, table.version, "restore", request_id)
+        self._tables.notify(ref, lambda: table.version, "restore", request_id)
         return {"version": table.version}
 
     def list_tags(self, ref: TableRef) -> dict[str, Any]:
