@@ -2,7 +2,9 @@
 
 One command (``.venv/bin/python bench/index_freshness.py``) starts a local Ray
 with the service (query nodes, plan executors, the Lance agent on the embedded
-bus) on a temporary directory, loads an IVF_PQ-indexed table (default
+bus) on a temporary directory, on DEFAULT settings (only the storage root is
+given, plus whatever ``--debounce`` / ``--compact-min-fragments`` /
+``--ray-cpus`` name explicitly), loads an IVF_PQ-indexed table (default
 200,000 x 384) through the official lancedb client, then:
 
 1. **Freshness.** ``--trials`` times: append ``--append`` rows (default
@@ -40,7 +42,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 import lancedb  # noqa: E402
 
-API_KEY = "bench-key"
+API_KEY = "lancedb-ray-dev-key"  # the default key: nothing is configured
 RESULTS = REPO / "bench" / "results"
 
 
@@ -65,21 +67,16 @@ def start_service(root: Path, port: int, args: argparse.Namespace) -> str:
     from ray import serve
 
     from lancedb_ray.api.app import build_app
+    from lancedb_ray.settings import Settings
 
     ray.init(address="local", num_cpus=args.ray_cpus, include_dashboard=False, log_to_driver=False,
              namespace="lancedb-ray-bench")
-    settings = {
-        "server": {"api_keys": [API_KEY], "num_replicas": 1, "num_cpus": 0.25},
-        "storage": {"root": {"uri": str(root / "data")}},
-        "events": {"embedded": {"directory": str(root / "events")},
-                   "outbox_directory": str(root / "outbox")},
-        "agent": {"jobs_directory": str(root / "jobs"), "debounce_seconds": args.debounce,
-                  "reconcile_interval_seconds": 30.0,
-                  "compact_min_fragments": args.compact_min_fragments},
-        "executors": {"num_executors": 2, "num_cpus": 0.25, "spill_dir": str(root / "spill")},
-    }
+    agent = {name: value for name, value in (("debounce_seconds", args.debounce),
+                                             ("compact_min_fragments", args.compact_min_fragments))
+             if value is not None}
+    settings = Settings.load(storage={"root": {"uri": str(root / "data")}}, agent=agent)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_app({"settings": settings}), name="lancedb", route_prefix="/")
+    serve.run(build_app({"settings": settings.to_plain()}), name="lancedb", route_prefix="/")
     return f"http://127.0.0.1:{port}"
 
 
@@ -137,11 +134,12 @@ def stale_reads(table: Any, args: argparse.Namespace, next_id: int) -> dict[str,
 
 
 def agent_jobs(root: Path) -> dict[str, int]:
-    from lancedb_ray.agent.store import LocalJobStore
+    from lancedb_ray.agent.report import read_jobs
+    from lancedb_ray.settings import Settings
 
     counts: dict[str, int] = {}
-    for job in LocalJobStore(root / "jobs").list():
-        key = f"{job.kind.value}:{job.state.value}"
+    for job in read_jobs(Settings.load(storage={"root": {"uri": str(root / "data")}})):
+        key = f"{job['kind']}:{job['state']}"
         counts[key] = counts.get(key, 0) + 1
     return counts
 
@@ -156,8 +154,7 @@ def report(result: dict[str, Any]) -> None:
         "# Index freshness",
         "",
         f"Table of {result['rows']:,} x {result['dim']} (IVF_PQ), {result['append']:,} rows appended "
-        f"per trial; agent debounce {result['debounce_s']} s, compaction from "
-        f"{result['compact_min_fragments']} small fragments; {result['machine']}.",
+        f"per trial; settings: {result['settings']}; Ray CPUs {result['ray_cpus']}; {result['machine']}.",
         "",
         "| measure | value |",
         "|---|---|",
@@ -210,12 +207,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trials", type=int, default=3)
     parser.add_argument("--iterations", type=int, default=1_000)
     parser.add_argument("--partitions", type=int, default=None, help="IVF partitions (default ~sqrt)")
-    parser.add_argument("--debounce", type=float, default=2.0, help="agent debounce seconds")
-    parser.add_argument("--compact-min-fragments", type=int, default=8,
-                        help="agent setting: compact once this many small fragments pile up")
+    parser.add_argument("--debounce", type=float, default=None,
+                        help="agent debounce seconds (default: the settings' default)")
+    parser.add_argument("--compact-min-fragments", type=int, default=None,
+                        help="agent setting: compact once this many small fragments pile up "
+                             "(default: the settings' default)")
     parser.add_argument("--output", default="index_freshness", help="result file name stem")
     parser.add_argument("--timeout", type=float, default=600.0)
-    parser.add_argument("--ray-cpus", type=int, default=8)
+    parser.add_argument("--ray-cpus", type=int, default=None, help="default: this machine's CPUs")
     parser.add_argument("--port", type=int, default=8765)
     args = parser.parse_args(argv)
 
@@ -235,15 +234,17 @@ def main(argv: list[str] | None = None) -> int:
     index_s = time.perf_counter() - began
     print(f"loaded in {load_s:.0f}s, indexed in {index_s:.0f}s; letting the agent settle", flush=True)
     wait_indexed(table, args.timeout)
-    time.sleep(args.debounce + 1)
+    time.sleep(3)  # past the default debounce, so the first trial starts from a quiet table
 
     print(f"freshness: {args.trials} x {args.append:,} appended rows", flush=True)
     seconds, next_id = freshness(table, args, args.rows)
     print(f"stale reads: {args.iterations:,} write-then-query loops", flush=True)
     stale = stale_reads(table, args, next_id)
     result = {
-        "rows": args.rows, "dim": args.dim, "append": args.append, "debounce_s": args.debounce,
-        "compact_min_fragments": args.compact_min_fragments, "output": args.output,
+        "rows": args.rows, "dim": args.dim, "append": args.append, "output": args.output,
+        "settings": "defaults" if args.debounce is None and args.compact_min_fragments is None else
+        f"debounce {args.debounce}, compact_min_fragments {args.compact_min_fragments}",
+        "ray_cpus": args.ray_cpus or os.cpu_count(),
         "freshness_s": seconds, "freshness_p50_s": statistics.median(seconds), "stale": stale,
         "jobs": agent_jobs(root), "load_s": load_s, "index_s": index_s,
         "machine": f"{os.cpu_count()} CPUs, {platform.machine()}, Python {platform.python_version()}",

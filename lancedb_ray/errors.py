@@ -63,3 +63,9 @@ class Unavailable(LanceDBRayError):
 
     status_code = 503
     name = "Unavailable"
+
+
+class JobStalled(Unavailable):
+    """Work whose Ray tasks could not start within the allowed time; the message says why."""
+
+    name = "JobStalled"

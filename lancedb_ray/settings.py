@@ -88,7 +88,7 @@ class ExecutorSettings(BaseModel):
     """Plan executors: the sharded cache of the read path."""
 
     enabled: bool = True
-    num_executors: int | None = None  # None: sized to the machine's CPUs
+    num_executors: int | None = None  # None: one per two CPUs of the cluster, 1 to 8
     replicas: int = 1  # R executors own each cache partition
     fragments_per_group: int = 8  # fragments per flat-search cache partition
     cache_bytes: int = 2 * 1024**3
@@ -171,6 +171,13 @@ class AgentSettings(BaseModel):
     retry_seconds: float = 5.0  # first retry delay of a failed job, doubling per attempt
     job_retention_seconds: float = 7 * 24 * 3600  # finished job records kept this long
     num_cpus: float = 0.25  # reserved by the agent replica; indexers reserve their own
+    # CPUs each indexer task asks for. None: derived from the cluster (lancedb_ray.resources),
+    # one CPU where the largest node has room, a share of what is left beside the service where not.
+    task_num_cpus: float | None = None
+    task_resources: dict[str, float] = Field(default_factory=dict)  # custom Ray resources, e.g. a node group
+    # A job whose tasks could not start for this long (no resources, none coming) is failed
+    # with the reason, then retried: long enough for an autoscaler to bring a node.
+    stall_seconds: float = 600.0
 
 
 class RaySettings(BaseModel):

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from lancedb_ray.storage.names import validate_name
 
 NAMESPACE_SEPARATOR = "$"
+# How long work tells how it goes: (step, fraction of the step done, why its tasks wait or None).
+ProgressReport = Callable[[str, "float | None", "str | None"], None]
 
 
 @dataclass(frozen=True)

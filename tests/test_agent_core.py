@@ -28,6 +28,7 @@ from lancedb_ray.agent.jobs import Job, JobKind, JobState
 from lancedb_ray.agent.store import LocalJobStore
 from lancedb_ray.events.bus import make_consumer, make_publisher
 from lancedb_ray.events.model import ChangeEvent
+from lancedb_ray.indexers.runtime import JobContext
 from lancedb_ray.settings import Settings
 
 DIM = 8
@@ -45,6 +46,7 @@ class StandInIndexers:
     """The indexers' interface, done in-process with lance; counts every call."""
 
     TableHandle = Handle
+    JobContext = JobContext
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, str]] = []
@@ -64,11 +66,13 @@ class StandInIndexers:
     def _open(handle: Handle) -> lance.LanceDataset:
         return lance.dataset(handle.uri, storage_options=handle.storage_options or None)
 
-    def optimize_indices(self, handle: Handle) -> int:
+    def optimize_indices(self, handle: Handle, *, ctx: JobContext) -> int:
+        ctx.note("indexing new rows", 0.0)
         self._enter("optimize_indices", handle).optimize.optimize_indices()
         return self._open(handle).version
 
-    def compact(self, handle: Handle, *, target_rows_per_fragment: int, parallelism: int) -> int | None:
+    def compact(self, handle: Handle, *, target_rows_per_fragment: int, parallelism: int,
+                ctx: JobContext) -> int | None:
         dataset = self._enter("compact", handle)
         before = dataset.version
         dataset.optimize.compact_files(target_rows_per_fragment=target_rows_per_fragment,
@@ -77,10 +81,10 @@ class StandInIndexers:
         return after if after != before else None
 
     def retrain_vector_index(self, handle: Handle, index_name: str, *, num_segments: int,
-                             use_gpu: bool) -> int:
+                             use_gpu: bool, ctx: JobContext) -> int:
         raise AssertionError("these tests keep tables below the retraining size")
 
-    def cleanup(self, handle: Handle, *, older_than_seconds: float) -> dict:
+    def cleanup(self, handle: Handle, *, older_than_seconds: float, ctx: JobContext) -> dict:
         self._enter("cleanup", handle)
         return {}
 

@@ -27,12 +27,13 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from lancedb_ray.agent.decide import decide
-from lancedb_ray.agent.execute import JobRunner
+from lancedb_ray.agent.execute import JobRunner, Outcome
 from lancedb_ray.agent.jobs import Job, JobState
 from lancedb_ray.agent.metrics import METRICS
 from lancedb_ray.agent.store import JobStore, expired, open_job_store, root_location
 from lancedb_ray.agent.tables import TableReader, TableState, list_databases, list_tables
 from lancedb_ray.agent.tracking import CheckpointTracker, Debouncer
+from lancedb_ray.errors import JobStalled
 from lancedb_ray.events.bus import Delivery, EventConsumer, default_group, make_consumer
 from lancedb_ray.service.connections import Connections
 from lancedb_ray.service.lance_errors import clean_message
@@ -288,7 +289,7 @@ class LanceAgent:
         await self._put(job)
         began = time.monotonic()
         try:
-            outcome = await asyncio.to_thread(self._runner.run, job)
+            outcome, job = await self._run_reporting(job)
         except Exception as exc:
             METRICS.observe("job_seconds", time.monotonic() - began, kind=job.kind.value)
             await self._failed(job, exc)
@@ -303,8 +304,36 @@ class LanceAgent:
         METRICS.inc("jobs_finished", kind=job.kind.value, state=done.state.value)
         _LOG.info("%s job %s on %s: %s", job.kind.value, job.id, job.key, outcome.detail)
 
+    async def _run_reporting(self, job: Job) -> tuple[Outcome, Job]:
+        """Run ``job`` on a thread; each change of its step or waiting reason is saved as it comes.
+
+        The saves happen here, one after another, so the final record is always the last one.
+        """
+        loop = asyncio.get_running_loop()
+        changed = asyncio.Event()
+        latest: list[tuple[str, float | None, str | None]] = []
+
+        def report(step: str, fraction: float | None, waiting: str | None) -> None:
+            progress = (step, None if fraction is None else round(fraction, 2), waiting)
+            if not latest or latest[-1] != progress:
+                latest.append(progress)
+                loop.call_soon_threadsafe(changed.set)
+
+        work = asyncio.ensure_future(asyncio.to_thread(self._runner.run, job, report))
+        while not work.done():
+            wake = asyncio.ensure_future(changed.wait())
+            await asyncio.wait([work, wake], return_when=asyncio.FIRST_COMPLETED)
+            wake.cancel()
+            if changed.is_set():
+                changed.clear()
+                job = job.progressed(*latest[-1])
+                await self._put(job)
+        return work.result(), job
+
     async def _failed(self, job: Job, exc: BaseException) -> None:
         cause = exc.__cause__ or exc
+        if isinstance(cause, JobStalled):
+            METRICS.inc("jobs_stalled", kind=job.kind.value)
         error = f"{type(cause).__name__}: {clean_message(cause)}"[:2000]
         final = job.attempts >= self._agent.max_attempts
         failed = job.attempt_failed(error, final)
@@ -345,6 +374,8 @@ class LanceAgent:
             counts[job.state] += 1
         for state, count in counts.items():
             METRICS.set("jobs", count, state=state.value)
+        METRICS.set("jobs_waiting", sum(1 for job in self._records.values()
+                                        if job.state is JobState.RUNNING and job.waiting))
 
     # -- reconciler ------------------------------------------------------------------------
 

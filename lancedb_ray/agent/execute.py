@@ -19,6 +19,7 @@ from lancedb_ray.agent.decide import Need, index_segments, still_needed
 from lancedb_ray.agent.jobs import Job, JobKind
 from lancedb_ray.agent.tables import TableReader, TableState
 from lancedb_ray.settings import Settings
+from lancedb_ray.types import ProgressReport
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,8 @@ class JobRunner:
             self._indexers = indexers
         return self._indexers
 
-    def run(self, job: Job) -> Outcome:
+    def run(self, job: Job, report: ProgressReport | None = None) -> Outcome:
+        """Do ``job``; ``report(step, fraction, waiting)`` hears how it goes (see indexers' JobContext)."""
         state = self._reader.inspect(job.database, job.table)
         if state is None:
             return Outcome(None, "skipped: the table no longer exists", False, None)
@@ -55,23 +57,24 @@ class JobRunner:
         if need is None:
             return Outcome(state.version, f"no-op: nothing to do at version {state.version}",
                            False, state)
-        detail = self._act(job, need, state)
+        detail = self._act(job, need, state, report)
         after = self._reader.inspect(job.database, job.table)
         version = after.version if after is not None else None
         return Outcome(version, detail, version != state.version, after)
 
-    def _act(self, job: Job, need: Need, state: TableState) -> str:
+    def _act(self, job: Job, need: Need, state: TableState, report: ProgressReport | None) -> str:
         ops = self.indexers
         location = self._reader.location(job.database)
         handle = ops.TableHandle(job.database, job.table, state.uri, dict(location.storage_options))
+        ctx = ops.JobContext.from_settings(self._settings, report)
         if job.kind is JobKind.OPTIMIZE_INDICES:
-            version = ops.optimize_indices(handle)
+            version = ops.optimize_indices(handle, ctx=ctx)
             return f"indexed new rows ({need.reason}) at version {version}"
         if job.kind is JobKind.RETRAIN:
             assert job.index is not None
             version = ops.retrain_vector_index(
                 handle, job.index, num_segments=index_segments(state, self._agent),
-                use_gpu=self._gpu(),
+                use_gpu=self._gpu(), ctx=ctx,
             )
             return f"retrained {job.index} ({need.reason}) at version {version}"
         if job.kind is JobKind.COMPACT:
@@ -79,12 +82,14 @@ class JobRunner:
                 handle,
                 target_rows_per_fragment=self._agent.target_rows_per_fragment,
                 parallelism=self._agent.compact_parallelism,
+                ctx=ctx,
             )
             if version is None:
                 return f"compaction found nothing to rewrite ({need.reason})"
             return f"compacted {need.reason} at version {version}"
         if job.kind is JobKind.CLEANUP:
-            removed = ops.cleanup(handle, older_than_seconds=self._agent.version_retention_seconds)
+            removed = ops.cleanup(handle, older_than_seconds=self._agent.version_retention_seconds,
+                                  ctx=ctx)
             return f"cleaned up ({need.reason}): {removed}"
         raise ValueError(f"unknown job kind {job.kind}")
 

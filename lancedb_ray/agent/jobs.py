@@ -55,6 +55,9 @@ class Job:
     result_version: int | None = None
     detail: str | None = None  # what the job found or did, e.g. "no-op: indices cover version 7"
     error: str | None = None
+    step: str | None = None  # what a running job is doing now, e.g. "building 2 segments"
+    fraction: float | None = None  # of the current step, 0 to 1
+    waiting: str | None = None  # why its tasks cannot start, e.g. "waiting for resources: ..."
 
     @classmethod
     def new(cls, database: str, table: str, kind: JobKind, trigger_version: int, **extra: Any) -> Job:
@@ -74,15 +77,19 @@ class Job:
 
     def started(self) -> Job:
         return replace(self, state=JobState.RUNNING, attempts=self.attempts + 1,
-                       started_at=time.time(), finished_at=None)
+                       started_at=time.time(), finished_at=None, step=None, fraction=None, waiting=None)
+
+    def progressed(self, step: str, fraction: float | None, waiting: str | None) -> Job:
+        return replace(self, step=step, fraction=fraction, waiting=waiting)
 
     def succeeded(self, result_version: int | None, detail: str) -> Job:
         return replace(self, state=JobState.SUCCEEDED, finished_at=time.time(),
-                       result_version=result_version, detail=detail, error=None)
+                       result_version=result_version, detail=detail, error=None, waiting=None)
 
     def attempt_failed(self, error: str, final: bool) -> Job:
         state = JobState.FAILED if final else JobState.PENDING
-        return replace(self, state=state, finished_at=time.time() if final else None, error=error)
+        return replace(self, state=state, finished_at=time.time() if final else None, error=error,
+                       waiting=None)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

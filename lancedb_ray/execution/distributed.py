@@ -9,7 +9,6 @@ until the first one is back. The query node merges the local results.
 from __future__ import annotations
 
 import logging
-import os
 import random
 from collections.abc import Sequence
 from typing import Any
@@ -39,6 +38,7 @@ from lancedb_ray.execution.plan import (
     plan_query,
 )
 from lancedb_ray.metrics import Metric, MetricSet
+from lancedb_ray.resources import executor_count
 from lancedb_ray.service.connections import Connections
 from lancedb_ray.service.lance_errors import lance_errors
 from lancedb_ray.service.protocol import QueryRequest
@@ -54,15 +54,11 @@ _EXECUTOR_FAULTS = (ActorDiedError, ActorUnavailableError, RayActorError, GetTim
 SUBPLAN_TIMEOUT_S = 120.0
 
 
-def default_executor_count() -> int:
-    return max(1, min(8, (os.cpu_count() or 2) // 2))
-
-
 class ExecutorPool:
     """The named plan executors of this deployment, started on first use."""
 
     def __init__(self, settings: Settings) -> None:
-        count = settings.executors.num_executors or default_executor_count()
+        count = executor_count(settings)
         self.names = [f"plan-executor-{i}" for i in range(count)]
         self.replicas = min(settings.executors.replicas, count)
         self._namespace = settings.ray.namespace

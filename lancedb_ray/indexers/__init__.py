@@ -10,6 +10,8 @@ in a process without Ray.
 from lancedb_ray.indexers.handle import TableHandle, table_handle
 from lancedb_ray.indexers.maintenance import cleanup, compact, optimize_indices, unindexed_rows
 from lancedb_ray.indexers.runtime import (
+    JobContext,
+    JobStalled,
     RayNotInitialized,
     cluster_has_gpus,
     resolve_use_gpu,
@@ -29,6 +31,8 @@ from lancedb_ray.indexers.vector import (
 __all__ = [
     "SCALAR_INDEX_TYPES",
     "VECTOR_INDEX_TYPES",
+    "JobContext",
+    "JobStalled",
     "RayNotInitialized",
     "TableHandle",
     "VectorBuild",

@@ -13,15 +13,24 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from datetime import timedelta
 from typing import Any
 
-import ray
 from lance.optimize import Compaction, CompactionTask, RewriteResult
 
 from lancedb_ray.indexers.handle import TableHandle
-from lancedb_ray.indexers.runtime import METRICS, bounded_map, operation, require_ray
+from lancedb_ray.indexers.runtime import (
+    METRICS,
+    JobContext,
+    context,
+    gather,
+    operation,
+    require_ray,
+    run_one,
+    watched,
+)
 
 _LOG = logging.getLogger(__name__)
 _CLEANUP_STATS = ("old_versions", "bytes_removed", "data_files_removed", "index_files_removed",
@@ -45,26 +54,30 @@ def unindexed_rows(handle: TableHandle) -> dict[str, int]:
     return {name: sum(n for fid, n in rows.items() if fid not in ids) for name, ids in covered.items()}
 
 
-def optimize_indices(handle: TableHandle, *, merge_vector_segments: bool = False) -> int:
+def optimize_indices(handle: TableHandle, *, merge_vector_segments: bool = False,
+                     ctx: JobContext | None = None) -> int:
     """Index newly written rows into every index; the new version, or the current one if none lagged.
 
     Running it again with nothing new written changes nothing.
     """
     require_ray("optimize_indices")
+    ctx = context(ctx)
     with operation("optimize_indices"):
-        version = ray.get(_optimize.remote(handle, merge_vector_segments))
+        version = run_one(lambda: _optimize.options(**ctx.resources.options()).remote(
+            handle, merge_vector_segments), "optimize_indices", ctx, step="indexing new rows")
         METRICS.inc("tasks_total", kind="optimize_indices", device="cpu")
         return version
 
 
 def compact(handle: TableHandle, *, target_rows_per_fragment: int, parallelism: int,
-            **options: Any) -> int | None:
+            ctx: JobContext | None = None, **options: Any) -> int | None:
     """Rewrite small fragments into ones of about ``target_rows_per_fragment`` rows, in parallel.
 
     The new version, or None if lance planned nothing to do. ``options`` are
     further ``lance.optimize.CompactionOptions`` (``materialize_deletions`` ...).
     """
     require_ray("compact")
+    ctx = context(ctx)
     with operation("compact"):
         dataset = handle.open()
         plan = Compaction.plan(dataset, {"target_rows_per_fragment": target_rows_per_fragment, **options})
@@ -73,9 +86,11 @@ def compact(handle: TableHandle, *, target_rows_per_fragment: int, parallelism: 
         read_version = plan.read_version
         _LOG.info("%s: compacting %d groups of fragments at version %d, %d at a time",
                   handle.table, plan.num_tasks(), read_version, parallelism)
-        rewrites = bounded_map(
-            lambda task: _compact_task.remote(handle, read_version, task),
-            plan.tasks, parallelism, "compact",
+        options = ctx.resources.options()
+        rewrites = gather(
+            [functools.partial(_compact_task.options(**options).remote, handle, read_version, task)
+             for task in plan.tasks],
+            "compact", ctx, step="rewriting fragments", limit=parallelism,
         )
         METRICS.inc("tasks_total", len(rewrites), kind="compact", device="cpu")
         base = handle.open(read_version)
@@ -86,16 +101,19 @@ def compact(handle: TableHandle, *, target_rows_per_fragment: int, parallelism: 
         return base.version
 
 
-def cleanup(handle: TableHandle, *, older_than_seconds: float) -> dict[str, int]:
+def cleanup(handle: TableHandle, *, older_than_seconds: float,
+            ctx: JobContext | None = None) -> dict[str, int]:
     """Remove versions older than ``older_than_seconds`` and the files only they used."""
     require_ray("cleanup")
+    ctx = context(ctx)
     with operation("cleanup"):
-        stats = ray.get(_cleanup.remote(handle, older_than_seconds))
+        stats = run_one(lambda: _cleanup.options(**ctx.resources.options()).remote(
+            handle, older_than_seconds), "cleanup", ctx, step="removing old versions")
         METRICS.inc("tasks_total", kind="cleanup", device="cpu")
         return stats
 
 
-@ray.remote(num_cpus=1)
+@watched
 def _optimize(handle: TableHandle, merge_vector_segments: bool) -> int:
     dataset = handle.open()
     lagging = {name for name, rows in unindexed_rows(handle).items() if rows > 0}
@@ -113,12 +131,12 @@ def _optimize(handle: TableHandle, merge_vector_segments: bool) -> int:
     return handle.open().version
 
 
-@ray.remote(num_cpus=1)
+@watched
 def _compact_task(handle: TableHandle, read_version: int, task: CompactionTask) -> RewriteResult:
     return task.execute(handle.open(read_version))
 
 
-@ray.remote(num_cpus=1)
+@watched
 def _cleanup(handle: TableHandle, older_than_seconds: float) -> dict[str, int]:
     stats = handle.open().cleanup_old_versions(older_than=timedelta(seconds=older_than_seconds))
     return {name: int(getattr(stats, name)) for name in _CLEANUP_STATS if hasattr(stats, name)}

@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import ray
+from ray import ObjectRefGenerator
 
+from lancedb_ray.errors import JobStalled
 from lancedb_ray.metrics import Metric, MetricSet
+from lancedb_ray.resources import TaskResources, task_resources
+from lancedb_ray.settings import Settings
+from lancedb_ray.types import ProgressReport
 
 _LOG = logging.getLogger(__name__)
 T = TypeVar("T")
+_STARTED = "lancedb-ray: task started"  # the first item every watched task yields
+_WATCH_SECONDS = 1.0  # how often a wait with nothing done looks at the cluster
 
 METRICS = MetricSet(
     "indexers",
@@ -79,48 +89,125 @@ def wait_for_gpus(timeout_seconds: float, poll_seconds: float = 1.0) -> bool:
         request_resources(bundles=[])  # let the GPU group scale back to zero once idle
 
 
-def gather(refs: Sequence[ray.ObjectRef], kind: str, *,
+@dataclass
+class JobContext:
+    """How one operation's Ray tasks are requested, watched and reported.
+
+    ``report(step, fraction, waiting)`` is called as the work moves on (``waiting``
+    says why no task can start, None once one runs); a wait with no task started
+    and none finished for ``stall_seconds`` cancels the tasks and raises
+    :class:`JobStalled` with the reason, so no job waits silently forever.
+    """
+
+    resources: TaskResources = field(default_factory=TaskResources)
+    stall_seconds: float = math.inf
+    report: ProgressReport | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings, report: ProgressReport | None = None) -> JobContext:
+        return cls(task_resources(settings), settings.agent.stall_seconds, report)
+
+    def note(self, step: str, fraction: float | None = None, waiting: str | None = None) -> None:
+        if self.report is not None:
+            try:
+                self.report(step, fraction, waiting)
+            except Exception:  # reporting must never fail the work itself
+                _LOG.warning("progress report failed", exc_info=True)
+
+
+def context(ctx: JobContext | None) -> JobContext:
+    """``ctx``, or one for the default settings on the cluster as it is now."""
+    return ctx if ctx is not None else JobContext.from_settings(Settings())
+
+
+def gather(calls: Sequence[Callable[[], ObjectRefGenerator]], kind: str, ctx: JobContext, *,
+           step: str | None = None, limit: int | None = None, num_gpus: float = 0,
            on_result: Callable[[int, Any], None] | None = None) -> list[Any]:
-    """Results of ``refs`` in order; the first failure cancels the others and is raised."""
-    index = {ref: i for i, ref in enumerate(refs)}
-    results: list[Any] = [None] * len(refs)
-    pending = list(refs)
-    while pending:
-        done, pending = ray.wait(pending, num_returns=1)
-        ref = done[0]
-        try:
-            results[index[ref]] = ray.get(ref)
-        except Exception:
-            METRICS.inc("task_failures_total", kind=kind)
-            for other in pending:
-                ray.cancel(other)
-            raise
-        if on_result is not None:
-            on_result(index[ref], results[index[ref]])
-    return results
+    """Run ``calls`` (each starts one :func:`watched` task), at most ``limit`` at once; results in order.
 
-
-def bounded_map(submit: Callable[[T], ray.ObjectRef], items: Sequence[T], limit: int,
-                kind: str) -> list[Any]:
-    """Run ``submit(item)`` for every item, at most ``limit`` tasks in flight; results in order."""
-    limit = max(1, limit)
-    results: list[Any] = [None] * len(items)
-    in_flight: dict[ray.ObjectRef, int] = {}
-    queue = list(enumerate(items))
+    The first failure cancels the others and is raised. While no task has
+    started, the reason is reported; past ``ctx.stall_seconds`` the tasks are
+    cancelled and :class:`JobStalled` is raised.
+    """
+    step = step or kind
+    limit = max(1, limit or len(calls))
+    results: list[Any] = [None] * len(calls)
+    queue = list(enumerate(calls))
+    in_flight: dict[ObjectRefGenerator, int] = {}
+    started: set[int] = set()
+    finished = 0
+    quiet_since = time.monotonic()  # last time a task started or finished
+    demand = ctx.resources.demand(num_gpus)
     try:
         while queue or in_flight:
             while queue and len(in_flight) < limit:
-                i, item = queue.pop(0)
-                in_flight[submit(item)] = i
-            done, _ = ray.wait(list(in_flight), num_returns=1)
-            i = in_flight.pop(done[0])
-            results[i] = ray.get(done[0])
-    except Exception:
+                i, call = queue.pop(0)
+                in_flight[call()] = i
+            ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=_WATCH_SECONDS)
+            if not ready:
+                running = any(i in started for i in in_flight.values())
+                waiting = None if running else waiting_reason(demand)
+                ctx.note(step, finished / len(calls), waiting)
+                if waiting and time.monotonic() - quiet_since > ctx.stall_seconds:
+                    raise JobStalled(f"{waiting} (for {time.monotonic() - quiet_since:.0f} s)")
+                continue
+            generator = ready[0]
+            i = in_flight[generator]
+            value = ray.get(next(generator))
+            quiet_since = time.monotonic()
+            if value == _STARTED:
+                started.add(i)
+                ctx.note(step, finished / len(calls), None)
+                continue
+            del in_flight[generator]
+            results[i] = value
+            finished += 1
+            ctx.note(step, finished / len(calls), None)
+            if on_result is not None:
+                on_result(i, value)
+    except BaseException:
         METRICS.inc("task_failures_total", kind=kind)
-        for ref in in_flight:
-            ray.cancel(ref)
+        for generator in in_flight:
+            ray.cancel(generator)
         raise
     return results
+
+
+def run_one(call: Callable[[], ObjectRefGenerator], kind: str, ctx: JobContext, *,
+            step: str | None = None, num_gpus: float = 0) -> Any:
+    """One :func:`watched` task's result, watched like :func:`gather`."""
+    return gather([call], kind, ctx, step=step, num_gpus=num_gpus)[0]
+
+
+def waiting_reason(demand: dict[str, float]) -> str | None:
+    """Why a task asking for ``demand`` cannot start now; None if the cluster has room for it."""
+    nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+    if not any(all(node.get(k, 0) >= v for k, v in demand.items()) for node in nodes):
+        largest = {k: max((node.get(k, 0) for node in nodes), default=0) for k in demand}
+        return (f"cannot be scheduled: needs {_fmt(demand)}, the largest node has {_fmt(largest)} "
+                "(waiting for the autoscaler, if there is one)")
+    free = ray.available_resources()
+    if all(free.get(k, 0) >= v for k, v in demand.items()):
+        return None
+    return f"waiting for resources: needs {_fmt(demand)}, free {_fmt({k: free.get(k, 0) for k in demand})}"
+
+
+def _fmt(resources: dict[str, float]) -> str:
+    return "{" + ", ".join(f"{k}: {round(v, 2):g}" for k, v in resources.items()) + "}"
+
+
+def watched(fn: Callable[..., T]) -> Any:
+    """``fn`` as a Ray task that first says it started, then returns its result (see :func:`gather`).
+
+    Call it as ``watched_fn.options(**ctx.resources.options()).remote(...)``.
+    """
+
+    @functools.wraps(fn)
+    def task(*args: Any, **kwargs: Any) -> Iterator[Any]:
+        yield _STARTED
+        yield fn(*args, **kwargs)
+
+    return ray.remote(num_returns="streaming")(task)
 
 
 @contextmanager

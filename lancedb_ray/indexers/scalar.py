@@ -9,14 +9,22 @@ statistics for its BM25 scores) and publishes it with
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
-import ray
-
 from lancedb_ray.errors import AlreadyExists, InvalidInput
 from lancedb_ray.indexers.handle import TableHandle
-from lancedb_ray.indexers.runtime import METRICS, gather, operation, require_ray
+from lancedb_ray.indexers.runtime import (
+    METRICS,
+    JobContext,
+    context,
+    gather,
+    operation,
+    require_ray,
+    run_one,
+    watched,
+)
 from lancedb_ray.indexers.vector import split_fragments
 
 _LOG = logging.getLogger(__name__)
@@ -31,7 +39,8 @@ FTS_PARAMS = frozenset({
 
 
 def build_scalar_index(handle: TableHandle, column: str, index_type: str, params: dict | None = None, *,
-                       num_segments: int = 1, name: str | None = None, replace: bool = True) -> int:
+                       num_segments: int = 1, name: str | None = None, replace: bool = True,
+                       ctx: JobContext | None = None) -> int:
     """Build a BTREE, BITMAP, LABEL_LIST or full-text (``FTS``/``INVERTED``) index; the new version.
 
     ``params`` are the full-text tokenizer options lancedb takes (``with_position``,
@@ -48,6 +57,7 @@ def build_scalar_index(handle: TableHandle, column: str, index_type: str, params
         raise InvalidInput(f"unknown {kind} index parameters {unknown}: use {sorted(allowed) or 'none'}")
     name = name or f"{column}_idx"
     require_ray("build_scalar_index")
+    ctx = context(ctx)
     with operation("scalar_index"):
         dataset = handle.open()
         if column not in dataset.schema.names:
@@ -60,25 +70,27 @@ def build_scalar_index(handle: TableHandle, column: str, index_type: str, params
                                  num_segments)
         if not groups:
             raise InvalidInput(f"cannot build a {kind} index on an empty table")
-        refs = [_build_segment.remote(handle, version, column, kind, name, params, group)
-                for group in groups]
-        segments = gather(refs, "scalar_segment")
+        options = ctx.resources.options()
+        calls = [functools.partial(_build_segment.options(**options).remote, handle, version, column, kind,
+                                   name, params, group) for group in groups]
+        segments = gather(calls, "scalar_segment", ctx, step=f"building {len(calls)} segments")
         METRICS.inc("tasks_total", len(segments), kind="scalar_segment", device="cpu")
-        new_version = ray.get(_merge_and_commit.remote(handle, version, column, name, segments))
+        new_version = run_one(lambda: _merge_and_commit.options(**options).remote(
+            handle, version, column, name, segments), "scalar_merge", ctx, step="merging segments")
         METRICS.inc("segments_total", len(segments), kind=kind.lower())
         _LOG.info("%s: committed %s index '%s' from %d segments as version %d", handle.table, kind,
                   name, len(segments), new_version)
         return new_version
 
 
-@ray.remote(num_cpus=1)
+@watched
 def _build_segment(handle: TableHandle, version: int, column: str, kind: str, name: str,
                    params: dict[str, Any], fragment_ids: list[int]) -> Any:
     return handle.open(version).create_index_uncommitted(
         column, kind, name=name, replace=True, fragment_ids=fragment_ids, **params)
 
 
-@ray.remote(num_cpus=1)
+@watched
 def _merge_and_commit(handle: TableHandle, version: int, column: str, name: str,
                       segments: list[Any]) -> int:
     dataset = handle.open(version)

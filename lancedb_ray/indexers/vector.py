@@ -20,6 +20,7 @@ A build has three steps:
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -35,11 +36,15 @@ from lancedb_ray.indexers.accelerator import AcceleratorChoice, choose_accelerat
 from lancedb_ray.indexers.handle import TableHandle
 from lancedb_ray.indexers.runtime import (
     METRICS,
+    JobContext,
+    context,
     gather,
     node_id,
     operation,
     require_ray,
+    run_one,
     wait_for_gpus,
+    watched,
 )
 
 _LOG = logging.getLogger(__name__)
@@ -163,8 +168,8 @@ class VectorBuild:
 
 def build_vector_index(handle: TableHandle, column: str, index_type: str, params: dict, *,
                        num_segments: int, use_gpu: bool, name: str | None = None,
-                       replace: bool = True,
-                       gpu_wait_seconds: float = DEFAULT_GPU_WAIT_SECONDS) -> int:
+                       replace: bool = True, gpu_wait_seconds: float = DEFAULT_GPU_WAIT_SECONDS,
+                       ctx: JobContext | None = None) -> int:
     """Build a vector index from ``num_segments`` segments built in parallel; the new version.
 
     ``params`` takes lancedb's names: ``metric`` (or ``distance_type``),
@@ -175,16 +180,17 @@ def build_vector_index(handle: TableHandle, column: str, index_type: str, params
     """
     return run_vector_build(handle, column, index_type, params, num_segments=num_segments,
                             use_gpu=use_gpu, name=name, replace=replace,
-                            gpu_wait_seconds=gpu_wait_seconds).version
+                            gpu_wait_seconds=gpu_wait_seconds, ctx=ctx).version
 
 
 def run_vector_build(handle: TableHandle, column: str, index_type: str, params: dict | None, *,
                      num_segments: int, use_gpu: bool, name: str | None = None,
-                     replace: bool = True,
-                     gpu_wait_seconds: float = DEFAULT_GPU_WAIT_SECONDS) -> VectorBuild:
+                     replace: bool = True, gpu_wait_seconds: float = DEFAULT_GPU_WAIT_SECONDS,
+                     ctx: JobContext | None = None) -> VectorBuild:
     """``build_vector_index``, reporting the model and the segments as well as the version."""
     spec = VectorIndexSpec.parse(column, index_type, params, name)
     require_ray("build_vector_index")
+    ctx = context(ctx)
     with operation("vector_index"):
         dataset = handle.open()
         _check_target(dataset, spec, replace)
@@ -195,10 +201,10 @@ def run_vector_build(handle: TableHandle, column: str, index_type: str, params: 
             # Too few rows to be worth a GPU or a second segment.
             _LOG.info("%s: %d rows are too few to train once and share; one lance create_index",
                       handle.table, num_rows)
-            new_version = ray.get(_whole_build.remote(handle, version, spec))
+            new_version = run_one(lambda: _whole_build.options(**ctx.resources.options()).remote(
+                handle, version, spec), "whole_build", ctx, step="building the index")
             return VectorBuild(new_version, spec.name, None)
-        options = _training_options(use_gpu, gpu_wait_seconds)
-        model = ray.get(_train.options(**options).remote(handle, version, spec, "num_gpus" in options))
+        model = _train_model(handle, version, spec, use_gpu, gpu_wait_seconds, ctx)
         METRICS.inc("tasks_total", kind="train", device=model.device)
         if model.fallback_reason:
             METRICS.inc("gpu_fallbacks_total", reason="no_cuda")
@@ -207,10 +213,12 @@ def run_vector_build(handle: TableHandle, column: str, index_type: str, params: 
         _LOG.info("%s: trained %d partitions on %s in %.1f s; building %d segments in parallel",
                   handle.table, model.num_partitions, model.device, model.seconds, len(groups))
         model_ref = ray.put(model)
-        refs = [_build_segment.options(num_cpus=1).remote(handle, version, spec, model_ref, group)
-                for group in groups]
-        built = gather(refs, "vector_segment")
+        options = ctx.resources.options()
+        calls = [functools.partial(_build_segment.options(**options).remote, handle, version, spec,
+                                   model_ref, group) for group in groups]
+        built = gather(calls, "vector_segment", ctx, step=f"building {len(calls)} segments")
         METRICS.inc("tasks_total", len(built), kind="vector_segment", device="cpu")
+        ctx.note("committing the segments", 1.0)
         committed = handle.open(version).commit_existing_index_segments(
             spec.name, spec.column, [segment for segment, _ in built])
         METRICS.inc("segments_total", len(built), kind="vector")
@@ -220,23 +228,23 @@ def run_vector_build(handle: TableHandle, column: str, index_type: str, params: 
 
 
 def train_vector_model(handle: TableHandle, column: str, index_type: str, params: dict | None, *,
-                       use_gpu: bool, gpu_wait_seconds: float = DEFAULT_GPU_WAIT_SECONDS) -> VectorModel:
+                       use_gpu: bool, gpu_wait_seconds: float = DEFAULT_GPU_WAIT_SECONDS,
+                       ctx: JobContext | None = None) -> VectorModel:
     """Only the training step, placed as a build places it (on a GPU worker with ``use_gpu``)."""
     spec = VectorIndexSpec.parse(column, index_type, params)
     require_ray("train_vector_model")
-    options = _training_options(use_gpu, gpu_wait_seconds)
-    version = handle.open().version
-    return ray.get(_train.options(**options).remote(handle, version, spec, "num_gpus" in options))
+    return _train_model(handle, handle.open().version, spec, use_gpu, gpu_wait_seconds, context(ctx))
 
 
 def retrain_vector_index(handle: TableHandle, index_name: str, *, num_segments: int, use_gpu: bool,
-                         gpu_wait_seconds: float = DEFAULT_GPU_WAIT_SECONDS) -> int:
+                         gpu_wait_seconds: float = DEFAULT_GPU_WAIT_SECONDS,
+                         ctx: JobContext | None = None) -> int:
     """Rebuild ``index_name`` from scratch with the type and parameters it was built with."""
     require_ray("retrain_vector_index")
     column, index_type, params = vector_index_description(handle, index_name)
     return build_vector_index(handle, column, index_type, params, num_segments=num_segments,
                               use_gpu=use_gpu, name=index_name, replace=True,
-                              gpu_wait_seconds=gpu_wait_seconds)
+                              gpu_wait_seconds=gpu_wait_seconds, ctx=ctx)
 
 
 def vector_index_description(handle: TableHandle, index_name: str) -> tuple[str, str, dict[str, Any]]:
@@ -304,18 +312,24 @@ def _check_target(dataset: Any, spec: VectorIndexSpec, replace: bool) -> None:
         raise AlreadyExists(f"index '{spec.name}' already exists")
 
 
-def _training_options(use_gpu: bool, gpu_wait_seconds: float) -> dict[str, Any]:
-    if not use_gpu:
-        return {"num_cpus": 1}
-    if wait_for_gpus(gpu_wait_seconds):
-        return {"num_cpus": 1, "num_gpus": 1}
-    METRICS.inc("gpu_fallbacks_total", reason="no_gpu_node")
-    _LOG.warning("use_gpu is set but the cluster has no GPU (none came within %.0f s): training on a CPU",
-                 gpu_wait_seconds)
-    return {"num_cpus": 1}
+def _train_model(handle: TableHandle, version: int, spec: VectorIndexSpec, use_gpu: bool,
+                 gpu_wait_seconds: float, ctx: JobContext) -> VectorModel:
+    """One training task, on a GPU worker when wanted and one comes in time, else on a CPU."""
+    num_gpus = 0
+    if use_gpu:
+        ctx.note("waiting for a GPU worker")
+        if wait_for_gpus(gpu_wait_seconds):
+            num_gpus = 1
+        else:
+            METRICS.inc("gpu_fallbacks_total", reason="no_gpu_node")
+            _LOG.warning("use_gpu is set but the cluster has no GPU (none came within %.0f s): "
+                         "training on a CPU", gpu_wait_seconds)
+    options = ctx.resources.options(**({"num_gpus": num_gpus} if num_gpus else {}))
+    return run_one(lambda: _train.options(**options).remote(handle, version, spec, bool(num_gpus)),
+                   "train", ctx, step=f"training on a {'GPU' if num_gpus else 'CPU'}", num_gpus=num_gpus)
 
 
-@ray.remote(num_cpus=1)
+@watched
 def _train(handle: TableHandle, version: int, spec: VectorIndexSpec, want_gpu: bool) -> VectorModel:
     from lance.indices import IndicesBuilder
 
@@ -351,7 +365,7 @@ def _train(handle: TableHandle, version: int, spec: VectorIndexSpec, want_gpu: b
                        choice.accelerator, choice.fallback_reason, node_id(), time.monotonic() - start)
 
 
-@ray.remote(num_cpus=1)
+@watched
 def _build_segment(handle: TableHandle, version: int, spec: VectorIndexSpec, model: VectorModel,
                    fragment_ids: list[int]) -> tuple[Any, SegmentInfo]:
     started = time.time()
@@ -373,7 +387,7 @@ def _build_segment(handle: TableHandle, version: int, spec: VectorIndexSpec, mod
     return segment, info
 
 
-@ray.remote(num_cpus=1)
+@watched
 def _whole_build(handle: TableHandle, version: int, spec: VectorIndexSpec) -> int:
     """A table too small to share a model: lance's own create_index, which samples what there is."""
     kwargs = {key: getattr(spec, key) for key in ("num_sub_vectors", "num_bits", "m", "ef_construction",

@@ -11,6 +11,7 @@ import ray
 
 from lancedb_ray.settings import Settings
 from lancedb_ray.storage.catalog import DatabaseLocation, StorageCatalog
+from lancedb_ray.types import ProgressReport
 
 _LOG = logging.getLogger(__name__)
 
@@ -67,3 +68,18 @@ def publish_change(settings: Settings, database: str, table: str, version: int, 
             _LOG.warning("change event for version %d left in the outbox for a later retry", version)
     finally:
         publisher.close()
+
+
+def progress_printer(prefix: str) -> ProgressReport:
+    """Print each new step, each further tenth of it done and each waiting reason (``ray job logs``)."""
+    last: list[tuple[str, int, str | None]] = []
+
+    def report(step: str, fraction: float | None, waiting: str | None) -> None:
+        tenth = int((fraction or 0) * 10)
+        if last and last[-1] == (step, tenth, waiting):
+            return
+        last.append((step, tenth, waiting))
+        done = "" if fraction is None else f" ({fraction:.0%} done)"
+        print(f"{prefix}: {step}{done}" + (f"; {waiting}" if waiting else ""), flush=True)
+
+    return report

@@ -23,6 +23,7 @@ from lancedb_ray.errors import InvalidInput
 from lancedb_ray.indexers import (
     SCALAR_INDEX_TYPES,
     VECTOR_INDEX_TYPES,
+    JobContext,
     build_scalar_index,
     resolve_use_gpu,
     run_vector_build,
@@ -32,6 +33,7 @@ from lancedb_ray.jobs.common import (
     add_target_arguments,
     connect_ray,
     locate,
+    progress_printer,
     publish_change,
     setup_logging,
 )
@@ -85,13 +87,14 @@ def main(argv: list[str] | None = None) -> int:
     params = index_params(args)
     segments = args.segments or settings.agent.index_segments
     kind = args.index_type.upper()
+    ctx = JobContext.from_settings(settings, progress_printer("index"))
     start = time.monotonic()
     if kind in VECTOR_INDEX_TYPES:
         use_gpu = resolve_use_gpu(settings.agent.use_gpu if args.gpu is None else args.gpu)
         print(f"index: {kind} on {args.table}.{args.column}, {segments} segments, "
               f"training on {'a GPU' if use_gpu else 'a CPU'} worker", flush=True)
         build = run_vector_build(handle, args.column, kind, params, num_segments=segments,
-                                 use_gpu=use_gpu, name=args.name, replace=args.replace)
+                                 use_gpu=use_gpu, name=args.name, replace=args.replace, ctx=ctx)
         version = build.version
         if build.model is not None:
             print(f"index: trained on {build.model.device} in {build.model.seconds:.1f} s"
@@ -100,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(f"index: {kind} on {args.table}.{args.column}, {segments} segments", flush=True)
         version = build_scalar_index(handle, args.column, kind, params, num_segments=segments,
-                                     name=args.name, replace=args.replace)
+                                     name=args.name, replace=args.replace, ctx=ctx)
     print(f"index: committed version {version} of {args.database}/{args.table} "
           f"({time.monotonic() - start:.1f} s)", flush=True)
     if args.event:

@@ -41,6 +41,7 @@ from lancedb_ray.jobs.common import (
     publish_change,
     setup_logging,
 )
+from lancedb_ray.resources import TaskResources, task_resources
 from lancedb_ray.settings import Settings
 from lancedb_ray.storage.catalog import DatabaseLocation
 from lancedb_ray.types import TableRef
@@ -62,8 +63,13 @@ class IngestResult:
 
 
 def ingest(location: DatabaseLocation, table: str, source: str, *, fmt: str | None = None,
-           mode: str = "append", rows_per_fragment: int = DEFAULT_ROWS_PER_FRAGMENT) -> IngestResult:
-    """Write ``source`` into ``table`` as one new version (Ray must be initialised)."""
+           mode: str = "append", rows_per_fragment: int = DEFAULT_ROWS_PER_FRAGMENT,
+           resources: TaskResources | None = None) -> IngestResult:
+    """Write ``source`` into ``table`` as one new version (Ray must be initialised).
+
+    ``resources``: each write task's request (default: one CPU).
+    """
+    resources = resources or TaskResources()
     start = time.monotonic()
     if mode not in MODES:
         raise InvalidInput(f"unknown mode '{mode}': use one of {list(MODES)}")
@@ -90,7 +96,8 @@ def ingest(location: DatabaseLocation, table: str, source: str, *, fmt: str | No
     if existing is not None and mode == "overwrite":
         write_mode = "overwrite"
     written = data.map_batches(
-        _write_fragments, batch_size=rows_per_fragment, batch_format="pyarrow", num_cpus=1,
+        _write_fragments, batch_size=rows_per_fragment, batch_format="pyarrow",
+        **resources.options(),
         fn_kwargs={"uri": uri, "schema": schema, "mode": write_mode, "rows_per_fragment": rows_per_fragment,
                    "storage_options": dict(location.storage_options)},
     )
@@ -201,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     connect_ray(settings)
     location = locate(settings, args.database)
     result = ingest(location, args.table, args.source, fmt=args.format, mode=args.mode,
-                    rows_per_fragment=args.rows_per_fragment)
+                    rows_per_fragment=args.rows_per_fragment, resources=task_resources(settings))
     if args.event:
         operation = {"append": "insert", "create": "create", "overwrite": "overwrite"}[args.mode]
         publish_change(settings, args.database, args.table, result.version, operation, result.rows)
