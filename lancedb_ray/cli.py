@@ -12,6 +12,7 @@ import time
 import urllib.request
 from typing import Any
 
+from lancedb_ray import keys
 from lancedb_ray.settings import Settings
 
 APP_NAME = "lancedb"
@@ -64,6 +65,11 @@ def serve_command(args: argparse.Namespace) -> int:
     from ray import serve
 
     settings = _serve_settings(args)
+    try:
+        keys.check_serving(settings)
+    except ValueError as exc:
+        print(f"lancedb-ray: {exc}", file=sys.stderr)
+        return 2
     # Ctrl-C (or SIGTERM) at any point, during start-up too, leads to the same clean stop.
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -86,7 +92,7 @@ def serve_command(args: argparse.Namespace) -> int:
     if not stop.is_set():
         _wait_running(serve, stop, timeout_s=300)
         _wait_healthy(url, timeout_s=120)
-        key = settings.server.api_keys[0].get_secret_value()
+        key = args.api_key or (keys.DEV_KEY if keys.accepts(settings, keys.DEV_KEY) else "<your key>")
         print(f"lancedb-ray is serving at {url}", flush=True)
         print(f"  storage: {settings.storage.root.uri or settings.storage.root.container}")
         print(f"  connect: lancedb.connect('db://mydb', api_key='{key}', host_override='{url}')")
@@ -109,7 +115,7 @@ def jobs_command(args: argparse.Namespace) -> int:
     filters = {"state": args.state, "database": args.database, "table": args.table,
                "limit": args.limit}
     if args.url:
-        key = args.api_key or settings.server.api_keys[0].get_secret_value()
+        key = args.api_key or keys.DEV_KEY
         jobs = fetch_jobs(args.url, key, **filters)
     else:
         jobs = read_jobs(settings, **filters)
@@ -140,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     jobs_parser.add_argument("--limit", type=int, default=50)
     jobs_parser.add_argument("--json", action="store_true", help="print JSON records")
     jobs_parser.set_defaults(handler=jobs_command)
+
+    keys.add_parser(commands)
 
     args = parser.parse_args(argv)
     return args.handler(args)

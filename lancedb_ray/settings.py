@@ -8,13 +8,15 @@ dict, to every Ray deployment and actor so that they all agree.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 from enum import Enum
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 
@@ -63,12 +65,70 @@ class StorageSettings(BaseModel):
     unknown_databases: UnknownDatabasePolicy = UnknownDatabasePolicy.CREATE
 
 
+_DATABASE_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*\*?|\*")
+DEV_KEY = "lancedb-ray-dev-key"  # documented, so accepted only on loopback
+
+
+def key_digest(key: str) -> str:
+    """The SHA-256 hex digest settings hold in place of an API key."""
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+class Role(str, Enum):
+    """What a key may do, each role including the one before."""
+
+    READ = "read"  # queries, describe, list, stats, versions, tags
+    WRITE = "write"  # also every data, schema, index, table and namespace change
+    ADMIN = "admin"  # also /v1/admin/*
+
+
+class ApiKey(BaseModel):
+    """One API key: a name for logs, the digest of the key itself, its databases and role.
+
+    ``databases`` holds names or ``prefix*`` patterns (``*`` alone: every database).
+    A bare string in its place is a key given in the clear (the ``--api-key`` option,
+    a test): it becomes an admin key on every database, and only its digest is kept.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    databases: list[str] = Field(min_length=1)
+    role: Role = Role.READ
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_clear_key(cls, value: Any) -> Any:
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        if isinstance(value, str):
+            return {"name": f"key-{key_digest(value)[:8]}", "sha256": key_digest(value),
+                    "databases": ["*"], "role": Role.ADMIN}
+        return value
+
+    @field_validator("databases")
+    @classmethod
+    def _patterns(cls, patterns: list[str]) -> list[str]:
+        for pattern in patterns:
+            if not _DATABASE_PATTERN.fullmatch(pattern):
+                raise ValueError(f"'{pattern}' is neither a database name nor a 'prefix*' pattern")
+        return patterns
+
+    def allows(self, database: str) -> bool:
+        return any(
+            database.startswith(pattern[:-1]) if pattern.endswith("*") else database == pattern
+            for pattern in self.databases
+        )
+
+
 class ServerSettings(BaseModel):
     """The query node (Ray Serve) and its HTTP surface."""
 
     host: str = "127.0.0.1"
     port: int = 8000
-    api_keys: list[SecretStr] = Field(default_factory=lambda: [SecretStr("lancedb-ray-dev-key")])
+    api_keys: list[ApiKey] = Field(default_factory=lambda: [ApiKey(
+        name="dev", sha256=key_digest(DEV_KEY), databases=["*"], role=Role.ADMIN)])
     num_replicas: int | str = 1  # an int, or "auto" for Serve autoscaling
     max_replicas: int = 4
     max_ongoing_requests: int = 64
@@ -82,6 +142,13 @@ class ServerSettings(BaseModel):
     # this long, so writes made elsewhere (other replicas, outside writers) show within it.
     read_consistency_seconds: float = 0.0
     idempotency_window: int = 20  # recent versions searched for a retried write's request id
+    # What one request may make a replica decode, checked before decoding (4xx beyond).
+    max_body_rows: int = 10_000_000  # rows an Arrow body may declare
+    max_decoded_bytes: int = 512 * 1024 * 1024  # bytes an Arrow body may decode to
+    max_compression_ratio: float = 32.0  # how far compressed Arrow buffers may expand
+    max_json_depth: int = 64  # nesting of a JSON body
+    max_k: int = 100_000  # results per query vector (the client's "no limit" is exempt)
+    max_query_vectors: int = 1_000  # query vectors in one request
 
 
 class ExecutorSettings(BaseModel):

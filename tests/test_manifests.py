@@ -23,7 +23,7 @@ import jsonschema
 import pytest
 import yaml
 
-from lancedb_ray.settings import CredentialMode, EventBusBackend, Settings
+from lancedb_ray.settings import CredentialMode, EventBusBackend, Settings, key_digest
 
 REPO = Path(__file__).resolve().parents[1]
 CRD_DIRS = [REPO.parent / "shared" / "kuberay-crds", REPO / "shared" / "kuberay-crds"]
@@ -475,7 +475,7 @@ def test_hybrid_customer_containers_take_sas_from_env(clean_env: pytest.MonkeyPa
         assert loaded.sas_token is not None and loaded.sas_token.get_secret_value() == f"sv={name}"
         assert loaded.account == location.account
     assert settings.events.kafka.sasl_password is not None
-    assert [k.get_secret_value() for k in settings.server.api_keys] == ["k1", "k2"]
+    assert [k.sha256 for k in settings.server.api_keys] == [key_digest("k1"), key_digest("k2")]
 
 
 @pytest.mark.parametrize("profile", PROFILES)

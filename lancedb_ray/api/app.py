@@ -18,6 +18,7 @@ from lancedb_ray.events.outbox import ChangePublisher
 from lancedb_ray.execution.base import QueryExecutor
 from lancedb_ray.execution.distributed import DistributedExecutor, ExecutorPool
 from lancedb_ray.execution.local import LocalExecutor
+from lancedb_ray.keys import check_serving
 from lancedb_ray.service.connections import Connections
 from lancedb_ray.service.container import Services
 from lancedb_ray.settings import Settings
@@ -76,6 +77,7 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
     """Build the application from ``{"config_file": path, "settings": {overrides}}``."""
     args = args or {}
     settings = Settings.load(args.get("config_file"), **(args.get("settings") or {}))
+    check_serving(settings)
     plain = settings.to_plain()
     agent = LanceAgent.options(**agent_options(settings)).bind(plain) if settings.agent.enabled else None
     return QueryNode.options(**deployment_options(settings)).bind(plain, agent)

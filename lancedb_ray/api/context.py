@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-import hmac
-import json
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from fastapi import Request
+from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel
 
 from lancedb_ray.api.arrow_io import read_arrow_stream
-from lancedb_ray.errors import InvalidInput, PayloadTooLarge, Unauthorized, Unavailable
+from lancedb_ray.api.auth import authorize, identify, required_role
+from lancedb_ray.api.ipc_guard import IpcLimits
+from lancedb_ray.api.json_io import parse_object
+from lancedb_ray.errors import InvalidInput, PayloadTooLarge, Unavailable
 from lancedb_ray.service.container import Services
+from lancedb_ray.settings import ApiKey
 
 Body = TypeVar("Body", bound=BaseModel)
 
@@ -35,13 +38,17 @@ def services(request: Request) -> Services:
     return _services
 
 
-def authenticate(request: Request) -> None:
-    presented = request.headers.get("x-api-key")
-    if not presented:
-        raise Unauthorized("missing x-api-key header")
-    keys = services(request).settings.server.api_keys
-    if not any(hmac.compare_digest(presented, key.get_secret_value()) for key in keys):
-        raise Unauthorized("invalid API key")
+def authenticate(request: Request) -> ApiKey:
+    """The dependency of every API route: who calls, and may they call this route here.
+
+    The key is kept on ``request.state`` for the audit log and for filtering listings.
+    """
+    key = identify(services(request).settings, request.headers.get("x-api-key"))
+    request.state.api_key = key
+    database = None if request.url.path.startswith("/v1/admin/") else request.headers.get(
+        "x-lancedb-database")
+    authorize(key, required_role(request), database or None)
+    return key
 
 
 def database(request: Request) -> str:
@@ -59,6 +66,8 @@ async def read_body(request: Request) -> bytes:
     """The whole body, refusing more than the configured limit (uploads are chunked)."""
     limit = services(request).settings.server.max_body_bytes
     declared = request.headers.get("content-length")
+    if declared and not declared.isdigit():
+        raise InvalidInput(f"content-length '{declared[:40]}' is not a number of bytes")
     if declared and int(declared) > limit:
         raise PayloadTooLarge(f"request body of {declared} bytes exceeds the {limit} byte limit")
     chunks: list[bytes] = []
@@ -74,12 +83,7 @@ async def read_body(request: Request) -> bytes:
 async def json_body(request: Request, model: type[Body]) -> Body:
     """Parse a JSON body into ``model``; an empty body means all defaults."""
     raw = await read_body(request)
-    try:
-        data: Any = json.loads(raw) if raw.strip() else {}
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidInput(f"request body is not valid JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise InvalidInput(f"request body must be a JSON object, got {type(data).__name__}")
+    data = parse_object(raw, services(request).settings.server.max_json_depth)
     return model.model_validate(data)
 
 
@@ -94,4 +98,6 @@ async def arrow_body(request: Request):
             f"expected an Arrow IPC stream (application/vnd.apache.arrow.stream), got "
             f"'{content_type or 'no content type'}'"
         )
-    return read_arrow_stream(await read_body(request))
+    server = services(request).settings.server
+    limits = IpcLimits(server.max_body_rows, server.max_decoded_bytes, server.max_compression_ratio)
+    return await run_in_threadpool(read_arrow_stream, await read_body(request), limits)

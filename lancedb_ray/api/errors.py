@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+import uuid
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -20,8 +22,22 @@ from lancedb_ray.errors import LanceDBRayError
 logger = logging.getLogger(__name__)
 
 
+# Where data lives is the operator's business: URIs (az://container/..., https://account...),
+# absolute local paths and Azure account hosts never reach a client.
+_URI = re.compile(r"\b[A-Za-z][A-Za-z0-9+.\-]*://[^\s'\"`,;)]*")
+_PATH = re.compile(r"(?<![\w.\-/])/(?:[^\s'\"`,;:)/]+/)+[^\s'\"`,;:)]*")
+_ACCOUNT = re.compile(r"\b[a-z0-9]{3,24}\.(blob|dfs)\.core\.windows\.net\b|\bdevstoreaccount1\b")
+
+
+def scrub(message: str) -> str:
+    """``message`` with storage locations replaced by a placeholder."""
+    message = _URI.sub("<storage>", message)
+    message = _ACCOUNT.sub("<storage>", message)
+    return _PATH.sub("<path>", message)
+
+
 def error_response(status: int, name: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": name, "message": message}, status_code=status)
+    return JSONResponse({"error": name, "message": scrub(message)}, status_code=status)
 
 
 def _validation_message(exc: ValidationError | RequestValidationError) -> str:
@@ -35,8 +51,8 @@ def _validation_message(exc: ValidationError | RequestValidationError) -> str:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(LanceDBRayError)
     async def _ours(request: Request, exc: LanceDBRayError) -> JSONResponse:
-        if exc.status_code >= 500:
-            logger.warning("%s %s -> %s: %s", request.method, request.url.path, exc.name, exc)
+        if exc.status_code == 500:  # translated from something unexpected: keep its traceback
+            return _internal(request, exc, exc.message)
         return error_response(exc.status_code, exc.name, exc.message)
 
     @app.exception_handler(json.JSONDecodeError)
@@ -53,6 +69,12 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        request_id = request.headers.get("x-request-id", "-")
-        logger.exception("unhandled error in %s (request %s)", request.url.path, request_id)
-        return error_response(500, "InternalError", f"internal error (request id {request_id})")
+        return _internal(request, exc, "internal error")
+
+
+def _internal(request: Request, exc: BaseException, message: str) -> JSONResponse:
+    """A 500 that names only the request id; the traceback goes to the log under that id."""
+    request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+    logger.error("unhandled error in %s %s (request %s)", request.method, request.url.path,
+                 request_id, exc_info=(type(exc), exc, exc.__traceback__))
+    return error_response(500, "InternalError", f"{message} (request id {request_id})")

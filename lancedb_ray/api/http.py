@@ -12,6 +12,7 @@ from typing import Any
 from fastapi import FastAPI, Request, Response
 
 from lancedb_ray.api import admin_routes, namespace_routes, table_routes
+from lancedb_ray.api.audit import install_audit
 from lancedb_ray.api.context import install_services
 from lancedb_ray.api.errors import install_error_handlers
 from lancedb_ray.service.container import Services
@@ -39,10 +40,12 @@ class _CollapseLeadingSlashes:
 
 
 def create_app(services: Services | None = None) -> FastAPI:
-    app = FastAPI(title="lancedb-ray query node", docs_url=None, redoc_url=None)
+    # No /openapi.json or docs: they would answer without a key.
+    app = FastAPI(title="lancedb-ray query node", docs_url=None, redoc_url=None, openapi_url=None)
     if services is not None:
         install_services(services)
     install_error_handlers(app)
+    install_audit(app)
     app.add_middleware(_CollapseLeadingSlashes)
 
     @app.middleware("http")

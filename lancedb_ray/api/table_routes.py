@@ -14,6 +14,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from lancedb_ray.api.arrow_io import ARROW_FILE, arrow_file_bytes
 from lancedb_ray.api.context import (
+    Body,
     arrow_body,
     authenticate,
     database,
@@ -22,6 +23,7 @@ from lancedb_ray.api.context import (
     request_id,
     services,
 )
+from lancedb_ray.api.limits import check_query
 from lancedb_ray.errors import InvalidInput
 from lancedb_ray.execution.base import QueryTarget
 from lancedb_ray.service.protocol import (
@@ -57,6 +59,15 @@ def _int_param(request: Request, name: str) -> int | None:
         return int(value)
     except ValueError as exc:
         raise InvalidInput(f"query parameter '{name}' must be an integer, got '{value}'") from exc
+
+
+async def _query_body(request: Request, model: type[Body]) -> Body:
+    """A query-carrying body, checked against the per-request query limits."""
+    body = await json_body(request, model)
+    query = body.query if isinstance(body, ExplainRequest) else body
+    server = services(request).settings.server
+    check_query(query, server.max_k, server.max_query_vectors)
+    return body
 
 
 def _flag(request: Request, name: str) -> bool:
@@ -174,7 +185,7 @@ async def update(request: Request, table_id: str) -> dict[str, Any]:
 @router.post("/{table_id}/query/")
 async def query(request: Request, table_id: str) -> Response:
     ref = _ref(request, table_id)
-    body = await json_body(request, QueryRequest)
+    body = await _query_body(request, QueryRequest)
     result = await run_in_threadpool(
         services(request).executor.search, QueryTarget(ref, body.version), body
     )
@@ -184,7 +195,7 @@ async def query(request: Request, table_id: str) -> Response:
 @router.post("/{table_id}/explain_plan/")
 async def explain_plan(request: Request, table_id: str) -> Response:
     ref = _ref(request, table_id)
-    body = await json_body(request, ExplainRequest)
+    body = await _query_body(request, ExplainRequest)
     plan = await run_in_threadpool(
         services(request).executor.explain,
         QueryTarget(ref, body.query.version),
@@ -197,7 +208,7 @@ async def explain_plan(request: Request, table_id: str) -> Response:
 @router.post("/{table_id}/analyze_plan/")
 async def analyze_plan(request: Request, table_id: str) -> Response:
     ref = _ref(request, table_id)
-    body = await json_body(request, QueryRequest)
+    body = await _query_body(request, QueryRequest)
     plan = await run_in_threadpool(
         services(request).executor.analyze, QueryTarget(ref, body.version), body
     )

@@ -40,7 +40,7 @@ from lancedb_ray.execution.plan import (
 from lancedb_ray.metrics import Metric, MetricSet
 from lancedb_ray.resources import executor_count
 from lancedb_ray.service.connections import Connections
-from lancedb_ray.service.lance_errors import lance_errors
+from lancedb_ray.service.lance_errors import lance_errors, translate
 from lancedb_ray.service.protocol import QueryRequest
 from lancedb_ray.settings import Settings
 from lancedb_ray.types import TableRef
@@ -213,10 +213,4 @@ class DistributedExecutor:
 def _cause(exc: RayTaskError, target: QueryTarget) -> LanceDBRayError:
     """The error a sub-plan raised on its executor, as the query node would have raised it."""
     cause = exc.cause if isinstance(exc.cause, BaseException) else exc
-    if isinstance(cause, LanceDBRayError):
-        return cause
-    try:
-        with lance_errors(f"query on '{target.ref.qualified_name}'", target.ref.database):
-            raise cause
-    except LanceDBRayError as translated:
-        return translated
+    return translate(cause, f"query on '{target.ref.qualified_name}'", target.ref.database)

@@ -12,6 +12,7 @@ elsewhere show within the interval.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from datetime import timedelta
@@ -20,9 +21,14 @@ import lancedb
 from lancedb.db import DBConnection
 from lancedb.table import LanceTable
 
+from lancedb_ray.errors import NotFound
 from lancedb_ray.service.lance_errors import lance_errors
 from lancedb_ray.storage.catalog import DatabaseLocation, StorageCatalog
 from lancedb_ray.types import TableRef
+
+
+class MissingDatabase(NotFound):
+    """A read named a database that has nothing stored yet."""
 
 
 class Connections:
@@ -36,12 +42,16 @@ class Connections:
     def location(self, database: str) -> DatabaseLocation:
         return self._catalog.resolve(database)
 
-    def database(self, database: str) -> DBConnection:
+    def database(self, database: str, create: bool = False) -> DBConnection:
+        """The connection to ``database``; a local one must exist unless ``create`` (reads
+        of a missing database must not leave its directory behind)."""
         with self._lock:
             connection = self._connections.get(database)
         if connection is not None:
             return connection
         location = self.location(database)
+        if not create and not location.is_azure and not os.path.isdir(location.uri):
+            raise MissingDatabase(f"database '{database}' not found")
         with lance_errors(f"database '{database}'", database):
             connection = lancedb.connect(
                 location.uri,
@@ -59,7 +69,10 @@ class Connections:
                 cached = self._tables.get(ref)
             if cached is not None and time.monotonic() - cached[1] < self._interval.total_seconds():
                 return cached[0]
-        db = self.database(ref.database)
+        try:
+            db = self.database(ref.database)
+        except MissingDatabase as exc:
+            raise NotFound(f"table '{ref.qualified_name}' was not found") from exc
         with lance_errors(f"table '{ref.qualified_name}'", ref.database):
             table = db.open_table(ref.name, namespace_path=ref.namespace_path)
             if version is not None:

@@ -10,6 +10,7 @@ from lancedb_ray.service.connections import Connections
 from lancedb_ray.service.lance_errors import lance_errors
 from lancedb_ray.service.protocol import CreateIndexRequest
 from lancedb_ray.service.tables import TableService
+from lancedb_ray.storage.names import validate_name
 from lancedb_ray.types import TableRef
 
 VECTOR_INDEX_TYPES = {
@@ -29,6 +30,8 @@ class IndexService:
         self._tables = tables
 
     def create(self, ref: TableRef, body: CreateIndexRequest, request_id: str | None) -> None:
+        if body.name is not None:
+            validate_name("index", body.name)
         index_type = (body.index_type or ("IVF_PQ" if body.metric_type else "")).upper()
         table = self._connections.table(ref)
         if body.column not in table.schema.names:
@@ -81,6 +84,7 @@ class IndexService:
         return {"indexes": [_described(i) for i in indexes]}
 
     def stats(self, ref: TableRef, name: str) -> dict[str, Any]:
+        validate_name("index", name)
         table = self._connections.table(ref)
         with lance_errors(f"index '{name}' of '{ref.qualified_name}'", ref.database):
             stats = table.index_stats(name)
@@ -95,6 +99,7 @@ class IndexService:
         }
 
     def drop(self, ref: TableRef, name: str, request_id: str | None) -> None:
+        validate_name("index", name)
         table = self._connections.table(ref)
         if name not in {i.name for i in table.list_indices()}:
             raise NotFound(f"index '{name}' was not found on table '{ref.qualified_name}'")

@@ -7,9 +7,11 @@ a client needs to decide between fixing its request and retrying.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pyarrow as pa
 from lance_namespace.errors import ErrorCode, LanceNamespaceError
@@ -39,18 +41,30 @@ _CONFLICT = re.compile(r"commit conflict|retryable commit conflict|too many conc
 _BAD_INPUT_IN_OSERROR = re.compile(
     r"schema|field|column|cast|not found in|dimension|invalid|parse|unsupported|expected", re.I
 )
+# pylance raises RuntimeError for some input problems: say so by the error's own kind.
+_BAD_INPUT_IN_RUNTIME = re.compile(
+    r"^Invalid input|LanceError\((Schema|Index|InvalidInput|Arrow)\)|Ref is invalid|not supported", re.I
+)
 # Source locations and backtraces say nothing to a client and leak build paths.
 _NOISE = re.compile(r",?\s*(location: )?/\S+\.rs:\d+:\d+")
+# What Python code raises on a bug; raised by a frame of this package it is ours, not the input's.
+# (ValueError and RuntimeError also come from native calls made straight from our frames.)
+_BUG_TYPES = (KeyError, IndexError, AttributeError, NameError, AssertionError, TypeError)
+_PACKAGE_DIR = str(Path(__file__).resolve().parent.parent) + os.sep
+MAX_MESSAGE = 1000  # an echoed 10,000-parenthesis filter helps nobody
 
 
 def clean_message(exc: BaseException) -> str:
-    return _NOISE.sub("", str(exc)).strip()
+    message = _NOISE.sub("", str(exc)).strip()
+    return message if len(message) <= MAX_MESSAGE else message[:MAX_MESSAGE] + "..."
 
 
 def translate(exc: BaseException, subject: str, database: str) -> LanceDBRayError:
     """The error to answer with for ``exc`` raised while working on ``subject``."""
     if isinstance(exc, LanceDBRayError):
         return exc
+    if isinstance(exc, _BUG_TYPES) and _raised_here(exc):  # a bug of ours: never the client's fault
+        return LanceDBRayError(f"{subject}: internal error")
     message = clean_message(exc)
     if isinstance(exc, LanceNamespaceError):
         return _namespace_error(exc, subject, message)
@@ -64,8 +78,10 @@ def translate(exc: BaseException, subject: str, database: str) -> LanceDBRayErro
         return AlreadyExists(f"{subject} already exists")
     if _CONFLICT.search(message):
         return Unavailable(f"{subject}: concurrent writers conflicted, retry: {message}")
-    bad_input = (ValueError, TypeError, KeyError, NotImplementedError, pa.ArrowException)
+    bad_input = (ValueError, TypeError, KeyError, NotImplementedError, OverflowError, pa.ArrowException)
     if isinstance(exc, bad_input) and not isinstance(exc, pa.ArrowIOError):
+        return InvalidInput(f"{subject}: {message}")
+    if isinstance(exc, RuntimeError) and _BAD_INPUT_IN_RUNTIME.search(message):
         return InvalidInput(f"{subject}: {message}")
     transient = storage_error(exc, database)
     if transient is not None:
@@ -93,6 +109,16 @@ def _namespace_error(exc: LanceNamespaceError, subject: str, message: str) -> La
     if exc.code == ErrorCode.INTERNAL:
         return LanceDBRayError(f"{subject}: internal error")
     return InvalidInput(f"{subject}: {message}")
+
+
+def _raised_here(exc: BaseException) -> bool:
+    """Whether the innermost frame that raised ``exc`` is this package's own code."""
+    tb = exc.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb.tb_frame.f_code.co_filename.startswith(_PACKAGE_DIR)
 
 
 def _field_problem(message: str) -> bool:

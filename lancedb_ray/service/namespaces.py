@@ -10,7 +10,7 @@ from typing import Any
 
 from lancedb_ray.errors import AlreadyExists, InvalidInput, NotFound
 from lancedb_ray.service import paging
-from lancedb_ray.service.connections import Connections
+from lancedb_ray.service.connections import Connections, MissingDatabase
 from lancedb_ray.service.lance_errors import lance_errors
 from lancedb_ray.service.tables import TableService
 from lancedb_ray.types import TableRef
@@ -31,7 +31,7 @@ class NamespaceService:
         if not path:
             raise InvalidInput("the root namespace '$' always exists and cannot be created")
         mode = _choice("create namespace mode", mode, _CREATE_MODES, "create")
-        db = self._connections.database(database)
+        db = self._connections.database(database, create=True)
         try:
             with lance_errors(f"namespace '{_name(path)}'", database):
                 response = db.create_namespace(path, properties=properties)
@@ -48,7 +48,10 @@ class NamespaceService:
     def list(
         self, database: str, path: list[str], page_token: str | None, limit: int | None
     ) -> dict[str, Any]:
-        db = self._connections.database(database)
+        try:
+            db = self._connections.database(database)
+        except MissingDatabase:
+            return {"namespaces": [], "page_token": None}
         with lance_errors(f"namespace '{_name(path)}'", database):
             names = paging.all_names(
                 lambda token: db.list_namespaces(path or None, page_token=token), "namespaces"
@@ -59,7 +62,7 @@ class NamespaceService:
     def describe(self, database: str, path: list[str]) -> dict[str, Any]:
         if not path:
             return {"properties": None}
-        db = self._connections.database(database)
+        db = self._existing(database, path)
         with lance_errors(f"namespace '{_name(path)}'", database):
             response = db.describe_namespace(path)
         return {"properties": response.properties}
@@ -71,8 +74,8 @@ class NamespaceService:
             raise InvalidInput("the root namespace '$' cannot be dropped")
         mode = _choice("drop namespace mode", mode, _DROP_MODES, "fail")
         behavior = _choice("drop namespace behavior", behavior, _DROP_BEHAVIORS, "restrict")
-        db = self._connections.database(database)
         try:
+            db = self._existing(database, path)
             with lance_errors(f"namespace '{_name(path)}'", database):
                 db.drop_namespace(path)
         except NotFound:
@@ -85,6 +88,13 @@ class NamespaceService:
             with lance_errors(f"namespace '{_name(path)}'", database):
                 db.drop_namespace(path)
         return {}
+
+    def _existing(self, database: str, path: list[str]) -> Any:
+        """The database's connection; if it has nothing stored, the namespace is not found."""
+        try:
+            return self._connections.database(database)
+        except MissingDatabase as exc:
+            raise NotFound(f"namespace '{_name(path)}' was not found") from exc
 
     def _drop_contents(self, database: str, path: list[str]) -> None:
         """Cascade: child namespaces first, then the tables, each through the table service

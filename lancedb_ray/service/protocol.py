@@ -7,15 +7,18 @@ newer clients add fields, and refusing them would break compatibility.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 UNLIMITED = 9223372036854775807
+# Counts, sizes and versions: lance takes them as unsigned 64-bit (or smaller) numbers.
+Count = Annotated[int, Field(ge=0, le=UNLIMITED)]
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    # NaN and infinities are not JSON and mean nothing as vectors or bounds.
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
 
 class FullTextRequest(_Body):
@@ -34,22 +37,22 @@ class ColumnOrdering(_Body):
 
 
 class QueryRequest(_Body):
-    k: int = 10
+    k: Count = 10
     vector: list[float] | list[list[float]] = Field(default_factory=list)
     vector_column: str | None = None
     filter: str | None = None
     prefilter: bool = True
     columns: list[str] | dict[str, str] | None = None
-    offset: int | None = None
+    offset: Count | None = None
     with_row_id: bool = False
     fast_search: bool = False
-    version: int | None = None
+    version: Count | None = None
     distance_type: Literal["l2", "cosine", "dot", "hamming"] | None = None
-    nprobes: int | None = None
-    minimum_nprobes: int | None = None
-    maximum_nprobes: int | None = None
-    refine_factor: int | None = None
-    ef: int | None = None
+    nprobes: Count | None = None
+    minimum_nprobes: Count | None = None
+    maximum_nprobes: Count | None = None
+    refine_factor: Count | None = None
+    ef: Count | None = None
     lower_bound: float | None = None
     upper_bound: float | None = None
     bypass_vector_index: bool = False
@@ -80,7 +83,7 @@ class ExplainRequest(_Body):
 
 
 class VersionedRequest(_Body):
-    version: int | None = None
+    version: Count | None = None
 
 
 class CountRowsRequest(VersionedRequest):
@@ -126,12 +129,12 @@ class DropColumnsRequest(_Body):
 
 
 class RestoreRequest(_Body):
-    version: int | str
+    version: Count | str  # a version number or a tag
 
 
 class TagRequest(_Body):
     tag: str
-    version: int | None = None
+    version: Count | None = None
 
 
 class CreateIndexRequest(_Body):
@@ -143,28 +146,28 @@ class CreateIndexRequest(_Body):
     name: str | None = None
     replace: bool = True
     # vector
-    num_partitions: int | None = None
-    num_sub_vectors: int | None = None
-    num_bits: int | None = None
-    sample_rate: int | None = None
-    max_iterations: int | None = None
-    m: int | None = None
-    ef_construction: int | None = None
-    target_partition_size: int | None = None
+    num_partitions: Count | None = None
+    num_sub_vectors: Count | None = None
+    num_bits: Count | None = None
+    sample_rate: Count | None = None
+    max_iterations: Count | None = None
+    m: Count | None = None
+    ef_construction: Count | None = None
+    target_partition_size: Count | None = None
     # full text
     with_position: bool = False
     base_tokenizer: str = "simple"
     language: str = "English"
-    max_token_length: int | None = 40
+    max_token_length: Count | None = 40
     lower_case: bool = True
     stem: bool = True
     remove_stop_words: bool = True
     custom_stop_words: list[str] | None = None
     ascii_folding: bool = True
-    min_ngram_length: int = 3
-    max_ngram_length: int = 3
+    min_ngram_length: Count = 3
+    max_ngram_length: Count = 3
     prefix_only: bool = False
-    block_size: int = 128
+    block_size: Count = 128
 
 
 class MergeInsertParams(_Body):

@@ -21,7 +21,7 @@ from lancedb_ray.errors import InvalidInput
 from lancedb_ray.events.model import ChangeEvent
 from lancedb_ray.metrics import Metric, MetricSet
 from lancedb_ray.service import paging, writes
-from lancedb_ray.service.connections import Connections
+from lancedb_ray.service.connections import Connections, MissingDatabase
 from lancedb_ray.service.lance_errors import clean_message, lance_errors
 from lancedb_ray.service.protocol import (
     AddColumnsRequest,
@@ -52,7 +52,10 @@ class TableService:
     def list_tables(
         self, database: str, namespace: list[str], page_token: str | None, limit: int | None
     ) -> dict[str, Any]:
-        db = self._connections.database(database)
+        try:
+            db = self._connections.database(database)
+        except MissingDatabase:
+            return {"tables": [], "page_token": None}
         with lance_errors(f"namespace '{'$'.join(namespace) or '$'}'", database):
             names = paging.all_names(
                 lambda token: db.list_tables(namespace_path=namespace or None, page_token=token),
@@ -64,7 +67,7 @@ class TableService:
     def create(self, ref: TableRef, data: pa.Table, mode: str, request_id: str | None) -> None:
         if mode not in ("create", "overwrite", "exist_ok"):
             raise InvalidInput(f"unknown create mode '{mode}': use create, overwrite or exist_ok")
-        db = self._connections.database(ref.database)
+        db = self._connections.database(ref.database, create=True)
         with lance_errors(f"table '{ref.qualified_name}'", ref.database):
             table = db.create_table(
                 ref.name,

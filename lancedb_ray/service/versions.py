@@ -9,6 +9,7 @@ from lancedb_ray.errors import InvalidInput
 from lancedb_ray.service.connections import Connections
 from lancedb_ray.service.lance_errors import lance_errors
 from lancedb_ray.service.tables import TableService
+from lancedb_ray.storage.names import validate_name
 from lancedb_ray.types import TableRef
 
 
@@ -33,6 +34,8 @@ class VersionService:
         }
 
     def restore(self, ref: TableRef, version: int | str, request_id: str | None) -> dict:
+        if isinstance(version, str):
+            validate_name("tag", version)
         table = self._connections.table(ref, version)
         with lance_errors(f"restore of '{ref.qualified_name}'", ref.database):
             table.restore()
@@ -50,6 +53,7 @@ class VersionService:
         }
 
     def tag_version(self, ref: TableRef, tag: str) -> dict[str, Any]:
+        validate_name("tag", tag)
         tags = self.list_tags(ref)
         if tag not in tags:
             # Not a 404: the client reads any 404 on a table path as "table not found".
@@ -59,6 +63,7 @@ class VersionService:
     def create_tag(self, ref: TableRef, tag: str, version: int | None) -> None:
         if version is None:
             raise InvalidInput("creating a tag needs a 'version'")
+        validate_name("tag", tag)
         table = self._connections.table(ref)
         _check_version(table, ref, version)
         with lance_errors(f"tag '{tag}' of '{ref.qualified_name}'", ref.database):

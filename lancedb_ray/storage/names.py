@@ -1,4 +1,4 @@
-"""Validation of database, table and namespace names.
+"""Validation of database, table, namespace, tag and index names.
 
 Names become path segments under a storage location, so a name that could
 climb out of it (``..``), nest into another location (``/``) or break an
@@ -12,7 +12,7 @@ import re
 from lancedb_ray.errors import InvalidInput
 
 MAX_NAME_LENGTH = 128
-_KINDS = ("database", "table", "namespace")
+_KINDS = ("database", "table", "namespace", "tag", "index")
 _ALLOWED = re.compile(r"[A-Za-z0-9_.\-]+")
 
 

@@ -18,6 +18,7 @@ import lancedb
 import pytest
 
 from tests.support.processes import free_port
+from tests.support.tenants import TENANT_KEYS
 
 API_KEY = "test-key"
 
@@ -62,7 +63,7 @@ def ray_cluster() -> Iterator[None]:
 
 def service_settings(root: Path) -> dict[str, Any]:
     return {
-        "server": {"api_keys": [API_KEY], "num_replicas": 2, "num_cpus": 0.25},
+        "server": {"api_keys": [API_KEY, *TENANT_KEYS], "num_replicas": 2, "num_cpus": 0.25},
         "storage": {"root": {"uri": str(root / "data")}},
         "events": {
             "embedded": {"directory": str(root / "events")},

@@ -1,0 +1,23 @@
+"""Keys of two tenants beside the tests' admin key, for the isolation tests.
+
+The live service's settings hold only their digests, as a real deployment would.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lancedb_ray.settings import key_digest
+
+ALPHA_WRITE = "alpha-write-key"  # write on alpha* databases
+ALPHA_READ = "alpha-read-key"  # read on alpha* databases
+BETA_ADMIN = "beta-admin-key"  # admin on beta* databases
+
+_ENTRIES = [("alpha-write", ALPHA_WRITE, ["alpha*"], "write"),
+            ("alpha-read", ALPHA_READ, ["alpha*"], "read"),
+            ("beta-admin", BETA_ADMIN, ["beta*"], "admin")]
+
+TENANT_KEYS: list[dict[str, Any]] = [
+    {"name": name, "sha256": key_digest(key), "databases": databases, "role": role}
+    for name, key, databases, role in _ENTRIES
+]

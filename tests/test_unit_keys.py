@@ -1,0 +1,100 @@
+"""API keys without Ray: digests only in settings, matching, roles, patterns, start-up refusals."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from lancedb_ray import cli
+from lancedb_ray.api.auth import authorize, identify
+from lancedb_ray.errors import Forbidden, Unauthorized
+from lancedb_ray.keys import check_serving
+from lancedb_ray.settings import DEV_KEY, ApiKey, Role, Settings, key_digest
+
+
+def test_keys_create_stores_the_digest_and_prints_the_key_last(tmp_path: Path, capsys) -> None:
+    config = tmp_path / "settings.yaml"
+    config.write_text("server:\n  port: 9000\n")
+    assert cli.main(["keys", "create", "--config", str(config), "--name", "acme-writer",
+                     "--databases", "acme,acme-*", "--role", "write"]) == 0
+    key = capsys.readouterr().out.rstrip("\n").splitlines()[-1]
+    assert key.startswith("lrk_") and len(key) > 40
+    text = config.read_text()
+    assert key not in text
+    data = yaml.safe_load(text)
+    assert data["server"]["port"] == 9000
+    assert data["server"]["api_keys"] == [{"name": "acme-writer", "sha256": key_digest(key),
+                                           "databases": ["acme", "acme-*"], "role": "write"}]
+    settings = Settings.load(config)
+    found = identify(settings, key)
+    assert found.name == "acme-writer" and found.role is Role.WRITE
+    authorize(found, Role.WRITE, "acme-eu")
+    with pytest.raises(Forbidden):
+        authorize(found, Role.WRITE, "acmex")
+    # a second key is added beside the first; a repeated name is refused
+    assert cli.main(["keys", "create", "--config", str(config), "--name", "ops",
+                     "--databases", "*", "--role", "admin"]) == 0
+    assert len(Settings.load(config).server.api_keys) == 2
+    assert cli.main(["keys", "create", "--config", str(config), "--name", "ops",
+                     "--databases", "*"]) == 2
+    assert cli.main(["keys", "create", "--config", str(config), "--name", "bad",
+                     "--databases", "../x"]) == 2
+    assert len(Settings.load(config).server.api_keys) == 2
+
+
+@pytest.mark.parametrize("presented", [None, "", "caf\u00e9", "x" * 257, "a\tb", "wrong"])
+def test_missing_malformed_and_unknown_keys_are_401(presented: str | None) -> None:
+    settings = Settings.load(None, server={"api_keys": ["right"]})
+    with pytest.raises(Unauthorized):
+        identify(settings, presented)
+
+
+def test_every_entry_is_checked_and_the_matching_one_returned() -> None:
+    entries = [{"name": f"k{i}", "sha256": key_digest(f"key-{i}"), "databases": ["*"],
+                "role": "read"} for i in range(5)]
+    settings = Settings.load(None, server={"api_keys": entries})
+    assert [identify(settings, f"key-{i}").name for i in range(5)] == [f"k{i}" for i in range(5)]
+
+
+def test_roles_and_patterns() -> None:
+    reader = ApiKey(name="r", sha256=key_digest("r"), databases=["shop", "eu-*"], role=Role.READ)
+    authorize(reader, Role.READ, "shop")
+    authorize(reader, Role.READ, "eu-west")
+    for role, database in ((Role.WRITE, "shop"), (Role.ADMIN, None), (Role.READ, "shop2"),
+                           (Role.READ, "eu")):
+        with pytest.raises(Forbidden):
+            authorize(reader, role, database)
+    with pytest.raises(ValidationError):
+        ApiKey(name="x", sha256=key_digest("x"), databases=["a/b"])
+    with pytest.raises(ValidationError):
+        ApiKey(name="x", sha256="not-a-digest", databases=["*"])
+
+
+def test_a_clear_key_in_settings_keeps_only_its_digest() -> None:
+    settings = Settings.load(None, server={"api_keys": ["s3cret-key"]})
+    assert "s3cret-key" not in repr(settings.to_plain())
+    (entry,) = settings.server.api_keys
+    assert entry.sha256 == key_digest("s3cret-key") and entry.role is Role.ADMIN
+
+
+def test_serving_refuses_no_keys_and_the_dev_key_off_loopback() -> None:
+    check_serving(Settings.load(None))  # the defaults: dev key on 127.0.0.1
+    check_serving(Settings.load(None, server={"host": "::1"}))
+    with pytest.raises(ValueError, match="empty"):
+        check_serving(Settings.load(None, server={"api_keys": []}))
+    for host in ("0.0.0.0", "10.0.0.5", "example.com"):
+        with pytest.raises(ValueError, match="only on loopback"):
+            check_serving(Settings.load(None, server={"host": host}))
+        with pytest.raises(ValueError, match="only on loopback"):
+            check_serving(Settings.load(None, server={"host": host, "api_keys": ["mine", DEV_KEY]}))
+        check_serving(Settings.load(None, server={"host": host, "api_keys": ["mine"]}))
+
+
+def test_the_cli_refuses_to_serve_without_keys(tmp_path: Path, capsys) -> None:
+    config = tmp_path / "settings.yaml"
+    config.write_text("server:\n  api_keys: []\n")
+    assert cli.main(["serve", "--config", str(config)]) == 2
+    assert "server.api_keys is empty" in capsys.readouterr().err
