@@ -269,7 +269,7 @@ def test_agent_metrics_reach_prometheus(live_service: LiveService) -> None:
     def scrape() -> str | None:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
             text = response.read().decode()
-        wanted = ["ray_lancedb_ray_agent_events_consumed", "ray_lancedb_ray_agent_events_outstanding",
+        wanted = ["ray_lancedb_ray_agent_events_consumed_total", "ray_lancedb_ray_agent_events_outstanding",
                   'ray_lancedb_ray_agent_jobs{', 'state="succeeded"',
                   'ray_lancedb_ray_agent_unindexed_rows{', f'database="{database}"']
         return text if all(w in text for w in wanted) else None

@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request, Response
 from lancedb_ray.api import admin_routes, namespace_routes, table_routes
 from lancedb_ray.api.context import install_services
 from lancedb_ray.api.errors import install_error_handlers
+from lancedb_ray.api.observability import install_observability
 from lancedb_ray.service.container import Services
 
 # The protocol level this server implements: several query vectors per request
@@ -43,6 +44,7 @@ def create_app(services: Services | None = None) -> FastAPI:
     if services is not None:
         install_services(services)
     install_error_handlers(app)
+    install_observability(app)  # inside the slash rewrite: it sees the routed path
     app.add_middleware(_CollapseLeadingSlashes)
 
     @app.middleware("http")

@@ -21,6 +21,7 @@ from lancedb.db import DBConnection
 from lancedb.table import LanceTable
 
 from lancedb_ray.service.lance_errors import lance_errors
+from lancedb_ray.service.metrics import METRICS
 from lancedb_ray.storage.catalog import DatabaseLocation, StorageCatalog
 from lancedb_ray.types import TableRef
 
@@ -60,6 +61,8 @@ class Connections:
             if cached is not None and time.monotonic() - cached[1] < self._interval.total_seconds():
                 return cached[0]
         db = self.database(ref.database)
+        if version is None:
+            METRICS.inc("version_probes_total")  # opening at latest reads the latest manifest
         with lance_errors(f"table '{ref.qualified_name}'", ref.database):
             table = db.open_table(ref.name, namespace_path=ref.namespace_path)
             if version is not None:

@@ -20,6 +20,7 @@ from lancedb_ray.events.model import ChangeEvent
 from lancedb_ray.service import paging, writes
 from lancedb_ray.service.connections import Connections
 from lancedb_ray.service.lance_errors import clean_message, lance_errors
+from lancedb_ray.service.metrics import METRICS
 from lancedb_ray.service.protocol import (
     AddColumnsRequest,
     AlterColumnsRequest,
@@ -228,6 +229,8 @@ class TableService:
     ) -> None:
         """Forget reused handles, then hand the change to the publisher (never blocks or fails)."""
         self._connections.forget(ref)
+        METRICS.inc("writes_total", operation=operation)
+        METRICS.inc("rows_written_total", rows, operation=operation)
         self._on_change(
             ChangeEvent(
                 database=ref.database,
