@@ -629,6 +629,27 @@ def test_metrics_port_and_pod_monitor() -> None:
             assert {"name": endpoint["port"], "containerPort": 8080} in container["ports"]
 
 
+def test_query_node_pods_probe_readiness_and_liveness() -> None:
+    """Readiness asks the service (/ready); liveness stays on the raylet, so an outage restarts nothing."""
+    from fastapi.testclient import TestClient
+
+    from lancedb_ray.api.http import create_app
+
+    client = TestClient(create_app())  # no services installed: a node that is starting
+    (app,) = _load(DEPLOYMENTS / "production.yaml")["applications"]
+    serve_port = _load(DEPLOYMENTS / "production.yaml")["http_options"]["port"]
+    container = dict(_groups(_base_rayservice()))["cpu"]["template"]["spec"]["containers"][0]
+    ready = container["readinessProbe"]["httpGet"]
+    assert ready["path"] == "/ready" and client.get(ready["path"]).status_code == 503
+    assert {"name": ready["port"], "containerPort": serve_port} in container["ports"]
+    assert container["readinessProbe"]["timeoutSeconds"] >= 3  # the check pings executors for 2 s
+    live = container["livenessProbe"]
+    assert "httpGet" not in live and "local_raylet_healthz" in " ".join(live["exec"]["command"])
+    assert client.get("/health").status_code == 200  # the process serves: for the CLI and balancers
+    (query_node,) = [d for d in app["deployments"] if d["name"] == "QueryNode"]
+    assert query_node["health_check_period_s"] > 0 and query_node["health_check_timeout_s"] > 0
+
+
 def test_base_kustomization_lists_its_files() -> None:
     kustomization = _load(K8S / "base" / "kustomization.yaml")
     listed = set(kustomization["resources"])

@@ -49,6 +49,11 @@ class QueryNode:
         executor.prewarm(self._settings.executors.prewarm)
         return executor
 
+    def check_health(self) -> None:
+        """Serve's replica health check: a replica whose change publisher died is replaced."""
+        if not self._publisher.alive:
+            raise RuntimeError("the change publisher thread stopped: changes would not be announced")
+
     def __del__(self) -> None:
         self._publisher.close()
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request, Response
 
-from lancedb_ray.api import admin_routes, namespace_routes, table_routes
+from lancedb_ray.api import admin_routes, health_routes, namespace_routes, table_routes
 from lancedb_ray.api.context import install_services
 from lancedb_ray.api.errors import install_error_handlers
 from lancedb_ray.api.observability import install_observability
@@ -55,10 +55,7 @@ def create_app(services: Services | None = None) -> FastAPI:
         response.headers["phalanx-version"] = PHALANX_VERSION
         return response
 
-    @app.get("/health")
-    async def health() -> dict[str, str]:
-        return {"status": "ok"}
-
+    app.include_router(health_routes.router)
     app.include_router(table_routes.router)
     app.include_router(namespace_routes.router)
     app.include_router(admin_routes.router)

@@ -98,6 +98,19 @@ class ExecutorPool:
         """Start every executor and wait until each answers."""
         ray.get([self.handle(name).ready.remote() for name in self.names])
 
+    def unanswered(self, timeout_s: float) -> list[str]:
+        """The executors that do not answer a ping within ``timeout_s`` (readiness)."""
+        pings = {self.handle(name).ready.remote(): name for name in self.names}
+        answered, _ = ray.wait(list(pings), num_returns=len(pings), timeout=timeout_s)
+        silent = [name for ref, name in pings.items() if ref not in answered]
+        for ref in answered:
+            try:
+                ray.get(ref)
+            except RayActorError:  # dead for good: the next ping asks for a fresh one
+                silent.append(pings[ref])
+                self._handles.pop(pings[ref], None)
+        return sorted(silent)
+
     def route(self, partition: str) -> list[str]:
         """Executors to try for ``partition``: a random owner first, then the rest in rank."""
         ranked = hashing.rank(partition, self.names)
@@ -146,6 +159,10 @@ class DistributedExecutor:
 
     def analyze(self, target: QueryTarget, query: QueryRequest) -> str:
         return self._local.analyze(target, query)
+
+    def unanswered(self, timeout_s: float) -> list[str]:
+        """Plan executors that cannot answer now: the query node is not ready while any is."""
+        return self._pool.unanswered(timeout_s)
 
     def prewarm(self, tables: list[str]) -> None:
         """Load every bucket of ``tables`` ("database/table") into its owners' caches."""

@@ -37,6 +37,10 @@ class Connections:
     def location(self, database: str) -> DatabaseLocation:
         return self._catalog.resolve(database)
 
+    def root(self) -> DatabaseLocation:
+        """The default storage location, where new databases go."""
+        return self._catalog.root()
+
     def database(self, database: str) -> DBConnection:
         with self._lock:
             connection = self._connections.get(database)
