@@ -12,7 +12,7 @@ import time
 import urllib.request
 from typing import Any
 
-from lancedb_ray import preflight
+from lancedb_ray import logging_setup, preflight
 from lancedb_ray.settings import Settings
 
 APP_NAME = "lancedb"
@@ -101,6 +101,7 @@ def serve_command(args: argparse.Namespace) -> int:
     except preflight.PreflightError as exc:  # before Ray starts: one line, no traceback
         print(f"lancedb-ray: {exc}", file=sys.stderr, flush=True)
         return 2
+    logging_setup.configure(settings.logging)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray
     from ray import serve

@@ -182,6 +182,13 @@ class AgentSettings(StrictModel):
     num_cpus: float = 0.25  # reserved by the agent replica; indexers reserve their own
 
 
+class LoggingSettings(StrictModel):
+    """How every process of the service logs (lancedb_ray.logging_setup)."""
+
+    format: Literal["text", "json"] = "text"  # json in production, for log pipelines
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
 class RaySettings(StrictModel):
     address: str | None = None  # None: start a local instance, or join RAY_ADDRESS
     namespace: str = "lancedb-ray"
@@ -200,6 +207,7 @@ class Settings(BaseSettings):
     events: EventBusSettings = Field(default_factory=EventBusSettings)
     agent: AgentSettings = Field(default_factory=AgentSettings)
     ray: RaySettings = Field(default_factory=RaySettings)
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -7,6 +7,7 @@ the write.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -29,6 +30,8 @@ from lancedb_ray.service.protocol import (
 )
 from lancedb_ray.storage.catalog import DatabaseLocation
 from lancedb_ray.types import TableRef
+
+_LOG = logging.getLogger(__name__)
 
 ChangeSink = Callable[[ChangeEvent], None]
 
@@ -229,6 +232,7 @@ class TableService:
     ) -> None:
         """Forget reused handles, then hand the change to the publisher (never blocks or fails)."""
         self._connections.forget(ref)
+        _LOG.info("%s committed version %d (%d rows)", operation, version, rows)
         METRICS.inc("writes_total", operation=operation)
         METRICS.inc("rows_written_total", rows, operation=operation)
         self._on_change(
