@@ -5,11 +5,11 @@ The live test reads Ray's own Prometheus export of the node, as Prometheus would
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
+import re
 import time
 import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 import lancedb
@@ -17,24 +17,11 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-import lancedb_ray
 from lancedb_ray.metrics import ALL_SETS, MAX_SERIES, OTHER, Metric, MetricSet
+from tests.support.metric_names import all_metrics
 from tests.support.service import LiveService
 
 T = TypeVar("T")
-
-
-def all_metrics() -> dict[str, Metric]:
-    """Every metric the code defines: importing each module registers its sets."""
-    for module in pkgutil.walk_packages(lancedb_ray.__path__, "lancedb_ray."):
-        if module.name != "lancedb_ray.cli":
-            importlib.import_module(module.name)
-    exported: dict[str, Metric] = {}
-    for metric_set in ALL_SETS:
-        names = metric_set.exported()
-        assert not set(names) & set(exported), f"defined twice: {set(names) & set(exported)}"
-        exported.update(names)
-    return exported
 
 
 def test_every_counter_and_only_counters_end_in_total() -> None:
@@ -122,3 +109,9 @@ def test_query_node_exports_request_metrics(live_service: LiveService, db: lance
               if line.startswith("ray_lancedb_ray_api_requests_total{")}
     assert all(route == "unmatched" or route.startswith("/") for route in routes)
     assert not any("metered" in route for route in routes), "raw paths would make labels unbounded"
+
+
+def test_operations_guide_lists_every_metric() -> None:
+    guide = (Path(__file__).resolve().parents[1] / "docs" / "operations.md").read_text()
+    documented = set(re.findall(r"^\| `ray_(lancedb_ray_\w+)` \| (\w+) \|", guide, re.M))
+    assert documented == {(name, spec.kind.lower()) for name, spec in all_metrics().items()}
