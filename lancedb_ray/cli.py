@@ -12,13 +12,14 @@ import time
 import urllib.request
 from typing import Any
 
-from lancedb_ray import keys
+from lancedb_ray import keys, logging_setup, preflight
 from lancedb_ray.settings import Settings
 
 APP_NAME = "lancedb"
 
 
 def _serve_settings(args: argparse.Namespace) -> Settings:
+    """The settings: flags beat the environment, which beats the file; PreflightError if unusable."""
     overrides: dict[str, Any] = {"server": {}, "ray": {}}
     if args.host:
         overrides["server"]["host"] = args.host
@@ -30,7 +31,9 @@ def _serve_settings(args: argparse.Namespace) -> Settings:
         overrides["storage"] = {"root": {"uri": args.storage}}
     if args.address:
         overrides["ray"]["address"] = args.address
-    return Settings.load(args.config, **overrides)
+    settings = preflight.load_settings(args.config, **overrides)
+    preflight.check(settings)
+    return settings
 
 
 def _wait_healthy(url: str, timeout_s: float) -> None:
@@ -47,29 +50,62 @@ def _wait_healthy(url: str, timeout_s: float) -> None:
         time.sleep(0.5)
 
 
-def _wait_running(serve: Any, stop: threading.Event, timeout_s: float) -> None:
-    """Until every deployment of the app runs (the ingress reconfigures until then)."""
+def _deploy(serve: Any, app: Any, stop: threading.Event, timeout_s: float) -> str | None:
+    """Run the app; None once every deployment runs (or a stop was asked), else Serve's reason.
+
+    ``serve.run`` waits until the app runs and raises with Serve's message when a
+    deployment fails; it runs in a thread so that Ctrl-C still stops at once.
+    """
+    failure: list[str] = []
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            serve.run(app, name=APP_NAME, route_prefix="/")
+        except Exception as exc:  # noqa: BLE001 - Serve's message is the report
+            failure.append(str(exc))
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name="serve-run", daemon=True).start()
     deadline = time.monotonic() + timeout_s
-    while not stop.is_set():
-        application = serve.status().applications.get(APP_NAME)
-        if application is not None and application.status == "RUNNING":
-            return
+    while not (done.wait(0.5) or stop.is_set()):
         if time.monotonic() > deadline:
-            raise TimeoutError(f"the application did not start in {timeout_s}s")
-        time.sleep(0.5)
+            return f"the application did not start in {timeout_s:.0f}s. {_status_messages(serve)}"
+    return f"{failure[0]} {_status_messages(serve)}" if failure else None
+
+
+def _status_messages(serve: Any) -> str:
+    """What Serve says about each deployment that is not running: the cause is in there."""
+    application = serve.status().applications.get(APP_NAME)
+    if application is None:
+        return ""
+    return "\n".join(f"{name}: {status.message}" for name, status in application.deployments.items()
+                     if status.status != "HEALTHY" and status.message)
+
+
+def _shutdown(serve: Any, ray: Any, joined: bool) -> None:
+    """Leave a joined cluster as it was (only this app goes); otherwise stop Serve and Ray."""
+    try:
+        if joined:
+            serve.delete(APP_NAME)
+        else:
+            serve.shutdown()
+    finally:
+        ray.shutdown()
 
 
 def serve_command(args: argparse.Namespace) -> int:
+    try:
+        settings = _serve_settings(args)
+    except preflight.PreflightError as exc:  # before Ray starts: one line, no traceback
+        print(f"lancedb-ray: {exc}", file=sys.stderr, flush=True)
+        return 2
+    logging_setup.configure(settings.logging)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray
     from ray import serve
 
-    settings = _serve_settings(args)
-    try:
-        keys.check_serving(settings)
-    except ValueError as exc:
-        print(f"lancedb-ray: {exc}", file=sys.stderr)
-        return 2
     # Ctrl-C (or SIGTERM) at any point, during start-up too, leads to the same clean stop.
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -78,40 +114,41 @@ def serve_command(args: argparse.Namespace) -> int:
         os.environ.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1")
     address = settings.ray.address or os.environ.get("RAY_ADDRESS")
     ray.init(address=address, namespace=settings.ray.namespace, log_to_driver=False)
-    # Imported once Ray's processes are started: lancedb's runtime must not be forked.
-    from lancedb_ray.api.app import build_app
-
-    serve.start(http_options={"host": settings.server.host, "port": settings.server.port})
-    serve.run(
-        build_app({"settings": settings.to_plain()}),
-        name=APP_NAME,
-        route_prefix="/",
-        blocking=False,
-    )
-    url = f"http://{settings.server.host}:{settings.server.port}"
-    if not stop.is_set():
-        _wait_running(serve, stop, timeout_s=300)
-        _wait_healthy(url, timeout_s=120)
-        key = args.api_key or (keys.DEV_KEY if keys.accepts(settings, keys.DEV_KEY) else "<your key>")
-        print(f"lancedb-ray is serving at {url}", flush=True)
-        print(f"  storage: {settings.storage.root.uri or settings.storage.root.container}")
-        print(f"  connect: lancedb.connect('db://mydb', api_key='{key}', host_override='{url}')")
-        print("Press Ctrl-C to stop.", flush=True)
-    stop.wait()
-    print("stopping...", flush=True)
+    code = 0
     try:
-        serve.shutdown()
+        # Imported once Ray's processes are started: lancedb's runtime must not be forked.
+        from lancedb_ray.api.app import build_app
+
+        serve.start(http_options={"host": settings.server.host, "port": settings.server.port})
+        failure = _deploy(serve, build_app({"settings": settings.to_plain()}), stop, timeout_s=600)
+        url = f"http://{settings.server.host}:{settings.server.port}"
+        if failure is not None:
+            print(f"lancedb-ray: the service failed to start: {failure}", file=sys.stderr, flush=True)
+            code = 1
+        elif not stop.is_set():
+            _wait_healthy(url, timeout_s=120)
+            key = args.api_key or (keys.DEV_KEY if keys.accepts(settings, keys.DEV_KEY) else "<your key>")
+            print(f"lancedb-ray is serving at {url}", flush=True)
+            print(f"  storage: {settings.storage.root.uri or settings.storage.root.container}")
+            print(f"  connect: lancedb.connect('db://mydb', api_key='{key}', host_override='{url}')")
+            print("Press Ctrl-C to stop.", flush=True)
+            stop.wait()
+        print("stopping...", flush=True)
     finally:
-        ray.shutdown()
+        _shutdown(serve, ray, joined=address not in (None, "", "local"))
     print("stopped", flush=True)
-    return 0
+    return code
 
 
 def jobs_command(args: argparse.Namespace) -> int:
     """Print the agent's jobs: through the admin endpoint with --url, else from the job store."""
     from lancedb_ray.agent.report import fetch_jobs, format_jobs, read_jobs
 
-    settings = Settings.load(args.config)
+    try:
+        settings = preflight.load_settings(args.config)
+    except preflight.PreflightError as exc:
+        print(f"lancedb-ray: {exc}", file=sys.stderr, flush=True)
+        return 2
     filters = {"state": args.state, "database": args.database, "table": args.table,
                "limit": args.limit}
     if args.url:

@@ -2,8 +2,10 @@
 
 Loaded from defaults, then an optional YAML file, then environment variables
 prefixed ``LANCEDB_RAY_`` (nested fields joined with ``__``, e.g.
-``LANCEDB_RAY_SERVER__PORT=9000``). The same object is passed, as a plain
-dict, to every Ray deployment and actor so that they all agree.
+``LANCEDB_RAY_SERVER__PORT=9000``), then explicit overrides (command-line
+flags): each source beats the ones before it. Every model refuses unknown
+keys, so a typo fails loudly instead of being ignored. The same object is
+passed, as a plain dict, to every Ray deployment and actor so that they all agree.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from contextvars import ContextVar
 from enum import Enum
 from pathlib import Path
 from typing import Any, Literal
@@ -18,6 +21,12 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+
+class StrictModel(BaseModel):
+    """A settings section: unknown keys (typos) are errors that name them."""
+
+    model_config = ConfigDict(extra="forbid")
 
 
 class CredentialMode(str, Enum):
@@ -31,7 +40,7 @@ class CredentialMode(str, Enum):
     AZURITE = "azurite"  # the well-known development account of the emulator
 
 
-class StorageLocation(BaseModel):
+class StorageLocation(StrictModel):
     """Where one database (or the default root) lives, and how to reach it.
 
     For local storage give ``uri`` only (a directory). For Azure give either a
@@ -57,7 +66,7 @@ class UnknownDatabasePolicy(str, Enum):
     REFUSE = "refuse"  # answer 404
 
 
-class StorageSettings(BaseModel):
+class StorageSettings(StrictModel):
     """The storage catalog: database name -> location."""
 
     root: StorageLocation = Field(default_factory=lambda: StorageLocation(uri="./data"))
@@ -82,15 +91,13 @@ class Role(str, Enum):
     ADMIN = "admin"  # also /v1/admin/*
 
 
-class ApiKey(BaseModel):
+class ApiKey(StrictModel):
     """One API key: a name for logs, the digest of the key itself, its databases and role.
 
     ``databases`` holds names or ``prefix*`` patterns (``*`` alone: every database).
     A bare string in its place is a key given in the clear (the ``--api-key`` option,
     a test): it becomes an admin key on every database, and only its digest is kept.
     """
-
-    model_config = ConfigDict(extra="forbid")
 
     name: str
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
@@ -122,7 +129,7 @@ class ApiKey(BaseModel):
         )
 
 
-class ServerSettings(BaseModel):
+class ServerSettings(StrictModel):
     """The query node (Ray Serve) and its HTTP surface."""
 
     host: str = "127.0.0.1"
@@ -151,7 +158,7 @@ class ServerSettings(BaseModel):
     max_query_vectors: int = 1_000  # query vectors in one request
 
 
-class ExecutorSettings(BaseModel):
+class ExecutorSettings(StrictModel):
     """Plan executors: the sharded cache of the read path."""
 
     enabled: bool = True
@@ -171,12 +178,12 @@ class EventBusBackend(str, Enum):
     EVENTHUB = "eventhub"
 
 
-class EmbeddedBusSettings(BaseModel):
+class EmbeddedBusSettings(StrictModel):
     directory: str = "./data/.system/events"  # one fsync'd append-only log + per-group checkpoints
     group_id: str = "lancedb-ray-agent"
 
 
-class KafkaBusSettings(BaseModel):
+class KafkaBusSettings(StrictModel):
     bootstrap_servers: str = "127.0.0.1:9092"
     topic: str = "lancedb-ray-changes"
     group_id: str = "lancedb-ray-agent"
@@ -193,7 +200,7 @@ class KafkaBusSettings(BaseModel):
     heartbeat_interval_ms: int = 3_000
 
 
-class EventHubBusSettings(BaseModel):
+class EventHubBusSettings(StrictModel):
     connection_string: SecretStr | None = None
     fully_qualified_namespace: str | None = None  # with workload identity instead of a string
     eventhub_name: str = "lancedb-ray-changes"
@@ -204,7 +211,7 @@ class EventHubBusSettings(BaseModel):
     max_buffered_events: int = 1000  # received but not yet polled; the receiver waits beyond
 
 
-class EventBusSettings(BaseModel):
+class EventBusSettings(StrictModel):
     backend: EventBusBackend = EventBusBackend.EMBEDDED
     outbox_directory: str = "./data/.system/outbox"  # events whose publish failed, retried from here
     publish_timeout_seconds: float = 10.0  # one publish attempt, before it counts as failed
@@ -215,7 +222,7 @@ class EventBusSettings(BaseModel):
     eventhub: EventHubBusSettings = Field(default_factory=EventHubBusSettings)
 
 
-class AgentSettings(BaseModel):
+class AgentSettings(StrictModel):
     """The Lance agent: keeps every table indexed and compact."""
 
     enabled: bool = True
@@ -247,7 +254,14 @@ class AgentSettings(BaseModel):
     stall_seconds: float = 600.0
 
 
-class RaySettings(BaseModel):
+class LoggingSettings(StrictModel):
+    """How every process of the service logs (lancedb_ray.logging_setup)."""
+
+    format: Literal["text", "json"] = "text"  # json in production, for log pipelines
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class RaySettings(StrictModel):
     address: str | None = None  # None: start a local instance, or join RAY_ADDRESS
     namespace: str = "lancedb-ray"
 
@@ -265,6 +279,7 @@ class Settings(BaseSettings):
     events: EventBusSettings = Field(default_factory=EventBusSettings)
     agent: AgentSettings = Field(default_factory=AgentSettings)
     ray: RaySettings = Field(default_factory=RaySettings)
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
 
     @classmethod
     def settings_customise_sources(
@@ -275,18 +290,24 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # Environment wins over explicit (YAML) values, so operators can override a file.
-        return env_settings, init_settings
+        # First wins: explicit values (flags, or the plain dict a Ray actor gets), then the
+        # environment, so operators can override a file, then the file load() read.
+        return init_settings, env_settings, _FileSource(settings_cls)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
-        """Defaults, then the YAML file at ``path`` (or ``$LANCEDB_RAY_CONFIG``), then env."""
+        """Defaults, the YAML file at ``path`` (or ``$LANCEDB_RAY_CONFIG``), env, then ``overrides``."""
         path = path or os.environ.get("LANCEDB_RAY_CONFIG")
         data: dict[str, Any] = {}
         if path:
             data = yaml.safe_load(Path(path).read_text()) or {}
-        _deep_merge(data, overrides)
-        return cls(**data).with_absolute_paths()
+        if not isinstance(data, dict):
+            raise ValueError(f"settings file {path} must hold a mapping, not {type(data).__name__}")
+        token = _FILE_DATA.set(data)
+        try:
+            return cls(**overrides).with_absolute_paths()
+        finally:
+            _FILE_DATA.reset(token)
 
     def with_absolute_paths(self) -> Settings:
         """Local paths made absolute now, so Ray workers (other working dirs) agree on them."""
@@ -312,16 +333,21 @@ class Settings(BaseSettings):
         return cls.model_validate(data)
 
 
+_FILE_DATA: ContextVar[dict[str, Any]] = ContextVar("lancedb_ray_settings_file")
+
+
+class _FileSource(PydanticBaseSettingsSource):
+    """The YAML file's values, the lowest-priority source (load() sets them)."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # unused: __call__ returns the whole mapping
+
+    def __call__(self) -> dict[str, Any]:
+        return _FILE_DATA.get({})
+
+
 def _absolute(path: str) -> str:
     return str(Path(path).expanduser().resolve())
-
-
-def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> None:
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            _deep_merge(base[key], value)
-        else:
-            base[key] = value
 
 
 def _reveal(value: Any) -> Any:

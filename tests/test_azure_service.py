@@ -7,8 +7,11 @@ two Azurite accounts: the provider's (the root) and a customer's container
 
 from __future__ import annotations
 
+import json
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -163,3 +166,33 @@ def test_outage_loses_no_acknowledged_write(
             assert time.monotonic() < deadline
             time.sleep(1)
     assert set(acknowledged) <= ids
+
+
+def test_readiness_follows_a_storage_outage(azure_service: LiveService, azure_storage: Azurite) -> None:
+    """/ready is 503 naming storage while Azurite is down, 200 again once it is back; /health stays 200."""
+
+    def ready() -> tuple[int, dict]:
+        try:
+            with urllib.request.urlopen(f"{azure_service.url}/ready", timeout=30) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    def until(wanted: int) -> dict:
+        deadline = time.monotonic() + 60
+        while (answer := ready())[0] != wanted:
+            assert time.monotonic() < deadline, answer
+            time.sleep(0.5)
+        return answer[1]
+
+    assert until(200) == {"status": "ready"}
+    azure_storage.stop()
+    try:
+        body = until(503)
+        assert set(body["problems"]) == {"storage"}, body
+        assert "unreachable" in body["problems"]["storage"]
+        with urllib.request.urlopen(f"{azure_service.url}/health", timeout=10) as response:
+            assert response.status == 200  # liveness: the process is fine, no restart wanted
+    finally:
+        azure_storage.start()
+    assert until(200) == {"status": "ready"}

@@ -20,7 +20,7 @@ def test_recording_without_ray_is_a_no_op_that_never_imports_ray() -> None:
         metrics.publish_failed("embedded")
         metrics.consumed("embedded", "agent", 2)
         metrics.outbox_pending(1)
-        assert "ray" not in sys.modules and metrics._metrics == {}, sys.modules.keys()
+        assert "ray" not in sys.modules and metrics.METRICS._metrics == {}, sys.modules.keys()
         """
     )
     subprocess.run([sys.executable, "-c", script], check=True)
@@ -35,10 +35,10 @@ def test_recording_under_ray_creates_each_metric_once(ray_cluster: None) -> None
         metrics.publish_failed("kafka")
         metrics.consumed("kafka", "agent", 2)
         metrics.outbox_pending(4)
-    kinds = {name: type(metric) for name, metric in metrics._metrics.items()}
+    kinds = {name: type(metric) for name, metric in metrics.METRICS._metrics.items()}
     assert kinds == {
-        "published": Counter,
-        "publish_failures": Counter,
-        "consumed": Counter,
+        "published_total": Counter,
+        "publish_failures_total": Counter,
+        "consumed_total": Counter,
         "outbox_pending": Gauge,
     }

@@ -629,6 +629,27 @@ def test_metrics_port_and_pod_monitor() -> None:
             assert {"name": endpoint["port"], "containerPort": 8080} in container["ports"]
 
 
+def test_query_node_pods_probe_readiness_and_liveness() -> None:
+    """Readiness asks the service (/ready); liveness stays on the raylet, so an outage restarts nothing."""
+    from fastapi.testclient import TestClient
+
+    from lancedb_ray.api.http import create_app
+
+    client = TestClient(create_app())  # no services installed: a node that is starting
+    (app,) = _load(DEPLOYMENTS / "production.yaml")["applications"]
+    serve_port = _load(DEPLOYMENTS / "production.yaml")["http_options"]["port"]
+    container = dict(_groups(_base_rayservice()))["cpu"]["template"]["spec"]["containers"][0]
+    ready = container["readinessProbe"]["httpGet"]
+    assert ready["path"] == "/ready" and client.get(ready["path"]).status_code == 503
+    assert {"name": ready["port"], "containerPort": serve_port} in container["ports"]
+    assert container["readinessProbe"]["timeoutSeconds"] >= 3  # the check pings executors for 2 s
+    live = container["livenessProbe"]
+    assert "httpGet" not in live and "local_raylet_healthz" in " ".join(live["exec"]["command"])
+    assert client.get("/health").status_code == 200  # the process serves: for the CLI and balancers
+    (query_node,) = [d for d in app["deployments"] if d["name"] == "QueryNode"]
+    assert query_node["health_check_period_s"] > 0 and query_node["health_check_timeout_s"] > 0
+
+
 def test_base_kustomization_lists_its_files() -> None:
     kustomization = _load(K8S / "base" / "kustomization.yaml")
     listed = set(kustomization["resources"])
@@ -649,29 +670,24 @@ def test_jobs_run_the_job_entrypoints(job: str, module: str) -> None:
 # Grafana
 
 
-def test_grafana_dashboard_covers_the_metrics() -> None:
+def test_grafana_dashboard_reads_the_metrics_the_code_defines() -> None:
+    """Each name a panel reads is defined in the code, with a suffix its kind exports.
+
+    That every panel returns data is proven against a real Prometheus in test_dashboard.py.
+    """
+    from tests.support.metric_names import all_metrics, used_metrics
+
+    defined = all_metrics()
     dashboard = json.loads((DEPLOYMENTS / "grafana-dashboard.json").read_text())
     exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", []) if "expr" in t]
-    metrics = set(
-        re.findall(r"\b(ray_lancedb_ray_\w+?)(?:_bucket|_sum|_count)?\{", " ".join(exprs))
-    )
-    assert metrics >= {
-        f"ray_lancedb_ray_{m}"
-        for m in (
-            "requests_total",
-            "request_latency_ms",
-            "cache_hits_total",
-            "cache_misses_total",
-            "cache_bytes",
-            "cache_evictions_total",
-            "events_published_total",
-            "events_consumed_total",
-            "events_outstanding",
-            "jobs",
-            "unindexed_rows",
-        )
-    }
-    assert all("ray_lancedb_ray_" in expr for expr in exprs)
+    exprs += [v["definition"] for v in dashboard["templating"]["list"] if "definition" in v]
+    used = {pair for expr in exprs for pair in used_metrics(expr)}
+    for name, suffix in used:
+        assert name in defined, f"{name} is read by the dashboard but no code defines it"
+        assert (suffix == "_bucket") == (defined[name].kind == "Histogram"), (name, suffix)
+    shown = {name for name, _ in used}
+    # The request, execution and write metrics of the query node are all on it.
+    assert {n for n in defined if n.split("_")[2] in ("api", "service", "executors")} <= shown, shown
     ids = [p["id"] for p in dashboard["panels"]]
     assert len(ids) == len(set(ids))
     variables = {v["name"] for v in dashboard["templating"]["list"]}

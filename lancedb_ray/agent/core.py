@@ -174,7 +174,7 @@ class LanceAgent:
             self._tracker.add(delivery)
             event = delivery.event
             self._debouncer.touch(_key(event.database, event.table), now, delivery)
-        METRICS.inc("events_consumed", len(deliveries))
+        METRICS.inc("events_consumed_total", len(deliveries))
         METRICS.set("events_outstanding", self._tracker.outstanding)
         self._wake.set()
 
@@ -301,7 +301,7 @@ class LanceAgent:
                 self._settled[(job.key, job.kind.value, job.index)] = outcome.after.version
         done = job.succeeded(outcome.result_version, outcome.detail)
         await self._put(done)
-        METRICS.inc("jobs_finished", kind=job.kind.value, state=done.state.value)
+        METRICS.inc("jobs_finished_total", kind=job.kind.value, state=done.state.value)
         _LOG.info("%s job %s on %s: %s", job.kind.value, job.id, job.key, outcome.detail)
 
     async def _run_reporting(self, job: Job) -> tuple[Outcome, Job]:
@@ -341,7 +341,7 @@ class LanceAgent:
         _LOG.warning("%s job %s on %s failed (attempt %d): %s", job.kind.value, job.id, job.key,
                      job.attempts, error)
         if final:
-            METRICS.inc("jobs_finished", kind=job.kind.value, state=failed.state.value)
+            METRICS.inc("jobs_finished_total", kind=job.kind.value, state=failed.state.value)
             state = await asyncio.to_thread(self._safe_inspect, job.database, job.table)
             if state is not None:
                 self._settled[(job.key, job.kind.value, job.index)] = state.version

@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 import threading
 from concurrent.futures import Future
 from typing import Any
 
 from ray import serve
 
+from lancedb_ray import logging_setup
 from lancedb_ray.agent.core import LanceAgent as AgentLoop
 from lancedb_ray.settings import Settings
 
@@ -88,8 +88,9 @@ class LanceAgent:
     """Keeps every table indexed, compact and trimmed; one replica per application."""
 
     def __init__(self, settings: dict[str, Any]) -> None:
-        _log_to_stderr()
-        self._thread = AgentThread(AgentLoop(Settings.from_plain(settings)))
+        config = Settings.from_plain(settings)
+        logging_setup.configure(config.logging)  # the agent's progress at INFO in the replica's log
+        self._thread = AgentThread(AgentLoop(config))
         self._thread.start()
 
     def check_health(self) -> None:
@@ -127,12 +128,3 @@ def agent_options(settings: Settings) -> dict[str, Any]:
         "ray_actor_options": {"num_cpus": settings.agent.num_cpus},
     }
 
-
-def _log_to_stderr() -> None:
-    """The agent's progress at INFO in the replica's log (Serve sets up only its own logger)."""
-    logger = logging.getLogger("lancedb_ray.agent")
-    if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)

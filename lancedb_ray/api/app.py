@@ -11,6 +11,7 @@ from typing import Any
 from ray import serve
 from ray.serve import Application
 
+from lancedb_ray import logging_setup
 from lancedb_ray.agent.deployment import LanceAgent, agent_options
 from lancedb_ray.api.context import install_services
 from lancedb_ray.api.http import create_app
@@ -34,6 +35,7 @@ class QueryNode:
 
     def __init__(self, settings: dict[str, Any], agent: Any = None) -> None:
         self._settings = Settings.from_plain(settings)
+        logging_setup.configure(self._settings.logging)
         self._agent = agent  # the LanceAgent's handle: bound here so Serve deploys it in this app
         self._publisher = ChangePublisher(self._settings.events)
         install_services(
@@ -49,6 +51,11 @@ class QueryNode:
         executor = DistributedExecutor(self._settings, connections, pool)
         executor.prewarm(self._settings.executors.prewarm)
         return executor
+
+    def check_health(self) -> None:
+        """Serve's replica health check: a replica whose change publisher died is replaced."""
+        if not self._publisher.alive:
+            raise RuntimeError("the change publisher thread stopped: changes would not be announced")
 
     def __del__(self) -> None:
         self._publisher.close()

@@ -11,10 +11,11 @@ from typing import Any
 
 from fastapi import FastAPI, Request, Response
 
-from lancedb_ray.api import admin_routes, namespace_routes, table_routes
+from lancedb_ray.api import admin_routes, health_routes, namespace_routes, table_routes
 from lancedb_ray.api.audit import install_audit
 from lancedb_ray.api.context import install_services
 from lancedb_ray.api.errors import install_error_handlers
+from lancedb_ray.api.observability import install_observability
 from lancedb_ray.service.container import Services
 
 # The protocol level this server implements: several query vectors per request
@@ -46,6 +47,7 @@ def create_app(services: Services | None = None) -> FastAPI:
         install_services(services)
     install_error_handlers(app)
     install_audit(app)
+    install_observability(app)  # inside the slash rewrite: it sees the routed path
     app.add_middleware(_CollapseLeadingSlashes)
 
     @app.middleware("http")
@@ -56,10 +58,7 @@ def create_app(services: Services | None = None) -> FastAPI:
         response.headers["phalanx-version"] = PHALANX_VERSION
         return response
 
-    @app.get("/health")
-    async def health() -> dict[str, str]:
-        return {"status": "ok"}
-
+    app.include_router(health_routes.router)
     app.include_router(table_routes.router)
     app.include_router(namespace_routes.router)
     app.include_router(admin_routes.router)

@@ -60,6 +60,11 @@ class ChangePublisher:
             _LOG.exception("could not queue change event %s", event)
 
     @property
+    def alive(self) -> bool:
+        """The publishing thread runs (or was closed on purpose): the replica's health check."""
+        return self._closing or self._thread.is_alive()
+
+    @property
     def pending(self) -> int:
         """Events not yet published: queued in memory, being sent, or in the outbox."""
         with self._cond:

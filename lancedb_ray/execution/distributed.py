@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -48,7 +49,13 @@ from lancedb_ray.types import TableRef
 logger = logging.getLogger(__name__)
 METRICS = MetricSet(
     "executors",
-    {"failovers_total": Metric("Counter", "Sub-plans re-routed from a failed executor.")},
+    {
+        "failovers_total": Metric("Counter", "Sub-plans re-routed from a failed executor."),
+        "subplans_per_query": Metric("Histogram", "Sub-plans one query (or count) was split into.",
+                                     (), (1, 2, 4, 8, 16, 32, 64, 128, 256)),
+        "call_seconds": Metric("Histogram", "One batched executor call, sent to answered, by outcome.",
+                               ("outcome",), (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)),
+    },
 )
 _EXECUTOR_FAULTS = (ActorDiedError, ActorUnavailableError, RayActorError, GetTimeoutError)
 SUBPLAN_TIMEOUT_S = 120.0
@@ -86,6 +93,19 @@ class ExecutorPool:
     def start(self) -> None:
         """Start every executor and wait until each answers."""
         ray.get([self.handle(name).ready.remote() for name in self.names])
+
+    def unanswered(self, timeout_s: float) -> list[str]:
+        """The executors that do not answer a ping within ``timeout_s`` (readiness)."""
+        pings = {self.handle(name).ready.remote(): name for name in self.names}
+        answered, _ = ray.wait(list(pings), num_returns=len(pings), timeout=timeout_s)
+        silent = [name for ref, name in pings.items() if ref not in answered]
+        for ref in answered:
+            try:
+                ray.get(ref)
+            except RayActorError:  # dead for good: the next ping asks for a fresh one
+                silent.append(pings[ref])
+                self._handles.pop(pings[ref], None)
+        return sorted(silent)
 
     def route(self, partition: str) -> list[str]:
         """Executors to try for ``partition``: a random owner first, then the rest in rank."""
@@ -136,6 +156,10 @@ class DistributedExecutor:
     def analyze(self, target: QueryTarget, query: QueryRequest) -> str:
         return self._local.analyze(target, query)
 
+    def unanswered(self, timeout_s: float) -> list[str]:
+        """Plan executors that cannot answer now: the query node is not ready while any is."""
+        return self._pool.unanswered(timeout_s)
+
     def prewarm(self, tables: list[str]) -> None:
         """Load every bucket of ``tables`` ("database/table") into its owners' caches."""
         for name in tables:
@@ -177,10 +201,12 @@ class DistributedExecutor:
         attempts = [0] * len(plans)
         results: list[Any] = [None] * len(plans)
         todo = list(range(len(plans)))
+        METRICS.observe("subplans_per_query", len(plans))
         while todo:
             batches: dict[str, list[int]] = {}
             for i in todo:
                 batches.setdefault(routes[i][attempts[i] % len(routes[i])], []).append(i)
+            sent = time.monotonic()
             calls = {
                 name: self._pool.handle(name, fresh=any(attempts[i] for i in members))
                 .execute_batch.remote([plans[i] for i in members])
@@ -191,7 +217,9 @@ class DistributedExecutor:
                 members = batches[name]
                 try:
                     answers = ray.get(call, timeout=SUBPLAN_TIMEOUT_S)
+                    METRICS.observe("call_seconds", time.monotonic() - sent, outcome="ok")
                 except _EXECUTOR_FAULTS as exc:
+                    METRICS.observe("call_seconds", time.monotonic() - sent, outcome="failed")
                     for i in members:
                         attempts[i] += 1
                         if attempts[i] >= 2 * len(routes[i]):
@@ -204,6 +232,7 @@ class DistributedExecutor:
                     todo.extend(members)
                     continue
                 except RayTaskError as exc:
+                    METRICS.observe("call_seconds", time.monotonic() - sent, outcome="error")
                     raise _cause(exc, target) from None
                 for i, answer in zip(members, answers, strict=True):
                     results[i] = answer

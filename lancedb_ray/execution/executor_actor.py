@@ -17,6 +17,7 @@ import lance
 import pyarrow as pa
 from lance.dataset import LanceDataset
 
+from lancedb_ray import logging_setup
 from lancedb_ray.execution import subplans
 from lancedb_ray.execution.base import QueryTarget
 from lancedb_ray.execution.cache import FragmentCache
@@ -32,6 +33,7 @@ _OPEN_DATASETS = 128
 class PlanExecutor:
     def __init__(self, name: str, settings: dict[str, Any]) -> None:
         config = Settings.from_plain(settings)
+        logging_setup.configure(config.logging)
         budget = config.executors.cache_bytes
         self._name = name
         # Index data and manifests get a share of the budget in lance's own caches.

@@ -23,6 +23,7 @@ from lancedb.table import LanceTable
 
 from lancedb_ray.errors import NotFound
 from lancedb_ray.service.lance_errors import lance_errors
+from lancedb_ray.service.metrics import METRICS
 from lancedb_ray.storage.catalog import DatabaseLocation, StorageCatalog
 from lancedb_ray.types import TableRef
 
@@ -41,6 +42,10 @@ class Connections:
 
     def location(self, database: str) -> DatabaseLocation:
         return self._catalog.resolve(database)
+
+    def root(self) -> DatabaseLocation:
+        """The default storage location, where new databases go."""
+        return self._catalog.root()
 
     def database(self, database: str, create: bool = False) -> DBConnection:
         """The connection to ``database``; a local one must exist unless ``create`` (reads
@@ -73,6 +78,8 @@ class Connections:
             db = self.database(ref.database)
         except MissingDatabase as exc:
             raise NotFound(f"table '{ref.qualified_name}' was not found") from exc
+        if version is None:
+            METRICS.inc("version_probes_total")  # opening at latest reads the latest manifest
         with lance_errors(f"table '{ref.qualified_name}'", ref.database):
             table = db.open_table(ref.name, namespace_path=ref.namespace_path)
             if version is not None:

@@ -19,10 +19,10 @@ from lance.schema import json_to_schema, schema_to_json
 
 from lancedb_ray.errors import InvalidInput
 from lancedb_ray.events.model import ChangeEvent
-from lancedb_ray.metrics import Metric, MetricSet
 from lancedb_ray.service import paging, writes
 from lancedb_ray.service.connections import Connections, MissingDatabase
 from lancedb_ray.service.lance_errors import clean_message, lance_errors
+from lancedb_ray.service.metrics import METRICS
 from lancedb_ray.service.protocol import (
     AddColumnsRequest,
     AlterColumnsRequest,
@@ -32,13 +32,9 @@ from lancedb_ray.service.protocol import (
 from lancedb_ray.storage.catalog import DatabaseLocation
 from lancedb_ray.types import TableRef
 
+_LOG = logging.getLogger(__name__)
+
 ChangeSink = Callable[[ChangeEvent], None]
-logger = logging.getLogger(__name__)
-METRICS = MetricSet(
-    "writes",
-    {"post_commit_failures_total": Metric(
-        "Counter", "Committed writes whose change event or bookkeeping failed afterwards.")},
-)
 
 
 class TableService:
@@ -253,11 +249,15 @@ class TableService:
         """
         try:
             self._connections.forget(ref)
+            version = version() if callable(version) else version
+            _LOG.info("%s committed version %d (%d rows)", operation, version, rows)
+            METRICS.inc("writes_total", operation=operation)
+            METRICS.inc("rows_written_total", rows, operation=operation)
             self._on_change(
                 ChangeEvent(
                     database=ref.database,
                     table=ref.qualified_name,
-                    version=version() if callable(version) else version,
+                    version=version,
                     operation=operation,
                     rows=rows,
                     time=time.time(),
@@ -266,8 +266,8 @@ class TableService:
             )
         except Exception:  # noqa: BLE001 - after a commit nothing may fail the request
             METRICS.inc("post_commit_failures_total")
-            logger.exception("after committing %s on '%s' (request %s)", operation,
-                             ref.qualified_name, request_id)
+            _LOG.exception("after committing %s on '%s' (request %s)", operation,
+                       ref.qualified_name, request_id)
 
 
 def _public_uri(uri: str) -> str:

@@ -105,6 +105,10 @@ class StorageCatalog:
             raise Forbidden(f"database '{database}' cannot be created: its storage location is reserved")
         return self._root.location(database, place)
 
+    def root(self) -> DatabaseLocation:
+        """The default location (unknown databases go below it), for the readiness probe."""
+        return self._root.location("")
+
     def resolve(self, database: str) -> DatabaseLocation:
         """Where ``database`` lives, its Azure container created on first use if missing."""
         location = self.locate(database)
