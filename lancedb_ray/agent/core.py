@@ -333,7 +333,7 @@ class LanceAgent:
     async def _failed(self, job: Job, exc: BaseException) -> None:
         cause = exc.__cause__ or exc
         if isinstance(cause, JobStalled):
-            METRICS.inc("jobs_stalled", kind=job.kind.value)
+            METRICS.inc("jobs_stalled_total", kind=job.kind.value)
         error = f"{type(cause).__name__}: {clean_message(cause)}"[:2000]
         final = job.attempts >= self._agent.max_attempts
         failed = job.attempt_failed(error, final)

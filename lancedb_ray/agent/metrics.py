@@ -20,7 +20,7 @@ METRICS = MetricSet(
         "job_seconds": Metric("Histogram", "Duration of agent job attempts.", ("kind",),
                               (0.5, 1, 2, 5, 10, 30, 60, 120, 300, 900, 3600)),
         "jobs_waiting": Metric("Gauge", "Running agent jobs whose Ray tasks cannot start now."),
-        "jobs_stalled": Metric("Counter", "Agent job attempts failed because their tasks never started.",
+        "jobs_stalled_total": Metric("Counter", "Agent job attempts failed because their tasks never started.",
                                ("kind",)),
         "unindexed_rows": Metric("Gauge", "Rows of a table not yet covered by its indices.",
                                  ("database", "table"), unbounded=("database", "table")),
