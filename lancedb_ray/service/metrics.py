@@ -16,7 +16,12 @@ METRICS = MetricSet(
         "rows_written_total": Metric("Counter", "Rows inserted, updated or deleted, by operation.",
                                      ("operation",)),
         "version_probes_total": Metric("Counter", "Tables opened at their latest version (a manifest read)."),
-        "post_commit_failures_total": Metric(
-            "Counter", "Committed writes whose change event or bookkeeping failed afterwards."),
     },
+)
+
+# Faults after a commit: alerting material, not a dashboard series (it exists only once one happened).
+POST_COMMIT = MetricSet(
+    "writes",
+    {"post_commit_failures_total": Metric(
+        "Counter", "Committed writes whose change event or bookkeeping failed afterwards.")},
 )

@@ -22,7 +22,7 @@ from lancedb_ray.events.model import ChangeEvent
 from lancedb_ray.service import paging, writes
 from lancedb_ray.service.connections import Connections, MissingDatabase
 from lancedb_ray.service.lance_errors import clean_message, lance_errors
-from lancedb_ray.service.metrics import METRICS
+from lancedb_ray.service.metrics import METRICS, POST_COMMIT
 from lancedb_ray.service.protocol import (
     AddColumnsRequest,
     AlterColumnsRequest,
@@ -265,7 +265,7 @@ class TableService:
                 )
             )
         except Exception:  # noqa: BLE001 - after a commit nothing may fail the request
-            METRICS.inc("post_commit_failures_total")
+            POST_COMMIT.inc("post_commit_failures_total")
             _LOG.exception("after committing %s on '%s' (request %s)", operation,
                        ref.qualified_name, request_id)
 
