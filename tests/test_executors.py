@@ -194,9 +194,9 @@ def test_killing_an_executor_loses_no_query(tables) -> None:
 
 def test_prewarm_loads_a_table_before_its_first_query(live_service: LiveService) -> None:
     from lancedb_ray.execution.distributed import DistributedExecutor, ExecutorPool
-    from lancedb_ray.service.connections import Connections
     from lancedb_ray.settings import Settings
     from lancedb_ray.storage.catalog import StorageCatalog
+    from lancedb_ray.storage.connections import Connections
 
     rng = np.random.default_rng(8)
     remote = live_service.connect("prewarmed").create_table("t", _rows(rng, 0, 200),

@@ -34,10 +34,10 @@ from lancedb_ray.agent.store import JobStore, expired, open_job_store, root_loca
 from lancedb_ray.agent.tables import TableReader, TableState, list_databases, list_tables
 from lancedb_ray.agent.tracking import CheckpointTracker, Debouncer
 from lancedb_ray.events.bus import Delivery, EventConsumer, default_group, make_consumer
-from lancedb_ray.service.connections import Connections
-from lancedb_ray.service.lance_errors import clean_message
 from lancedb_ray.settings import Settings
 from lancedb_ray.storage.catalog import StorageCatalog
+from lancedb_ray.storage.connections import Connections
+from lancedb_ray.storage.lance_errors import clean_message
 
 _LOG = logging.getLogger(__name__)
 _POLL_BATCH = 500

@@ -18,9 +18,9 @@ from lancedb_ray.events.outbox import ChangePublisher
 from lancedb_ray.execution.base import QueryExecutor
 from lancedb_ray.execution.distributed import DistributedExecutor, ExecutorPool
 from lancedb_ray.execution.local import LocalExecutor
-from lancedb_ray.service.connections import Connections
 from lancedb_ray.service.container import Services
 from lancedb_ray.settings import Settings
+from lancedb_ray.storage.connections import Connections
 
 # One FastAPI app per replica process; each replica gives it its services on start.
 fastapi_app = create_app()

@@ -39,10 +39,10 @@ from lancedb_ray.execution.plan import (
     plan_query,
 )
 from lancedb_ray.metrics import Metric, MetricSet
-from lancedb_ray.service.connections import Connections
-from lancedb_ray.service.lance_errors import lance_errors
-from lancedb_ray.service.protocol import QueryRequest
+from lancedb_ray.protocol import QueryRequest
 from lancedb_ray.settings import Settings
+from lancedb_ray.storage.connections import Connections
+from lancedb_ray.storage.lance_errors import lance_errors
 from lancedb_ray.types import TableRef
 
 logger = logging.getLogger(__name__)

@@ -22,9 +22,9 @@ from lancedb_ray.execution.base import QueryTarget
 from lancedb_ray.execution.cache import FragmentCache
 from lancedb_ray.execution.local import LocalExecutor
 from lancedb_ray.execution.plan import SubPlan, SubPlanKind
-from lancedb_ray.service.connections import Connections
 from lancedb_ray.settings import Settings
 from lancedb_ray.storage.catalog import StorageCatalog
+from lancedb_ray.storage.connections import Connections
 
 _OPEN_DATASETS = 128
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pyarrow as pa
 
 from lancedb_ray.execution.plan import MATCH_COLUMN
-from lancedb_ray.service.protocol import QueryRequest
+from lancedb_ray.protocol import QueryRequest
 
 
 def merge_nearest(results: list[pa.Table], query: QueryRequest) -> pa.Table:

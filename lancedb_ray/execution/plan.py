@@ -17,7 +17,7 @@ from lance.dataset import LanceDataset
 
 from lancedb_ray.execution.cache import content_key
 from lancedb_ray.execution.vectors import resolve_vector_column
-from lancedb_ray.service.protocol import QueryRequest
+from lancedb_ray.protocol import QueryRequest
 from lancedb_ray.types import TableRef
 
 MATCH_COLUMN = "__lancedb_ray_match"  # post-filter verdict carried to the merge

@@ -14,7 +14,7 @@ from lance.dataset import LanceDataset
 
 from lancedb_ray.execution.cache import FragmentCache
 from lancedb_ray.execution.plan import MATCH_COLUMN, SOURCE_ROWID, SubPlan, SubPlanKind
-from lancedb_ray.service.protocol import QueryRequest
+from lancedb_ray.protocol import QueryRequest
 
 OpenDataset = Callable[[SubPlan], LanceDataset]
 

@@ -7,13 +7,13 @@ from dataclasses import dataclass
 
 from lancedb_ray.execution.base import QueryExecutor
 from lancedb_ray.execution.local import LocalExecutor
-from lancedb_ray.service.connections import Connections
 from lancedb_ray.service.indexes import IndexService
 from lancedb_ray.service.namespaces import NamespaceService
 from lancedb_ray.service.tables import ChangeSink, TableService
 from lancedb_ray.service.versions import VersionService
 from lancedb_ray.settings import Settings
 from lancedb_ray.storage.catalog import StorageCatalog
+from lancedb_ray.storage.connections import Connections
 
 
 @dataclass

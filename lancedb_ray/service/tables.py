@@ -17,16 +17,16 @@ from lance.schema import json_to_schema, schema_to_json
 
 from lancedb_ray.errors import InvalidInput, NotFound
 from lancedb_ray.events.model import ChangeEvent
-from lancedb_ray.service import paging, writes
-from lancedb_ray.service.connections import Connections
-from lancedb_ray.service.lance_errors import clean_message, lance_errors
-from lancedb_ray.service.protocol import (
+from lancedb_ray.protocol import (
     AddColumnsRequest,
     AlterColumnsRequest,
     MergeInsertParams,
     UpdateRequest,
 )
+from lancedb_ray.service import paging, writes
 from lancedb_ray.storage.catalog import DatabaseLocation
+from lancedb_ray.storage.connections import Connections
+from lancedb_ray.storage.lance_errors import clean_message, lance_errors
 from lancedb_ray.types import TableRef
 
 ChangeSink = Callable[[ChangeEvent], None]

@@ -20,8 +20,8 @@ import lancedb
 from lancedb.db import DBConnection
 from lancedb.table import LanceTable
 
-from lancedb_ray.service.lance_errors import lance_errors
 from lancedb_ray.storage.catalog import DatabaseLocation, StorageCatalog
+from lancedb_ray.storage.lance_errors import lance_errors
 from lancedb_ray.types import TableRef
 
 
