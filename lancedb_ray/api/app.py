@@ -21,6 +21,7 @@ from lancedb_ray.execution.local import LocalExecutor
 from lancedb_ray.service.container import Services
 from lancedb_ray.settings import Settings
 from lancedb_ray.storage.connections import Connections
+from lancedb_ray.storage.versions import start_registry
 
 # One FastAPI app per replica process; each replica gives it its services on start.
 fastapi_app = create_app()
@@ -35,8 +36,9 @@ class QueryNode:
         self._settings = Settings.from_plain(settings)
         self._agent = agent  # the LanceAgent's handle: bound here so Serve deploys it in this app
         self._publisher = ChangePublisher(self._settings.events)
+        registry = start_registry(self._settings.ray.namespace)
         install_services(
-            Services.build(self._settings, self._publisher.emit, self._executor_factory)
+            Services.build(self._settings, self._publisher.emit, self._executor_factory, registry)
         )
 
     def _executor_factory(self, connections: Connections) -> QueryExecutor:

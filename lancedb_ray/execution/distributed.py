@@ -38,11 +38,13 @@ from lancedb_ray.execution.plan import (
     plan_count,
     plan_query,
 )
+from lancedb_ray.execution.snapshots import Snapshots
 from lancedb_ray.metrics import Metric, MetricSet
 from lancedb_ray.protocol import QueryRequest
 from lancedb_ray.settings import Settings
 from lancedb_ray.storage.connections import Connections
 from lancedb_ray.storage.lance_errors import lance_errors
+from lancedb_ray.storage.session import process_session
 from lancedb_ray.types import TableRef
 
 logger = logging.getLogger(__name__)
@@ -52,6 +54,8 @@ METRICS = MetricSet(
 )
 _EXECUTOR_FAULTS = (ActorDiedError, ActorUnavailableError, RayActorError, GetTimeoutError)
 SUBPLAN_TIMEOUT_S = 120.0
+QUERY_NODE_INDEX_CACHE = 64 * 1024**2
+QUERY_NODE_METADATA_CACHE = 256 * 1024**2
 
 
 def default_executor_count() -> int:
@@ -105,6 +109,16 @@ class DistributedExecutor:
         self._pool = pool
         self._group_size = settings.executors.fragments_per_group
         self._local = LocalExecutor(connections)
+        # The query node only plans: manifests and index metadata, no index partitions.
+        self._snapshots = Snapshots(process_session(QUERY_NODE_INDEX_CACHE, QUERY_NODE_METADATA_CACHE))
+
+    def plan(self, target: QueryTarget, query: QueryRequest) -> list[SubPlan]:
+        """The sub-plans of ``query`` (its first query vector), as ``search`` would run them."""
+        snapshot, ref = self._resolve(target)
+        single = query.model_copy(update={"vector": query.query_vectors[0]}) if query.vector \
+            else query
+        with lance_errors(f"query on '{ref.ref.qualified_name}'", ref.ref.database):
+            return plan_query(snapshot, ref, single, self._group_size)
 
     def search(self, target: QueryTarget, query: QueryRequest) -> pa.Table:
         snapshot, ref = self._resolve(target)
@@ -125,10 +139,7 @@ class DistributedExecutor:
         return sum(self._run_all(plans, target))
 
     def explain(self, target: QueryTarget, query: QueryRequest, verbose: bool) -> str:
-        snapshot, ref = self._resolve(target)
-        single = query.model_copy(update={"vector": query.query_vectors[0]}) if query.vector \
-            else query
-        plans = plan_query(snapshot, ref, single, self._group_size)
+        plans = self.plan(target, query)
         lines = [f"DistributedPlan: {len(plans)} sub-plans on {len(self._pool.names)} executors"]
         for plan in plans:
             owner = self._pool.route(plan.partition)[0]
@@ -155,10 +166,14 @@ class DistributedExecutor:
                      for owner, owned in by_owner.items()])
 
     def _resolve(self, target: QueryTarget) -> tuple[Snapshot, DatasetRef]:
-        table = self._connections.table(target.ref, target.version)
+        """The version to read and its snapshot: no storage request on a warm, unchanged table."""
         location = self._connections.location(target.ref.database)
         with lance_errors(f"table '{target.ref.qualified_name}'", target.ref.database):
-            snapshot = Snapshot.of(table.to_lance())
+            if target.version is None:
+                opened = self._connections.latest(target.ref)
+                snapshot = self._snapshots.get(opened, location.storage_options)
+            else:  # time travel: rare, opened for this query alone
+                snapshot = Snapshot.of(self._connections.table(target.ref, target.version).to_lance())
         dataset = snapshot.dataset
         return snapshot, DatasetRef(target.ref, dataset.uri, dataset.version,
                                     location.storage_options, snapshot.fingerprint)

@@ -25,6 +25,7 @@ from lancedb_ray.execution.plan import SubPlan, SubPlanKind
 from lancedb_ray.settings import Settings
 from lancedb_ray.storage.catalog import StorageCatalog
 from lancedb_ray.storage.connections import Connections
+from lancedb_ray.storage.session import process_session
 
 _OPEN_DATASETS = 128
 
@@ -35,9 +36,7 @@ class PlanExecutor:
         budget = config.executors.cache_bytes
         self._name = name
         # Index data and manifests get a share of the budget in lance's own caches.
-        self._session = lance.Session(
-            index_cache_size_bytes=budget // 2, metadata_cache_size_bytes=budget // 8
-        )
+        self._session = process_session(budget // 2, budget // 8)
         self._cache = FragmentCache(
             name, budget // 2, config.executors.spill_dir, config.executors.spill_bytes
         )

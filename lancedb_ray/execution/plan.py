@@ -10,8 +10,11 @@ so appending fragments never moves existing ones to another partition.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
+from functools import cached_property
+from typing import TypeVar
 
 from lance.dataset import LanceDataset
 
@@ -22,6 +25,7 @@ from lancedb_ray.types import TableRef
 
 MATCH_COLUMN = "__lancedb_ray_match"  # post-filter verdict carried to the merge
 SOURCE_ROWID = "__lancedb_ray_rowid"  # a cached copy's record of the source row id
+T = TypeVar("T")
 
 
 class SubPlanKind(str, Enum):
@@ -47,20 +51,42 @@ class DatasetRef:
 
 @dataclass(frozen=True)
 class Snapshot:
-    """A table version as the planner sees it, read once per query."""
+    """A table version as the planner sees it: built once per version, then reused.
+
+    What planning derives from it (index segments, bucket layouts) is memoised here too,
+    so a warm query's planning does not walk the fragments again.
+    """
 
     dataset: LanceDataset
     fragments: dict[int, str]  # fragment id -> its metadata (files, deletions), in id order
     schema: str
+    _memo: dict[tuple, object] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def of(cls, dataset: LanceDataset) -> Snapshot:
         described = {f.fragment_id: repr(f.metadata) for f in dataset.get_fragments()}
         return cls(dataset, dict(sorted(described.items())), str(dataset.schema))
 
-    @property
+    @cached_property
     def fingerprint(self) -> str:
         return content_key(self.dataset.uri, self.schema, list(self.fragments.values()))
+
+    def index_segments(self, column: str) -> list[dict]:
+        return self._memoised(("segments", column), lambda: vector_index_segments(self.dataset, column))
+
+    def buckets(self, name: tuple, fragment_ids: Callable[[], list[int]], group_size: int
+                ) -> list[tuple[int, tuple[int, ...], str]]:
+        """(bucket, its fragment ids, its cache key) for the fragments ``name`` stands for."""
+        def layout() -> list[tuple[int, tuple[int, ...], str]]:
+            return [(bucket, ids, content_key(self.dataset.uri, self.schema,
+                                              [self.fragments[f] for f in ids]))
+                    for bucket, ids in _buckets(fragment_ids(), group_size)]
+        return self._memoised(("buckets", name, group_size), layout)
+
+    def _memoised(self, key: tuple, build: Callable[[], T]) -> T:
+        if key not in self._memo:
+            self._memo[key] = build()  # a race builds twice, with the same result
+        return self._memo[key]  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -90,14 +116,14 @@ def plan_query(
         return _plan_vector(snapshot, target, query, group_size)
     wanted = None if query.limit is None else query.limit + (query.offset or 0)
     return _bucket_plans(SubPlanKind.SCAN, snapshot, target, query, None, wanted,
-                         list(snapshot.fragments), group_size)
+                         ("all",), lambda: list(snapshot.fragments), group_size)
 
 
 def plan_count(snapshot: Snapshot, target: DatasetRef, predicate: str | None,
                group_size: int) -> list[SubPlan]:
     query = QueryRequest(filter=predicate)
     return _bucket_plans(SubPlanKind.COUNT, snapshot, target, query, None, None,
-                         list(snapshot.fragments), group_size)
+                         ("all",), lambda: list(snapshot.fragments), group_size)
 
 
 def _plan_vector(
@@ -108,19 +134,21 @@ def _plan_vector(
     query = replace_query(query, vector_column=column)
     wanted = (query.limit or 10) + (query.offset or 0)
     plans: list[SubPlan] = []
-    segments = [] if query.bypass_vector_index else vector_index_segments(snapshot.dataset, column)
-    covered: set[int] = set()
+    segments = [] if query.bypass_vector_index else snapshot.index_segments(column)
     for segment in segments:
-        covered.update(segment["fragment_ids"])
         plans.append(
             SubPlan(SubPlanKind.INDEX_SEGMENT, target, f"{target.uri}#segment/{segment['uuid']}",
                     query, vector=vector, index_segment=segment["uuid"], local_limit=wanted)
         )
     if segments and query.fast_search:
         return plans  # fast_search: indexed data only, as in lance
-    unindexed = [fid for fid in snapshot.fragments if fid not in covered]
-    plans += _bucket_plans(SubPlanKind.FLAT, snapshot, target, query, vector, wanted, unindexed,
-                           group_size)
+    def unindexed() -> list[int]:
+        covered = {fid for segment in segments for fid in segment["fragment_ids"]}
+        return [fid for fid in snapshot.fragments if fid not in covered]
+
+    name = ("unindexed", column, bool(segments))
+    plans += _bucket_plans(SubPlanKind.FLAT, snapshot, target, query, vector, wanted, name,
+                           unindexed, group_size)
     return plans
 
 
@@ -131,27 +159,25 @@ def _bucket_plans(
     query: QueryRequest,
     vector: list[float] | None,
     local_limit: int | None,
-    fragment_ids: list[int],
+    name: tuple,
+    fragment_ids: Callable[[], list[int]],
     group_size: int,
 ) -> list[SubPlan]:
-    described = snapshot.fragments
     return [
         SubPlan(kind, target, bucket_partition(target.uri, bucket), query, vector=vector,
-                fragment_ids=fragments, local_limit=local_limit,
-                cache_key=content_key(target.uri, snapshot.schema,
-                                      [described[f] for f in fragments]))
-        for bucket, fragments in _buckets(fragment_ids, group_size)
+                fragment_ids=fragments, local_limit=local_limit, cache_key=cache_key)
+        for bucket, fragments, cache_key in snapshot.buckets(name, fragment_ids, group_size)
     ]
 
 
 def vector_index_segments(dataset: LanceDataset, column: str) -> list[dict]:
     """The segments of the vector index on ``column``, each with the fragments it covers."""
     segments = []
-    for index in dataset.list_indices():
-        kind = str(index.get("type", "")).upper()
-        if index.get("fields") == [column] and ("IVF" in kind or "HNSW" in kind):
-            segments.append({"uuid": str(index["uuid"]),
-                             "fragment_ids": sorted(index.get("fragment_ids") or [])})
+    for index in dataset.describe_indices():
+        kind = str(index.index_type).upper()
+        if list(index.field_names) == [column] and ("IVF" in kind or "HNSW" in kind):
+            segments += [{"uuid": str(segment.uuid), "fragment_ids": sorted(segment.fragment_ids or [])}
+                         for segment in index.segments]
     return segments
 
 

@@ -14,6 +14,7 @@ from lancedb_ray.service.versions import VersionService
 from lancedb_ray.settings import Settings
 from lancedb_ray.storage.catalog import StorageCatalog
 from lancedb_ray.storage.connections import Connections
+from lancedb_ray.storage.versions import LatestVersions, Registry, VersionRegistry
 
 
 @dataclass
@@ -32,10 +33,12 @@ class Services:
         settings: Settings,
         on_change: ChangeSink,
         executor_factory: Callable[[Connections], QueryExecutor] = LocalExecutor,
+        registry: Registry | None = None,
     ) -> Services:
-        connections = Connections(
-            StorageCatalog(settings.storage), settings.server.read_consistency_seconds
-        )
+        """``registry``: the deployment's shared version registry (None: this process alone)."""
+        seconds = settings.server.read_consistency_seconds
+        versions = LatestVersions(registry or VersionRegistry(), seconds)
+        connections = Connections(StorageCatalog(settings.storage), seconds, versions)
         tables = TableService(connections, on_change, settings.server.idempotency_window)
         return cls(
             settings=settings,

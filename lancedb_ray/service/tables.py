@@ -30,6 +30,8 @@ from lancedb_ray.storage.lance_errors import clean_message, lance_errors
 from lancedb_ray.types import TableRef
 
 ChangeSink = Callable[[ChangeEvent], None]
+# After these, version numbers of the name may start again: the registry opens a new generation.
+_RESTARTS_VERSIONS = frozenset({"create", "drop", "rename"})
 
 
 class TableService:
@@ -226,8 +228,12 @@ class TableService:
     def notify(
         self, ref: TableRef, version: int, operation: str, request_id: str | None, rows: int = 0
     ) -> None:
-        """Forget reused handles, then hand the change to the publisher (never blocks or fails)."""
-        self._connections.forget(ref)
+        """Publish the version to every replica, then hand the change to the publisher.
+
+        The registry is updated before the write is acknowledged (read-your-writes on
+        any replica); the change event never blocks or fails the write.
+        """
+        self._connections.committed(ref, version, recreated=operation in _RESTARTS_VERSIONS)
         self._on_change(
             ChangeEvent(
                 database=ref.database,

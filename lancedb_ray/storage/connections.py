@@ -1,19 +1,21 @@
 """Open databases and tables through the storage catalog.
 
-One lancedb connection per database is kept for the life of the replica.
-With ``read_consistency_seconds`` 0 (the default) tables are opened per
-request, so every read sees the latest committed version: a write
-acknowledged by any replica, or made by an outside writer, is visible to the
-next request on every replica. A positive interval lets a replica reuse an
-opened table for that long (fewer manifest reads on object storage): its own
-writes stay visible at once (a write forgets the handle), while writes made
-elsewhere show within the interval.
+One lancedb connection per database is kept for the life of the process.
+On a query node the table handles are long-lived too: a ``LatestVersions``
+view (the shared version registry) says which version is the latest without a
+storage round trip, so a request on an unchanged table touches no storage; a
+handle is reloaded only when the registry is ahead of it, or when the
+registry's entry is older than ``read_consistency_seconds`` (an outside writer
+may have committed). Without a registry (the executors, the agent) a positive
+``read_consistency_seconds`` lets a handle be reused that long, and 0 opens
+the table on every request.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from dataclasses import dataclass
 from datetime import timedelta
 
 import lancedb
@@ -22,15 +24,36 @@ from lancedb.table import LanceTable
 
 from lancedb_ray.storage.catalog import DatabaseLocation, StorageCatalog
 from lancedb_ray.storage.lance_errors import lance_errors
+from lancedb_ray.storage.versions import LatestVersions
 from lancedb_ray.types import TableRef
 
 
+def registry_key(catalog: StorageCatalog, ref: TableRef) -> str:
+    """The version registry's name for ``ref``: its database's location and its qualified name."""
+    return f"{catalog.locate(ref.database).uri}#{ref.qualified_name}"
+
+
+@dataclass(frozen=True)
+class OpenTable:
+    """A handle at the latest version, and the registry generation it belongs to."""
+
+    table: LanceTable
+    generation: int
+    opened_at: float
+
+
 class Connections:
-    def __init__(self, catalog: StorageCatalog, read_consistency_seconds: float) -> None:
+    def __init__(
+        self,
+        catalog: StorageCatalog,
+        read_consistency_seconds: float,
+        versions: LatestVersions | None = None,
+    ) -> None:
         self._catalog = catalog
         self._interval = timedelta(seconds=read_consistency_seconds)
+        self._versions = versions
         self._connections: dict[str, DBConnection] = {}
-        self._tables: dict[TableRef, tuple[LanceTable, float]] = {}
+        self._tables: dict[TableRef, OpenTable] = {}
         self._lock = threading.Lock()
 
     def location(self, database: str) -> DatabaseLocation:
@@ -46,30 +69,72 @@ class Connections:
             connection = lancedb.connect(
                 location.uri,
                 storage_options=location.storage_options or None,
-                read_consistency_interval=self._interval,
+                # With a registry the handles are refreshed here, never behind our back.
+                read_consistency_interval=None if self._versions else self._interval,
             )
         with self._lock:
             return self._connections.setdefault(database, connection)
 
     def table(self, ref: TableRef, version: int | str | None = None) -> LanceTable:
         """Open ``ref`` at its latest version, or at ``version`` (a number or a tag)."""
-        reusable = version is None and self._interval.total_seconds() > 0
-        if reusable:
+        if version is not None:
+            return self._open(ref, version)
+        return self.latest(ref).table
+
+    def latest(self, ref: TableRef) -> OpenTable:
+        """The handle at the latest version; no storage request while the registry vouches for it."""
+        if self._versions is None:
+            return self._reused(ref)
+        known = self._versions.trusted(self._key(ref))
+        with self._lock:
+            cached = self._tables.get(ref)
+        if known is not None and cached is not None and cached.generation == known.generation:
+            if cached.table.version < known.version:  # written through another replica
+                with lance_errors(f"table '{ref.qualified_name}'", ref.database):
+                    cached.table.checkout_latest()
+            return cached
+        table = self._open(ref, None)
+        entry = self._versions.observed(self._key(ref), table.version)
+        opened = OpenTable(table, entry.generation, time.monotonic())
+        with self._lock:
+            self._tables[ref] = opened
+        return opened
+
+    def committed(self, ref: TableRef, version: int, recreated: bool = False) -> None:
+        """This process committed ``version``: every replica reads at least it from now on.
+
+        ``recreated``: the name's version numbers may start again (create, drop, rename).
+        """
+        self.forget(ref)
+        if self._versions is not None:
+            self._versions.committed(self._key(ref), version, recreated)
+
+    def forget(self, ref: TableRef) -> None:
+        """Drop a reused handle after this process changed the table."""
+        with self._lock:
+            self._tables.pop(ref, None)
+
+    def _key(self, ref: TableRef) -> str:
+        return registry_key(self._catalog, ref)
+
+    def _reused(self, ref: TableRef) -> OpenTable:
+        """Without a registry: reuse a handle for ``read_consistency_seconds``."""
+        seconds = self._interval.total_seconds()
+        if seconds > 0:
             with self._lock:
                 cached = self._tables.get(ref)
-            if cached is not None and time.monotonic() - cached[1] < self._interval.total_seconds():
-                return cached[0]
+            if cached is not None and time.monotonic() - cached.opened_at < seconds:
+                return cached
+        opened = OpenTable(self._open(ref, None), 0, time.monotonic())
+        if seconds > 0:
+            with self._lock:
+                self._tables[ref] = opened
+        return opened
+
+    def _open(self, ref: TableRef, version: int | str | None) -> LanceTable:
         db = self.database(ref.database)
         with lance_errors(f"table '{ref.qualified_name}'", ref.database):
             table = db.open_table(ref.name, namespace_path=ref.namespace_path)
             if version is not None:
                 table.checkout(version)
-        if reusable:
-            with self._lock:
-                self._tables[ref] = (table, time.monotonic())
         return table
-
-    def forget(self, ref: TableRef) -> None:
-        """Drop a reused handle after this replica changed the table."""
-        with self._lock:
-            self._tables.pop(ref, None)
