@@ -8,6 +8,7 @@ No Ray needed: planning is the query node's part of a query.
 
 from __future__ import annotations
 
+import pickle
 import time
 import uuid
 from collections.abc import Iterator
@@ -105,6 +106,8 @@ def test_a_warm_query_makes_no_storage_request(azurite: Azurite, proxy: Counting
     kinds = {p.kind for plans in cold for p in plans}
     assert {SubPlanKind.INDEX_SEGMENT, SubPlanKind.FLAT, SubPlanKind.SCAN} <= kinds
     assert all(p.dataset.version == version for plans in cold for p in plans)
+    # Sub-plans cross Ray's control plane: the storage key stays with the executors' own settings.
+    assert azurite.provider.key.encode() not in pickle.dumps(cold)
 
     # Warm: no storage request, and planning walks no fragment metadata again.
     hashed: list[int] = []

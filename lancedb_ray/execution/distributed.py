@@ -175,8 +175,7 @@ class DistributedExecutor:
             else:  # time travel: rare, opened for this query alone
                 snapshot = Snapshot.of(self._connections.table(target.ref, target.version).to_lance())
         dataset = snapshot.dataset
-        return snapshot, DatasetRef(target.ref, dataset.uri, dataset.version,
-                                    location.storage_options, snapshot.fingerprint)
+        return snapshot, DatasetRef(target.ref, dataset.uri, dataset.version, snapshot.fingerprint)
 
     def _single(self, snapshot: Snapshot, ref: DatasetRef, query: QueryRequest) -> pa.Table:
         with lance_errors(f"query on '{ref.ref.qualified_name}'", ref.ref.database):
@@ -205,11 +204,13 @@ class DistributedExecutor:
                 .execute_batch.remote([plans[i] for i in members])
                 for name, members in batches.items()
             }
+            # Awaited together: the slowest executor bounds the query, not the sum of them.
+            ray.wait(list(calls.values()), num_returns=len(calls), timeout=SUBPLAN_TIMEOUT_S)
             todo = []
             for name, call in calls.items():
                 members = batches[name]
                 try:
-                    answers = ray.get(call, timeout=SUBPLAN_TIMEOUT_S)
+                    answers = ray.get(call, timeout=0)
                 except _EXECUTOR_FAULTS as exc:
                     for i in members:
                         attempts[i] += 1

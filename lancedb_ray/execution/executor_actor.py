@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from typing import Any
 
@@ -28,6 +29,7 @@ from lancedb_ray.storage.connections import Connections
 from lancedb_ray.storage.session import process_session
 
 _OPEN_DATASETS = 128
+BATCH_THREADS = 4
 
 
 class PlanExecutor:
@@ -42,10 +44,10 @@ class PlanExecutor:
         )
         self._datasets: OrderedDict[tuple[str, int, str], LanceDataset] = OrderedDict()
         self._lock = threading.Lock()
-        connections = Connections(
-            StorageCatalog(config.storage), config.server.read_consistency_seconds
-        )
-        self._local = LocalExecutor(connections)
+        self._catalog = StorageCatalog(config.storage)
+        self._local = LocalExecutor(Connections(self._catalog, config.server.read_consistency_seconds))
+        # A batch's sub-plans run side by side: lance releases the GIL while it reads and searches.
+        self._threads = ThreadPoolExecutor(BATCH_THREADS, thread_name_prefix=f"{name}-subplan")
 
     def ready(self) -> str:
         return self._name
@@ -57,8 +59,10 @@ class PlanExecutor:
         return subplans.run(plan, self._open, self._cache)
 
     def execute_batch(self, plans: list[SubPlan]) -> list[pa.Table | int]:
-        """Several sub-plans in one call: one round trip per executor per query."""
-        return [self.execute(plan) for plan in plans]
+        """Several sub-plans in one call (one round trip per executor per query), run concurrently."""
+        if len(plans) == 1:
+            return [self.execute(plans[0])]
+        return list(self._threads.map(self.execute, plans))
 
     def prewarm(self, plans: list[SubPlan]) -> int:
         """Load the copies of ``plans`` now, so the first queries hit the cache."""
@@ -80,7 +84,7 @@ class PlanExecutor:
         dataset = lance.dataset(
             plan.dataset.uri,
             version=plan.dataset.version,
-            storage_options=plan.dataset.storage_options or None,
+            storage_options=self._catalog.resolve(plan.dataset.ref.database).storage_options or None,
             session=self._session,
         )
         with self._lock:

@@ -38,12 +38,15 @@ class SubPlanKind(str, Enum):
 
 @dataclass(frozen=True)
 class DatasetRef:
-    """A table at one version, as an executor opens it."""
+    """A table at one version, as an executor opens it.
+
+    No storage options: the executor finds the credentials for ``ref.database`` in its own
+    storage catalog, so secrets never travel in sub-plans through Ray's control plane.
+    """
 
     ref: TableRef
     uri: str
     version: int
-    storage_options: dict[str, str] = field(default_factory=dict, repr=False)
     # The content of this version (schema and fragments): a table dropped and created
     # again reuses version numbers, so (uri, version) alone could name old data.
     fingerprint: str = ""
@@ -91,6 +94,12 @@ class Snapshot:
 
 @dataclass(frozen=True)
 class SubPlan:
+    """One unit of work for an executor.
+
+    The sub-plans of one query share one ``query`` object (and its vector): pickled in
+    one batch, that object travels once per executor call, not once per sub-plan.
+    """
+
     kind: SubPlanKind
     dataset: DatasetRef
     partition: str  # the cache partition: decides which executors run it

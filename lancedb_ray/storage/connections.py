@@ -93,7 +93,12 @@ class Connections:
                 with lance_errors(f"table '{ref.qualified_name}'", ref.database):
                     cached.table.checkout_latest()
             return cached
-        table = self._open(ref, None)
+        if cached is not None and (known is None or cached.generation == known.generation):
+            table = cached.table  # re-read its latest version: cheaper than opening it again
+            with lance_errors(f"table '{ref.qualified_name}'", ref.database):
+                table.checkout_latest()
+        else:
+            table = self._open(ref, None)
         entry = self._versions.observed(self._key(ref), table.version)
         opened = OpenTable(table, entry.generation, time.monotonic())
         with self._lock:
