@@ -135,6 +135,9 @@ class DistributedExecutor:
 
     def count(self, target: QueryTarget, predicate: str | None) -> int:
         snapshot, ref = self._resolve(target)
+        if not predicate:
+            with lance_errors(f"count_rows on '{target.ref.qualified_name}'", target.ref.database):
+                return snapshot.row_count  # from the manifest: no executor, no data read
         plans = plan_count(snapshot, ref, predicate, self._group_size)
         return sum(self._run_all(plans, target))
 

@@ -10,6 +10,7 @@ so appending fragments never moves existing ones to another partition.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
@@ -26,6 +27,10 @@ from lancedb_ray.types import TableRef
 MATCH_COLUMN = "__lancedb_ray_match"  # post-filter verdict carried to the merge
 SOURCE_ROWID = "__lancedb_ray_rowid"  # a cached copy's record of the source row id
 T = TypeVar("T")
+# Scalar indices lance uses to answer SQL filters (full-text and vector indices do not).
+SCALAR_FILTER_INDEXES = frozenset({"BTREE", "BITMAP", "LABELLIST", "LABEL_LIST"})
+_QUOTED = re.compile(r"'(?:[^']|'')*'")
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 class SubPlanKind(str, Enum):
@@ -86,6 +91,26 @@ class Snapshot:
                     for bucket, ids in _buckets(fragment_ids(), group_size)]
         return self._memoised(("buckets", name, group_size), layout)
 
+    @cached_property
+    def row_count(self) -> int:
+        """Rows of this version, from the manifest (fragment row and deletion counts)."""
+        return self.dataset.count_rows()
+
+    @cached_property
+    def scalar_indexed_columns(self) -> frozenset[str]:
+        return frozenset(
+            index.field_names[0] for index in self.dataset.describe_indices()
+            if len(index.field_names) == 1 and str(index.index_type).upper() in SCALAR_FILTER_INDEXES
+        )
+
+    def answers_from_scalar_index(self, predicate: str | None) -> bool:
+        """Whether every column ``predicate`` names has a scalar index: lance's index then finds
+        the rows on the source faster than a scan of every cached bucket."""
+        if not predicate or not self.scalar_indexed_columns:
+            return False
+        named = filter_columns(predicate, self.dataset.schema.names)
+        return bool(named) and named <= self.scalar_indexed_columns
+
     def _memoised(self, key: tuple, build: Callable[[], T]) -> T:
         if key not in self._memo:
             self._memo[key] = build()  # a race builds twice, with the same result
@@ -124,6 +149,8 @@ def plan_query(
     if query.vector:
         return _plan_vector(snapshot, target, query, group_size)
     wanted = None if query.limit is None else query.limit + (query.offset or 0)
+    if snapshot.answers_from_scalar_index(query.filter):
+        return [_on_source(SubPlanKind.SCAN, target, query, wanted)]
     return _bucket_plans(SubPlanKind.SCAN, snapshot, target, query, None, wanted,
                          ("all",), lambda: list(snapshot.fragments), group_size)
 
@@ -131,8 +158,16 @@ def plan_query(
 def plan_count(snapshot: Snapshot, target: DatasetRef, predicate: str | None,
                group_size: int) -> list[SubPlan]:
     query = QueryRequest(filter=predicate)
+    if snapshot.answers_from_scalar_index(predicate):
+        return [_on_source(SubPlanKind.COUNT, target, query, None)]
     return _bucket_plans(SubPlanKind.COUNT, snapshot, target, query, None, None,
                          ("all",), lambda: list(snapshot.fragments), group_size)
+
+
+def _on_source(kind: SubPlanKind, target: DatasetRef, query: QueryRequest, limit: int | None
+               ) -> SubPlan:
+    """A scan or count on the source table itself (no cached copy), where its scalar index answers."""
+    return SubPlan(kind, target, f"{target.uri}#source", query, local_limit=limit)
 
 
 def _plan_vector(
@@ -188,6 +223,12 @@ def vector_index_segments(dataset: LanceDataset, column: str) -> list[dict]:
             segments += [{"uuid": str(segment.uuid), "fragment_ids": sorted(segment.fragment_ids or [])}
                          for segment in index.segments]
     return segments
+
+
+def filter_columns(predicate: str, columns: list[str]) -> set[str]:
+    """The table's columns that ``predicate`` names (quoted literals aside)."""
+    unquoted = _QUOTED.sub(" ", predicate)
+    return set(_IDENTIFIER.findall(unquoted)) & set(columns)
 
 
 def replace_query(query: QueryRequest, **changes: object) -> QueryRequest:
