@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 import os
 import random
+import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -53,7 +55,10 @@ METRICS = MetricSet(
     {"failovers_total": Metric("Counter", "Sub-plans re-routed from a failed executor.")},
 )
 _EXECUTOR_FAULTS = (ActorDiedError, ActorUnavailableError, RayActorError, GetTimeoutError)
-SUBPLAN_TIMEOUT_S = 120.0
+SUBPLAN_TIMEOUT_S = 120.0  # a sub-plan still running (and its executor answering) this long fails
+PROBE_AFTER_S = 2.0  # an executor silent this long is pinged ...
+PING_TIMEOUT_S = 3.0  # ... and given up on if the ping takes longer than this ...
+SUSPECT_S = 10.0  # ... and tried last by the next queries for this long
 QUERY_NODE_INDEX_CACHE = 64 * 1024**2
 QUERY_NODE_METADATA_CACHE = 256 * 1024**2
 
@@ -86,6 +91,8 @@ class ExecutorPool:
                     max_restarts=-1,
                     max_concurrency=8,
                     num_cpus=self._num_cpus,
+                    # Over the nodes: losing one node loses as few executors as it can.
+                    scheduling_strategy="SPREAD",
                 )
                 .remote(name, self._settings)
             )
@@ -109,6 +116,9 @@ class DistributedExecutor:
         self._pool = pool
         self._group_size = settings.executors.fragments_per_group
         self._local = LocalExecutor(connections)
+        # Executors that stopped answering -> (tried last until, a ping that clears them once answered).
+        self._suspects: dict[str, tuple[float, Any]] = {}
+        self._suspects_lock = threading.Lock()
         # The query node only plans: manifests and index metadata, no index partitions.
         self._snapshots = Snapshots(process_session(QUERY_NODE_INDEX_CACHE, QUERY_NODE_METADATA_CACHE))
 
@@ -194,7 +204,9 @@ class DistributedExecutor:
 
     def _run_all(self, plans: Sequence[SubPlan], target: QueryTarget) -> list[Any]:
         """Run every sub-plan: one batched call per executor, each plan failing over alone."""
-        routes = [self._pool.route(plan.partition) for plan in plans]
+        suspects = self._current_suspects()
+        routes = [sorted(self._pool.route(plan.partition), key=lambda name: name in suspects)
+                  for plan in plans]
         attempts = [0] * len(plans)
         results: list[Any] = [None] * len(plans)
         todo = list(range(len(plans)))
@@ -207,12 +219,16 @@ class DistributedExecutor:
                 .execute_batch.remote([plans[i] for i in members])
                 for name, members in batches.items()
             }
-            # Awaited together: the slowest executor bounds the query, not the sum of them.
-            ray.wait(list(calls.values()), num_returns=len(calls), timeout=SUBPLAN_TIMEOUT_S)
+            stopped = self._await(calls)
+            with self._suspects_lock:
+                for name in stopped:
+                    self._suspects[name] = (time.monotonic() + SUSPECT_S, None)
             todo = []
             for name, call in calls.items():
                 members = batches[name]
                 try:
+                    if name in stopped:
+                        raise GetTimeoutError(f"{name} stopped answering")
                     answers = ray.get(call, timeout=0)
                 except _EXECUTOR_FAULTS as exc:
                     for i in members:
@@ -231,6 +247,44 @@ class DistributedExecutor:
                 for i, answer in zip(members, answers, strict=True):
                     results[i] = answer
         return results
+
+
+    def _current_suspects(self) -> set[str]:
+        """Executors to try last: silent recently, and not answered a ping since."""
+        now = time.monotonic()
+        with self._suspects_lock:
+            for name, (until, ping) in list(self._suspects.items()):
+                if until <= now or (ping is not None and ray.wait([ping], timeout=0)[0]):
+                    del self._suspects[name]
+                elif ping is None:
+                    self._suspects[name] = (until, self._pool.handle(name).ready.remote())
+            return set(self._suspects)
+
+    def _await(self, calls: dict[str, Any]) -> set[str]:
+        """Wait for every executor's answer together; give up on those that stop answering.
+
+        A call still running after ``PROBE_AFTER_S`` gets its executor pinged: a busy
+        executor answers the ping (it serves calls concurrently) and is waited for; one
+        that does not answer within ``PING_TIMEOUT_S`` (its node lost, its process frozen)
+        is given up on, so its sub-plans fail over in seconds rather than at the timeout.
+        """
+        pending = dict(calls)
+        stopped: set[str] = set()
+        deadline = time.monotonic() + SUBPLAN_TIMEOUT_S
+        while pending:
+            ready, _ = ray.wait(list(pending.values()), num_returns=len(pending), timeout=PROBE_AFTER_S)
+            pending = {name: call for name, call in pending.items() if call not in ready}
+            if not pending:
+                break
+            if time.monotonic() > deadline:
+                return stopped | set(pending)
+            pings = {name: self._pool.handle(name).ready.remote() for name in pending}
+            answered, _ = ray.wait(list(pings.values()), num_returns=len(pings), timeout=PING_TIMEOUT_S)
+            for name, ping in pings.items():
+                if ping not in answered:
+                    stopped.add(name)
+                    del pending[name]
+        return stopped
 
 
 def _cause(exc: RayTaskError, target: QueryTarget) -> LanceDBRayError:
