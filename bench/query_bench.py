@@ -1,12 +1,19 @@
-"""Query benchmark: the service over HTTP side by side with embedded lancedb.
+"""Query benchmark: the service over HTTP side by side with embedded lancedb, on three storages.
 
 One command (``.venv/bin/python bench/query_bench.py``) builds a clustered
-table (default 200,000 x 384), indexes it once, and runs the same queries
-through (a) embedded lancedb in-process on a local directory, (b) the service
-on a local directory and (c) the service on Azure Blob Storage (Azurite).
-It reports recall@10 against exact search, QPS at concurrency 1 and 8,
-p50/p99 latency, and cold versus warm, as a markdown table and a PNG plot
-under ``bench/results/``.
+table (default 200,000 x 384) once through the service and indexes it there;
+embedded lancedb then opens the very same directory or blob prefix, so both
+search one index and their recall is comparable. Storage settings:
+
+- a local directory;
+- Azurite (Azure Blob emulator), reached through a counting TCP proxy;
+- the same Azurite behind a proxy that adds 10 ms to every request (the
+  first-byte latency of real Azure Blob), started by the benchmark itself.
+
+For each it reports recall@10 against exact search, p50/p99 latency, QPS at
+1 and N client threads, the first query after a restart (executors killed /
+table reopened), and storage requests per warm query (counted by the proxy, so
+n/a on a local directory), as a markdown table and a PNG under ``bench/results/``.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ NAMESPACE = "lancedb-ray"
 
 @dataclass
 class Result:
+    storage: str
     system: str
     recall: float
     p50_ms: float
@@ -48,6 +56,7 @@ class Result:
     qps_n: float
     threads: int
     cold_ms: float
+    requests_per_query: float | None  # storage requests per warm query (None: not countable)
 
 
 def clustered_vectors(rows: int, dim: int, seed: int) -> np.ndarray:
@@ -82,22 +91,25 @@ def timed(fn) -> float:
     return (time.perf_counter() - start) * 1000
 
 
-def run_system(name: str, open_table, queries: np.ndarray, truth: list[set[int]],
-               threads: int, nprobes: int, refine: int, cold) -> Result:
+def run_system(storage: str, name: str, open_table, queries: np.ndarray, truth: list[set[int]],
+               threads: int, args: argparse.Namespace, cold, requests=None) -> Result:
+    """``requests``: a callable giving the storage requests so far (None where not countable)."""
     table = open_table()
 
     def search(t, q):
-        return t.search(q).nprobes(nprobes).refine_factor(refine).limit(10).select(["id"])
+        return t.search(q).nprobes(args.nprobes).refine_factor(args.refine).limit(10).select(["id"])
 
     cold_ms = cold(lambda: search(table, queries[0]).to_arrow())
     for q in queries[:20]:  # warm up
         search(table, q).to_arrow()
+    before = requests() if requests else 0
     latencies, recalls = [], []
     for q, want in zip(queries, truth, strict=True):
         started = time.perf_counter()
         got = search(table, q).to_arrow()["id"].to_pylist()
         latencies.append((time.perf_counter() - started) * 1000)
         recalls.append(len(want & set(got)) / 10)
+    per_query = (requests() - before) / len(queries) if requests else None
     elapsed = sum(latencies) / 1000
     handles = [open_table() for _ in range(threads)]
     start = time.perf_counter()
@@ -105,9 +117,11 @@ def run_system(name: str, open_table, queries: np.ndarray, truth: list[set[int]]
         list(pool.map(lambda i: search(handles[i % threads], queries[i]).to_arrow(),
                       range(len(queries))))
     parallel = time.perf_counter() - start
-    return Result(name, float(np.mean(recalls)), statistics.median(latencies),
-                  float(np.percentile(latencies, 99)), len(queries) / elapsed,
-                  len(queries) / parallel, threads, cold_ms)
+    result = Result(storage, name, float(np.mean(recalls)), statistics.median(latencies),
+                    float(np.percentile(latencies, 99)), len(queries) / elapsed,
+                    len(queries) / parallel, threads, cold_ms, per_query)
+    print(f"  {storage} / {name}: p50 {result.p50_ms:.2f} ms, recall {result.recall:.3f}", flush=True)
+    return result
 
 
 def start_service(storage: dict, state: Path, name: str, prefix: str, namespace: str) -> str:
@@ -154,41 +168,58 @@ def restart_executors(namespace: str):
 def write_report(results: list[Result], args: argparse.Namespace, out: Path) -> str:
     lines = [
         f"# Query benchmark: {args.rows:,} x {args.dim} vectors, {args.queries} queries, "
-        f"IVF_PQ ({args.partitions} partitions), nprobes={args.nprobes}, "
-        f"refine_factor={args.refine}",
+        f"IVF_PQ ({args.partitions} partitions x {args.dim // 8} sub-vectors), "
+        f"nprobes={args.nprobes}, refine_factor={args.refine}",
         "",
-        "| system | recall@10 | p50 ms | p99 ms | QPS (1) | QPS (N threads) | cold first query ms |",
-        "|---|---|---|---|---|---|---|",
+        "| storage | system | recall@10 | p50 ms | p99 ms | QPS (1) | QPS (N threads) "
+        "| first query after restart ms | storage requests per warm query |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
-        lines.append(f"| {r.system} | {r.recall:.3f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | "
-                     f"{r.qps_1:.0f} | {r.qps_n:.0f} ({r.threads}) | {r.cold_ms:.1f} |")
+        requests = "n/a" if r.requests_per_query is None else f"{r.requests_per_query:.1f}"
+        lines.append(f"| {r.storage} | {r.system} | {r.recall:.3f} | {r.p50_ms:.2f} | "
+                     f"{r.p99_ms:.2f} | {r.qps_1:.0f} | {r.qps_n:.0f} ({r.threads}) | "
+                     f"{r.cold_ms:.1f} | {requests} |")
     report = "\n".join(lines) + "\n"
-    (out / "query_bench.md").write_text(report)
+    name = f"query_bench_{args.rows}" if args.rows != 200_000 else "query_bench"
+    (out / f"{name}.md").write_text(report)
 
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
-    names = [r.system for r in results]
-    axes[0].bar(names, [r.p50_ms for r in results], label="p50")
-    axes[0].bar(names, [r.p99_ms - r.p50_ms for r in results], bottom=[r.p50_ms for r in results],
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    labels = [f"{r.storage}\n{r.system}" for r in results]
+    axes[0].bar(labels, [r.p50_ms for r in results], label="p50")
+    axes[0].bar(labels, [r.p99_ms - r.p50_ms for r in results], bottom=[r.p50_ms for r in results],
                 alpha=0.5, label="p99")
     axes[0].set_ylabel("latency (ms)")
     axes[0].legend()
-    axes[1].bar(names, [r.qps_n for r in results])
+    axes[1].bar(labels, [r.qps_n for r in results])
     axes[1].set_ylabel("QPS, concurrent")
-    axes[2].bar(names, [r.cold_ms for r in results])
+    axes[2].bar(labels, [r.cold_ms for r in results])
     axes[2].set_ylabel("first query after restart (ms)")
     for ax in axes:
-        ax.tick_params(axis="x", rotation=20)
+        ax.tick_params(axis="x", rotation=30, labelsize=7)
     fig.suptitle(f"{args.rows:,} x {args.dim}, recall@10: "
-                 + ", ".join(f"{r.system} {r.recall:.2f}" for r in results))
+                 + ", ".join(f"{r.storage}/{r.system} {r.recall:.2f}" for r in results), fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "query_bench.png", dpi=100)
+    fig.savefig(out / f"{name}.png", dpi=100)
     return report
+
+
+def stop_service(name: str, namespace: str) -> None:
+    """Free the machine for the next storage setting: the app and its detached actors."""
+    import ray
+    from ray import serve
+
+    serve.delete(name)
+    for actor in [f"plan-executor-{i}" for i in range(2)] + ["version-registry"]:
+        try:
+            ray.kill(ray.get_actor(actor, namespace=namespace), no_restart=True)
+        except ValueError:
+            pass
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -196,14 +227,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--dim", type=int, default=384)
     parser.add_argument("--queries", type=int, default=200)
-    parser.add_argument("--partitions", type=int, default=128)
-    parser.add_argument("--nprobes", type=int, default=16)
-    parser.add_argument("--refine", type=int, default=4)
-    parser.add_argument("--no-azure", action="store_true", help="skip the Azurite run")
+    parser.add_argument("--partitions", type=int, default=256)
+    parser.add_argument("--nprobes", type=int, default=20)
+    parser.add_argument("--refine", type=int, default=10)
+    parser.add_argument("--delay-ms", type=float, default=10.0, help="the slow proxy's added latency")
+    parser.add_argument("--no-azure", action="store_true", help="local directory only")
     parser.add_argument("--out", default=str(REPO / "bench" / "results"))
     args = parser.parse_args(argv)
 
     import ray
+
+    from tests.support.proxy import CountingProxy
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -215,60 +249,81 @@ def main(argv: list[str] | None = None) -> int:
     queries = vectors[rng.choice(len(vectors), args.queries, replace=False)]
     queries = queries + rng.normal(size=queries.shape).astype("float32") * 0.02
 
-    print(f"building {args.rows:,} x {args.dim} on a local directory ...", flush=True)
-    local_db = lancedb.connect(work / "local" / "bench")
-    table = local_db.create_table("vectors", data.slice(0, 1), mode="overwrite")
-    table.delete("true")
-    load(table, data)
-    table.create_index(metric="cosine", vector_column_name="vector",
-                       num_partitions=args.partitions, num_sub_vectors=args.dim // 8)
-    truth = [set(table.search(q).bypass_vector_index().limit(10).select(["id"]).to_arrow()["id"]
-                 .to_pylist()) for q in queries]
-
     ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
     from ray import serve
 
     port = int(os.environ.get("BENCH_PORT", "8765"))
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     base = f"http://127.0.0.1:{port}"
-    start_service({"root": {"uri": str(work / "local")}}, work / "state-local", "local", "/local",
-                  NAMESPACE)
 
     def remote(prefix: str):
         return lambda: lancedb.connect("db://bench", api_key=API_KEY,
                                        host_override=base + prefix).open_table("vectors")
 
-    def reopen_embedded(first_query) -> float:
-        return timed(lambda: lancedb.connect(work / "local" / "bench").open_table("vectors")
-                     .search(queries[0]).limit(10).to_arrow())
+    def build(prefix: str) -> None:
+        print(f"building {args.rows:,} x {args.dim} through the service at {prefix} ...", flush=True)
+        table = lancedb.connect("db://bench", api_key=API_KEY, host_override=base + prefix) \
+            .create_table("vectors", data.slice(0, 1), mode="overwrite")
+        table.delete("true")
+        load(table, data, batch=20_000)
+        table.create_index(metric="cosine", vector_column_name="vector",
+                           num_partitions=args.partitions, num_sub_vectors=args.dim // 8)
 
-    embedded = lambda: lancedb.connect(work / "local" / "bench").open_table("vectors")  # noqa: E731
-    results = [
-        run_system("embedded lancedb", embedded, queries, truth, 4, args.nprobes, args.refine,
-                   reopen_embedded),
-        run_system("service, local dir", remote("/local"), queries, truth, 8, args.nprobes,
-                   args.refine, restart_executors(NAMESPACE)),
-    ]
+    results: list[Result] = []
+    # -- local directory --------------------------------------------------------------------
+    start_service({"root": {"uri": str(work / "local")}}, work / "state-local", "local", "/local",
+                  NAMESPACE)
+    build("/local")
+
+    def embedded_local():
+        return lancedb.connect(work / "local" / "bench").open_table("vectors")
+
+    exact = embedded_local()
+    truth = [set(exact.search(q).bypass_vector_index().limit(10).select(["id"]).to_arrow()["id"]
+                 .to_pylist()) for q in queries]
+
+    def reopen(open_table):
+        def cold(first_query) -> float:
+            return timed(lambda: open_table().search(queries[0]).limit(10).to_arrow())
+        return cold
+
+    results.append(run_system("local dir", "embedded lancedb", embedded_local, queries, truth, 4,
+                              args, reopen(embedded_local)))
+    results.append(run_system("local dir", "service", remote("/local"), queries, truth, 8, args,
+                              restart_executors(NAMESPACE)))
+    stop_service("local", NAMESPACE)
+
     azurite = None
     if not args.no_azure:
+        from lancedb_ray.settings import StorageSettings
+        from lancedb_ray.storage.catalog import StorageCatalog
         from tests.support.azurite import PROVIDER, Azurite, free_port
 
-        (work / "azurite").mkdir()
         azurite = Azurite(free_port(), None, work / "azurite.log")
         azurite.start()
-        root = azurite.location(PROVIDER, "bench", prefix="dbs")
-        start_service({"root": root.model_dump()}, work / "state-azure", "azure", "/azure",
-                      "lancedb-ray-azure")
-        print("copying the table to Azurite through the service ...", flush=True)
-        az_table = lancedb.connect("db://bench", api_key=API_KEY, host_override=base + "/azure") \
-            .create_table("vectors", data.slice(0, 1), mode="overwrite")
-        az_table.delete("true")
-        load(az_table, data, batch=20_000)
-        az_table.create_index(metric="cosine", vector_column_name="vector",
-                              num_partitions=args.partitions, num_sub_vectors=args.dim // 8)
-        results.append(run_system("service, Azurite blob", remote("/azure"), queries, truth, 8,
-                                  args.nprobes, args.refine,
-                                  restart_executors("lancedb-ray-azure")))
+        for storage, delay, namespace in (("Azurite", 0.0, "lancedb-ray-azure"),
+                                          (f"Azurite + {args.delay_ms:g} ms proxy",
+                                           args.delay_ms / 1000, "lancedb-ray-slow")):
+            proxy = CountingProxy(azurite.port, delay_s=delay)
+            root = azurite.location(PROVIDER, "bench", prefix="dbs", endpoint=proxy.endpoint(PROVIDER))
+            app = namespace.removeprefix("lancedb-ray-")
+            start_service({"root": root.model_dump()}, work / f"state-{app}", app, f"/{app}",
+                          namespace)
+            if delay == 0.0:
+                build(f"/{app}")  # once: the slow setting reads the same blobs
+            where = StorageCatalog(StorageSettings(root=root)).locate("bench")
+
+            def embedded_blob(where=where):
+                return lancedb.connect(where.uri, storage_options=where.storage_options) \
+                    .open_table("vectors")
+
+            counter = lambda proxy=proxy: proxy.requests  # noqa: E731
+            results.append(run_system(storage, "embedded lancedb", embedded_blob, queries, truth, 4,
+                                      args, reopen(embedded_blob), counter))
+            results.append(run_system(storage, "service", remote(f"/{app}"), queries, truth, 8,
+                                      args, restart_executors(namespace), counter))
+            stop_service(app, namespace)
+            proxy.close()
     print(write_report(results, args, out))
     serve.shutdown()
     ray.shutdown()

@@ -145,8 +145,9 @@ class ServerSettings(StrictModel):
     # proxy); "serve": the Python proxy. Read when this process starts Ray.
     proxy: Literal["haproxy", "serve"] = "haproxy"
     max_body_bytes: int = 512 * 1024 * 1024
-    # 0: every request reads the latest version. >0: a replica may reuse an opened table
-    # this long, so writes made elsewhere (other replicas, outside writers) show within it.
+    # Writes through the service are read by the next query on every replica (version
+    # registry). This bounds writes made outside it: 0 re-reads the latest version from
+    # storage per request; >0 trusts the registry that long (no storage request per query).
     read_consistency_seconds: float = 0.0
     idempotency_window: int = 20  # recent versions searched for a retried write's request id
     # What one request may make a replica decode, checked before decoding (4xx beyond).

@@ -6,9 +6,9 @@ from pathlib import Path
 import lancedb
 import pyarrow as pa
 
-from lancedb_ray.service.connections import Connections
 from lancedb_ray.settings import StorageSettings
 from lancedb_ray.storage.catalog import StorageCatalog
+from lancedb_ray.storage.connections import Connections
 from lancedb_ray.types import TableRef
 
 

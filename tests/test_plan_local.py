@@ -22,7 +22,7 @@ from lancedb_ray.execution.plan import (
     plan_count,
     plan_query,
 )
-from lancedb_ray.service.protocol import QueryRequest
+from lancedb_ray.protocol import QueryRequest
 from lancedb_ray.types import TableRef
 
 DIM = 16

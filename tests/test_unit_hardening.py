@@ -9,7 +9,7 @@ from lancedb_ray.api.arrow_io import read_arrow_stream
 from lancedb_ray.api.ipc_guard import IpcLimits
 from lancedb_ray.api.json_io import parse_object
 from lancedb_ray.errors import InvalidInput, PayloadTooLarge
-from lancedb_ray.service.lance_errors import translate
+from lancedb_ray.storage.lance_errors import translate
 from tests.support import hostile
 from tests.support.api import make_rows
 
@@ -61,7 +61,7 @@ def test_json_bounds() -> None:
 
 def test_bugs_of_our_own_are_500_and_lance_input_errors_400() -> None:
     from lancedb_ray.api.limits import check_query
-    from lancedb_ray.service.protocol import QueryRequest
+    from lancedb_ray.protocol import QueryRequest
 
     try:
         check_query(QueryRequest(), "10", 1)  # type: ignore[arg-type] - a bug of ours: str < int

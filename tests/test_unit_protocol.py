@@ -17,9 +17,9 @@ from lancedb.query import (
 
 from lancedb_ray.errors import AlreadyExists, InvalidInput, NotFound, Unavailable
 from lancedb_ray.execution.query_builder import parse_full_text
+from lancedb_ray.protocol import UNLIMITED, QueryRequest
 from lancedb_ray.service import paging, writes
-from lancedb_ray.service.lance_errors import clean_message, translate
-from lancedb_ray.service.protocol import UNLIMITED, QueryRequest
+from lancedb_ray.storage.lance_errors import clean_message, translate
 from lancedb_ray.types import TableRef, parse_namespace
 
 # -- TableRef.parse ----------------------------------------------------------------------------

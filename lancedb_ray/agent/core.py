@@ -33,12 +33,14 @@ from lancedb_ray.agent.metrics import METRICS
 from lancedb_ray.agent.store import JobStore, expired, open_job_store, root_location
 from lancedb_ray.agent.tables import TableReader, TableState, list_databases, list_tables
 from lancedb_ray.agent.tracking import CheckpointTracker, Debouncer
-from lancedb_ray.errors import JobStalled
+from lancedb_ray.errors import JobStalled, LanceDBRayError
 from lancedb_ray.events.bus import Delivery, EventConsumer, default_group, make_consumer
-from lancedb_ray.service.connections import Connections
-from lancedb_ray.service.lance_errors import clean_message
 from lancedb_ray.settings import Settings
 from lancedb_ray.storage.catalog import StorageCatalog
+from lancedb_ray.storage.connections import Connections, registry_key
+from lancedb_ray.storage.lance_errors import clean_message
+from lancedb_ray.storage.versions import announce
+from lancedb_ray.types import TableRef
 
 _LOG = logging.getLogger(__name__)
 _POLL_BATCH = 500
@@ -72,7 +74,8 @@ class LanceAgent:
         self._settings = settings
         self._agent = settings.agent
         self._store = store or open_job_store(settings)
-        self._connections = Connections(StorageCatalog(settings.storage), 0.0)
+        self._catalog = StorageCatalog(settings.storage)
+        self._connections = Connections(self._catalog, 0.0)
         self._reader = TableReader(self._connections)
         self._runner = runner or JobRunner(settings, self._reader, indexers)
         group = default_group(settings.events)
@@ -284,6 +287,14 @@ class LanceAgent:
             if not self._queues.get(key):
                 self._queues.pop(key, None)
 
+    def _announce(self, job: Job, version: int) -> None:
+        """Tell the query nodes of the commit now, not a consistency interval later."""
+        try:
+            key = registry_key(self._catalog, TableRef.parse(job.database, job.table))
+        except LanceDBRayError:
+            return  # a name the service could not have served
+        announce(self._settings.ray.namespace, key, version)
+
     async def _attempt(self, job: Job) -> None:
         job = job.started()
         await self._put(job)
@@ -295,6 +306,8 @@ class LanceAgent:
             await self._failed(job, exc)
             return
         METRICS.observe("job_seconds", time.monotonic() - began, kind=job.kind.value)
+        if outcome.acted and outcome.result_version is not None:
+            await asyncio.to_thread(self._announce, job, outcome.result_version)
         if outcome.after is not None:
             self._observe(outcome.after)
             if not outcome.acted:

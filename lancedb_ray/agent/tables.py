@@ -15,10 +15,10 @@ from typing import Any
 from lance.dataset import LanceDataset
 
 from lancedb_ray.errors import Forbidden, InvalidInput, NotFound
-from lancedb_ray.service.connections import Connections
-from lancedb_ray.service.lance_errors import lance_errors
 from lancedb_ray.settings import StorageSettings
 from lancedb_ray.storage.catalog import DatabaseLocation
+from lancedb_ray.storage.connections import Connections
+from lancedb_ray.storage.lance_errors import lance_errors
 from lancedb_ray.storage.names import validate_name
 from lancedb_ray.types import TableRef
 

@@ -20,9 +20,10 @@ from lancedb_ray.execution.base import QueryExecutor
 from lancedb_ray.execution.distributed import DistributedExecutor, ExecutorPool
 from lancedb_ray.execution.local import LocalExecutor
 from lancedb_ray.keys import check_serving
-from lancedb_ray.service.connections import Connections
 from lancedb_ray.service.container import Services
 from lancedb_ray.settings import Settings
+from lancedb_ray.storage.connections import Connections
+from lancedb_ray.storage.versions import start_registry
 
 # One FastAPI app per replica process; each replica gives it its services on start.
 fastapi_app = create_app()
@@ -38,8 +39,9 @@ class QueryNode:
         logging_setup.configure(self._settings.logging)
         self._agent = agent  # the LanceAgent's handle: bound here so Serve deploys it in this app
         self._publisher = ChangePublisher(self._settings.events)
+        registry = start_registry(self._settings.ray.namespace)
         install_services(
-            Services.build(self._settings, self._publisher.emit, self._executor_factory)
+            Services.build(self._settings, self._publisher.emit, self._executor_factory, registry)
         )
 
     def _executor_factory(self, connections: Connections) -> QueryExecutor:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from lancedb_ray.errors import InvalidInput
-from lancedb_ray.service.protocol import UNLIMITED, QueryRequest
+from lancedb_ray.protocol import UNLIMITED, QueryRequest
 
 
 def check_query(query: QueryRequest, max_k: int, max_vectors: int) -> None:

@@ -26,7 +26,7 @@ from lancedb_ray.api.context import (
 from lancedb_ray.api.limits import check_query
 from lancedb_ray.errors import InvalidInput
 from lancedb_ray.execution.base import QueryTarget
-from lancedb_ray.service.protocol import (
+from lancedb_ray.protocol import (
     AddColumnsRequest,
     AlterColumnsRequest,
     CountRowsRequest,

@@ -14,7 +14,7 @@ from typing import Protocol
 
 import pyarrow as pa
 
-from lancedb_ray.service.protocol import QueryRequest
+from lancedb_ray.protocol import QueryRequest
 from lancedb_ray.types import TableRef
 
 

@@ -131,11 +131,19 @@ class FragmentCache:
         return copy
 
     def _admit(self, key: str, entry: _Entry) -> None:
+        """Keep ``entry`` in memory, spilling the least recently used beyond the budget.
+
+        A copy larger than the whole memory budget serves the query that loaded it and
+        goes straight to the spill tier: memory never holds more than the budget.
+        """
         spilled: list[tuple[str, _Entry]] = []
         with self._lock:
-            self._memory[key] = entry
-            self._memory.move_to_end(key)
-            while len(self._memory) > 1 and self._memory_bytes() > self._memory_budget:
+            if entry.nbytes > self._memory_budget:
+                spilled.append((key, entry))
+            else:
+                self._memory[key] = entry
+                self._memory.move_to_end(key)
+            while self._memory and self._memory_bytes() > self._memory_budget:
                 spilled.append(self._memory.popitem(last=False))
         for old_key, old_entry in spilled:
             self._evictions += 1

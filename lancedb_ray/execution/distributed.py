@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -38,12 +39,14 @@ from lancedb_ray.execution.plan import (
     plan_count,
     plan_query,
 )
+from lancedb_ray.execution.snapshots import Snapshots
 from lancedb_ray.metrics import Metric, MetricSet
+from lancedb_ray.protocol import QueryRequest
 from lancedb_ray.resources import executor_count
-from lancedb_ray.service.connections import Connections
-from lancedb_ray.service.lance_errors import lance_errors, translate
-from lancedb_ray.service.protocol import QueryRequest
 from lancedb_ray.settings import Settings
+from lancedb_ray.storage.connections import Connections
+from lancedb_ray.storage.lance_errors import lance_errors, translate
+from lancedb_ray.storage.session import process_session
 from lancedb_ray.types import TableRef
 
 logger = logging.getLogger(__name__)
@@ -58,7 +61,12 @@ METRICS = MetricSet(
     },
 )
 _EXECUTOR_FAULTS = (ActorDiedError, ActorUnavailableError, RayActorError, GetTimeoutError)
-SUBPLAN_TIMEOUT_S = 120.0
+SUBPLAN_TIMEOUT_S = 120.0  # a sub-plan still running (and its executor answering) this long fails
+PROBE_AFTER_S = 2.0  # an executor silent this long is pinged ...
+PING_TIMEOUT_S = 3.0  # ... and given up on if the ping takes longer than this ...
+SUSPECT_S = 10.0  # ... and tried last by the next queries for this long
+QUERY_NODE_INDEX_CACHE = 64 * 1024**2
+QUERY_NODE_METADATA_CACHE = 256 * 1024**2
 
 
 class ExecutorPool:
@@ -85,6 +93,8 @@ class ExecutorPool:
                     max_restarts=-1,
                     max_concurrency=8,
                     num_cpus=self._num_cpus,
+                    # Over the nodes: losing one node loses as few executors as it can.
+                    scheduling_strategy="SPREAD",
                 )
                 .remote(name, self._settings)
             )
@@ -121,6 +131,19 @@ class DistributedExecutor:
         self._pool = pool
         self._group_size = settings.executors.fragments_per_group
         self._local = LocalExecutor(connections)
+        # Executors that stopped answering -> (tried last until, a ping that clears them once answered).
+        self._suspects: dict[str, tuple[float, Any]] = {}
+        self._suspects_lock = threading.Lock()
+        # The query node only plans: manifests and index metadata, no index partitions.
+        self._snapshots = Snapshots(process_session(QUERY_NODE_INDEX_CACHE, QUERY_NODE_METADATA_CACHE))
+
+    def plan(self, target: QueryTarget, query: QueryRequest) -> list[SubPlan]:
+        """The sub-plans of ``query`` (its first query vector), as ``search`` would run them."""
+        snapshot, ref = self._resolve(target)
+        single = query.model_copy(update={"vector": query.query_vectors[0]}) if query.vector \
+            else query
+        with lance_errors(f"query on '{ref.ref.qualified_name}'", ref.ref.database):
+            return plan_query(snapshot, ref, single, self._group_size)
 
     def search(self, target: QueryTarget, query: QueryRequest) -> pa.Table:
         snapshot, ref = self._resolve(target)
@@ -137,14 +160,14 @@ class DistributedExecutor:
 
     def count(self, target: QueryTarget, predicate: str | None) -> int:
         snapshot, ref = self._resolve(target)
+        if not predicate:
+            with lance_errors(f"count_rows on '{target.ref.qualified_name}'", target.ref.database):
+                return snapshot.row_count  # from the manifest: no executor, no data read
         plans = plan_count(snapshot, ref, predicate, self._group_size)
         return sum(self._run_all(plans, target))
 
     def explain(self, target: QueryTarget, query: QueryRequest, verbose: bool) -> str:
-        snapshot, ref = self._resolve(target)
-        single = query.model_copy(update={"vector": query.query_vectors[0]}) if query.vector \
-            else query
-        plans = plan_query(snapshot, ref, single, self._group_size)
+        plans = self.plan(target, query)
         lines = [f"DistributedPlan: {len(plans)} sub-plans on {len(self._pool.names)} executors"]
         for plan in plans:
             owner = self._pool.route(plan.partition)[0]
@@ -175,13 +198,16 @@ class DistributedExecutor:
                      for owner, owned in by_owner.items()])
 
     def _resolve(self, target: QueryTarget) -> tuple[Snapshot, DatasetRef]:
-        table = self._connections.table(target.ref, target.version)
+        """The version to read and its snapshot: no storage request on a warm, unchanged table."""
         location = self._connections.location(target.ref.database)
         with lance_errors(f"table '{target.ref.qualified_name}'", target.ref.database):
-            snapshot = Snapshot.of(table.to_lance())
+            if target.version is None:
+                opened = self._connections.latest(target.ref)
+                snapshot = self._snapshots.get(opened, location.storage_options)
+            else:  # time travel: rare, opened for this query alone
+                snapshot = Snapshot.of(self._connections.table(target.ref, target.version).to_lance())
         dataset = snapshot.dataset
-        return snapshot, DatasetRef(target.ref, dataset.uri, dataset.version,
-                                    location.storage_options, snapshot.fingerprint)
+        return snapshot, DatasetRef(target.ref, dataset.uri, dataset.version, snapshot.fingerprint)
 
     def _single(self, snapshot: Snapshot, ref: DatasetRef, query: QueryRequest) -> pa.Table:
         with lance_errors(f"query on '{ref.ref.qualified_name}'", ref.ref.database):
@@ -197,7 +223,9 @@ class DistributedExecutor:
 
     def _run_all(self, plans: Sequence[SubPlan], target: QueryTarget) -> list[Any]:
         """Run every sub-plan: one batched call per executor, each plan failing over alone."""
-        routes = [self._pool.route(plan.partition) for plan in plans]
+        suspects = self._current_suspects()
+        routes = [sorted(self._pool.route(plan.partition), key=lambda name: name in suspects)
+                  for plan in plans]
         attempts = [0] * len(plans)
         results: list[Any] = [None] * len(plans)
         todo = list(range(len(plans)))
@@ -212,11 +240,17 @@ class DistributedExecutor:
                 .execute_batch.remote([plans[i] for i in members])
                 for name, members in batches.items()
             }
+            stopped = self._await(calls)
+            with self._suspects_lock:
+                for name in stopped:
+                    self._suspects[name] = (time.monotonic() + SUSPECT_S, None)
             todo = []
             for name, call in calls.items():
                 members = batches[name]
                 try:
-                    answers = ray.get(call, timeout=SUBPLAN_TIMEOUT_S)
+                    if name in stopped:
+                        raise GetTimeoutError(f"{name} stopped answering")
+                    answers = ray.get(call, timeout=0)
                     METRICS.observe("call_seconds", time.monotonic() - sent, outcome="ok")
                 except _EXECUTOR_FAULTS as exc:
                     METRICS.observe("call_seconds", time.monotonic() - sent, outcome="failed")
@@ -237,6 +271,44 @@ class DistributedExecutor:
                 for i, answer in zip(members, answers, strict=True):
                     results[i] = answer
         return results
+
+
+    def _current_suspects(self) -> set[str]:
+        """Executors to try last: silent recently, and not answered a ping since."""
+        now = time.monotonic()
+        with self._suspects_lock:
+            for name, (until, ping) in list(self._suspects.items()):
+                if until <= now or (ping is not None and ray.wait([ping], timeout=0)[0]):
+                    del self._suspects[name]
+                elif ping is None:
+                    self._suspects[name] = (until, self._pool.handle(name).ready.remote())
+            return set(self._suspects)
+
+    def _await(self, calls: dict[str, Any]) -> set[str]:
+        """Wait for every executor's answer together; give up on those that stop answering.
+
+        A call still running after ``PROBE_AFTER_S`` gets its executor pinged: a busy
+        executor answers the ping (it serves calls concurrently) and is waited for; one
+        that does not answer within ``PING_TIMEOUT_S`` (its node lost, its process frozen)
+        is given up on, so its sub-plans fail over in seconds rather than at the timeout.
+        """
+        pending = dict(calls)
+        stopped: set[str] = set()
+        deadline = time.monotonic() + SUBPLAN_TIMEOUT_S
+        while pending:
+            ready, _ = ray.wait(list(pending.values()), num_returns=len(pending), timeout=PROBE_AFTER_S)
+            pending = {name: call for name, call in pending.items() if call not in ready}
+            if not pending:
+                break
+            if time.monotonic() > deadline:
+                return stopped | set(pending)
+            pings = {name: self._pool.handle(name).ready.remote() for name in pending}
+            answered, _ = ray.wait(list(pings.values()), num_returns=len(pings), timeout=PING_TIMEOUT_S)
+            for name, ping in pings.items():
+                if ping not in answered:
+                    stopped.add(name)
+                    del pending[name]
+        return stopped
 
 
 def _cause(exc: RayTaskError, target: QueryTarget) -> LanceDBRayError:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from typing import Any
 
@@ -23,11 +24,13 @@ from lancedb_ray.execution.base import QueryTarget
 from lancedb_ray.execution.cache import FragmentCache
 from lancedb_ray.execution.local import LocalExecutor
 from lancedb_ray.execution.plan import SubPlan, SubPlanKind
-from lancedb_ray.service.connections import Connections
 from lancedb_ray.settings import Settings
 from lancedb_ray.storage.catalog import StorageCatalog
+from lancedb_ray.storage.connections import Connections
+from lancedb_ray.storage.session import process_session
 
 _OPEN_DATASETS = 128
+BATCH_THREADS = 4
 
 
 class PlanExecutor:
@@ -37,18 +40,16 @@ class PlanExecutor:
         budget = config.executors.cache_bytes
         self._name = name
         # Index data and manifests get a share of the budget in lance's own caches.
-        self._session = lance.Session(
-            index_cache_size_bytes=budget // 2, metadata_cache_size_bytes=budget // 8
-        )
+        self._session = process_session(budget // 2, budget // 8)
         self._cache = FragmentCache(
             name, budget // 2, config.executors.spill_dir, config.executors.spill_bytes
         )
         self._datasets: OrderedDict[tuple[str, int, str], LanceDataset] = OrderedDict()
         self._lock = threading.Lock()
-        connections = Connections(
-            StorageCatalog(config.storage), config.server.read_consistency_seconds
-        )
-        self._local = LocalExecutor(connections)
+        self._catalog = StorageCatalog(config.storage)
+        self._local = LocalExecutor(Connections(self._catalog, config.server.read_consistency_seconds))
+        # A batch's sub-plans run side by side: lance releases the GIL while it reads and searches.
+        self._threads = ThreadPoolExecutor(BATCH_THREADS, thread_name_prefix=f"{name}-subplan")
 
     def ready(self) -> str:
         return self._name
@@ -60,8 +61,10 @@ class PlanExecutor:
         return subplans.run(plan, self._open, self._cache)
 
     def execute_batch(self, plans: list[SubPlan]) -> list[pa.Table | int]:
-        """Several sub-plans in one call: one round trip per executor per query."""
-        return [self.execute(plan) for plan in plans]
+        """Several sub-plans in one call (one round trip per executor per query), run concurrently."""
+        if len(plans) == 1:
+            return [self.execute(plans[0])]
+        return list(self._threads.map(self.execute, plans))
 
     def prewarm(self, plans: list[SubPlan]) -> int:
         """Load the copies of ``plans`` now, so the first queries hit the cache."""
@@ -83,7 +86,7 @@ class PlanExecutor:
         dataset = lance.dataset(
             plan.dataset.uri,
             version=plan.dataset.version,
-            storage_options=plan.dataset.storage_options or None,
+            storage_options=self._catalog.resolve(plan.dataset.ref.database).storage_options or None,
             session=self._session,
         )
         with self._lock:

@@ -6,9 +6,9 @@ import pyarrow as pa
 
 from lancedb_ray.execution.base import QueryTarget
 from lancedb_ray.execution.query_builder import build_query
-from lancedb_ray.service.connections import Connections
-from lancedb_ray.service.lance_errors import lance_errors
-from lancedb_ray.service.protocol import QueryRequest
+from lancedb_ray.protocol import QueryRequest
+from lancedb_ray.storage.connections import Connections
+from lancedb_ray.storage.lance_errors import lance_errors
 
 
 class LocalExecutor:

@@ -6,7 +6,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lancedb_ray.execution.plan import MATCH_COLUMN, ORDER_COLUMN
-from lancedb_ray.service.protocol import QueryRequest
+from lancedb_ray.protocol import QueryRequest
 
 
 def merge_nearest(results: list[pa.Table], query: QueryRequest) -> pa.Table:

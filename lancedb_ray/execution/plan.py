@@ -10,19 +10,28 @@ so appending fragments never moves existing ones to another partition.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
+from functools import cached_property
+from typing import TypeVar
 
 from lance.dataset import LanceDataset
 
 from lancedb_ray.execution.cache import content_key
 from lancedb_ray.execution.vectors import resolve_vector_column
-from lancedb_ray.service.protocol import QueryRequest
+from lancedb_ray.protocol import QueryRequest
 from lancedb_ray.types import TableRef
 
 MATCH_COLUMN = "__lancedb_ray_match"  # post-filter verdict carried to the merge
 SOURCE_ROWID = "__lancedb_ray_rowid"  # a cached copy's record of the source row id
 ORDER_COLUMN = "__lancedb_ray_order_"  # + key position: an order_by key carried to the merge
+T = TypeVar("T")
+# Scalar indices lance uses to answer SQL filters (full-text and vector indices do not).
+SCALAR_FILTER_INDEXES = frozenset({"BTREE", "BITMAP", "LABELLIST", "LABEL_LIST"})
+_QUOTED = re.compile(r"'(?:[^']|'')*'")
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 class SubPlanKind(str, Enum):
@@ -35,12 +44,15 @@ class SubPlanKind(str, Enum):
 
 @dataclass(frozen=True)
 class DatasetRef:
-    """A table at one version, as an executor opens it."""
+    """A table at one version, as an executor opens it.
+
+    No storage options: the executor finds the credentials for ``ref.database`` in its own
+    storage catalog, so secrets never travel in sub-plans through Ray's control plane.
+    """
 
     ref: TableRef
     uri: str
     version: int
-    storage_options: dict[str, str] = field(default_factory=dict, repr=False)
     # The content of this version (schema and fragments): a table dropped and created
     # again reuses version numbers, so (uri, version) alone could name old data.
     fingerprint: str = ""
@@ -48,24 +60,72 @@ class DatasetRef:
 
 @dataclass(frozen=True)
 class Snapshot:
-    """A table version as the planner sees it, read once per query."""
+    """A table version as the planner sees it: built once per version, then reused.
+
+    What planning derives from it (index segments, bucket layouts) is memoised here too,
+    so a warm query's planning does not walk the fragments again.
+    """
 
     dataset: LanceDataset
     fragments: dict[int, str]  # fragment id -> its metadata (files, deletions), in id order
     schema: str
+    _memo: dict[tuple, object] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def of(cls, dataset: LanceDataset) -> Snapshot:
         described = {f.fragment_id: repr(f.metadata) for f in dataset.get_fragments()}
         return cls(dataset, dict(sorted(described.items())), str(dataset.schema))
 
-    @property
+    @cached_property
     def fingerprint(self) -> str:
         return content_key(self.dataset.uri, self.schema, list(self.fragments.values()))
+
+    def index_segments(self, column: str) -> list[dict]:
+        return self._memoised(("segments", column), lambda: vector_index_segments(self.dataset, column))
+
+    def buckets(self, name: tuple, fragment_ids: Callable[[], list[int]], group_size: int
+                ) -> list[tuple[int, tuple[int, ...], str]]:
+        """(bucket, its fragment ids, its cache key) for the fragments ``name`` stands for."""
+        def layout() -> list[tuple[int, tuple[int, ...], str]]:
+            return [(bucket, ids, content_key(self.dataset.uri, self.schema,
+                                              [self.fragments[f] for f in ids]))
+                    for bucket, ids in _buckets(fragment_ids(), group_size)]
+        return self._memoised(("buckets", name, group_size), layout)
+
+    @cached_property
+    def row_count(self) -> int:
+        """Rows of this version, from the manifest (fragment row and deletion counts)."""
+        return self.dataset.count_rows()
+
+    @cached_property
+    def scalar_indexed_columns(self) -> frozenset[str]:
+        return frozenset(
+            index.field_names[0] for index in self.dataset.describe_indices()
+            if len(index.field_names) == 1 and str(index.index_type).upper() in SCALAR_FILTER_INDEXES
+        )
+
+    def answers_from_scalar_index(self, predicate: str | None) -> bool:
+        """Whether every column ``predicate`` names has a scalar index: lance's index then finds
+        the rows on the source faster than a scan of every cached bucket."""
+        if not predicate or not self.scalar_indexed_columns:
+            return False
+        named = filter_columns(predicate, self.dataset.schema.names)
+        return bool(named) and named <= self.scalar_indexed_columns
+
+    def _memoised(self, key: tuple, build: Callable[[], T]) -> T:
+        if key not in self._memo:
+            self._memo[key] = build()  # a race builds twice, with the same result
+        return self._memo[key]  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
 class SubPlan:
+    """One unit of work for an executor.
+
+    The sub-plans of one query share one ``query`` object (and its vector): pickled in
+    one batch, that object travels once per executor call, not once per sub-plan.
+    """
+
     kind: SubPlanKind
     dataset: DatasetRef
     partition: str  # the cache partition: decides which executors run it
@@ -90,15 +150,25 @@ def plan_query(
     if query.vector:
         return _plan_vector(snapshot, target, query, group_size)
     wanted = None if query.limit is None else query.limit + (query.offset or 0)
+    if snapshot.answers_from_scalar_index(query.filter):
+        return [_on_source(SubPlanKind.SCAN, target, query, wanted)]
     return _bucket_plans(SubPlanKind.SCAN, snapshot, target, query, None, wanted,
-                         list(snapshot.fragments), group_size)
+                         ("all",), lambda: list(snapshot.fragments), group_size)
 
 
 def plan_count(snapshot: Snapshot, target: DatasetRef, predicate: str | None,
                group_size: int) -> list[SubPlan]:
     query = QueryRequest(filter=predicate)
+    if snapshot.answers_from_scalar_index(predicate):
+        return [_on_source(SubPlanKind.COUNT, target, query, None)]
     return _bucket_plans(SubPlanKind.COUNT, snapshot, target, query, None, None,
-                         list(snapshot.fragments), group_size)
+                         ("all",), lambda: list(snapshot.fragments), group_size)
+
+
+def _on_source(kind: SubPlanKind, target: DatasetRef, query: QueryRequest, limit: int | None
+               ) -> SubPlan:
+    """A scan or count on the source table itself (no cached copy), where its scalar index answers."""
+    return SubPlan(kind, target, f"{target.uri}#source", query, local_limit=limit)
 
 
 def _plan_vector(
@@ -109,19 +179,21 @@ def _plan_vector(
     query = replace_query(query, vector_column=column)
     wanted = (query.limit or 10) + (query.offset or 0)
     plans: list[SubPlan] = []
-    segments = [] if query.bypass_vector_index else vector_index_segments(snapshot.dataset, column)
-    covered: set[int] = set()
+    segments = [] if query.bypass_vector_index else snapshot.index_segments(column)
     for segment in segments:
-        covered.update(segment["fragment_ids"])
         plans.append(
             SubPlan(SubPlanKind.INDEX_SEGMENT, target, f"{target.uri}#segment/{segment['uuid']}",
                     query, vector=vector, index_segment=segment["uuid"], local_limit=wanted)
         )
     if segments and query.fast_search:
         return plans  # fast_search: indexed data only, as in lance
-    unindexed = [fid for fid in snapshot.fragments if fid not in covered]
-    plans += _bucket_plans(SubPlanKind.FLAT, snapshot, target, query, vector, wanted, unindexed,
-                           group_size)
+    def unindexed() -> list[int]:
+        covered = {fid for segment in segments for fid in segment["fragment_ids"]}
+        return [fid for fid in snapshot.fragments if fid not in covered]
+
+    name = ("unindexed", column, bool(segments))
+    plans += _bucket_plans(SubPlanKind.FLAT, snapshot, target, query, vector, wanted, name,
+                           unindexed, group_size)
     return plans
 
 
@@ -132,28 +204,32 @@ def _bucket_plans(
     query: QueryRequest,
     vector: list[float] | None,
     local_limit: int | None,
-    fragment_ids: list[int],
+    name: tuple,
+    fragment_ids: Callable[[], list[int]],
     group_size: int,
 ) -> list[SubPlan]:
-    described = snapshot.fragments
     return [
         SubPlan(kind, target, bucket_partition(target.uri, bucket), query, vector=vector,
-                fragment_ids=fragments, local_limit=local_limit,
-                cache_key=content_key(target.uri, snapshot.schema,
-                                      [described[f] for f in fragments]))
-        for bucket, fragments in _buckets(fragment_ids, group_size)
+                fragment_ids=fragments, local_limit=local_limit, cache_key=cache_key)
+        for bucket, fragments, cache_key in snapshot.buckets(name, fragment_ids, group_size)
     ]
 
 
 def vector_index_segments(dataset: LanceDataset, column: str) -> list[dict]:
     """The segments of the vector index on ``column``, each with the fragments it covers."""
     segments = []
-    for index in dataset.list_indices():
-        kind = str(index.get("type", "")).upper()
-        if index.get("fields") == [column] and ("IVF" in kind or "HNSW" in kind):
-            segments.append({"uuid": str(index["uuid"]),
-                             "fragment_ids": sorted(index.get("fragment_ids") or [])})
+    for index in dataset.describe_indices():
+        kind = str(index.index_type).upper()
+        if list(index.field_names) == [column] and ("IVF" in kind or "HNSW" in kind):
+            segments += [{"uuid": str(segment.uuid), "fragment_ids": sorted(segment.fragment_ids or [])}
+                         for segment in index.segments]
     return segments
+
+
+def filter_columns(predicate: str, columns: list[str]) -> set[str]:
+    """The table's columns that ``predicate`` names (quoted literals aside)."""
+    unquoted = _QUOTED.sub(" ", predicate)
+    return set(_IDENTIFIER.findall(unquoted)) & set(columns)
 
 
 def replace_query(query: QueryRequest, **changes: object) -> QueryRequest:

@@ -19,7 +19,7 @@ from lancedb.table import LanceTable
 
 from lancedb_ray.errors import InvalidInput
 from lancedb_ray.execution.vectors import resolve_vector_column
-from lancedb_ray.service.protocol import FullTextRequest, QueryRequest
+from lancedb_ray.protocol import FullTextRequest, QueryRequest
 
 
 def build_query(table: LanceTable, query: QueryRequest) -> LanceQueryBuilder:

@@ -20,7 +20,7 @@ from lancedb_ray.execution.plan import (
     SubPlan,
     SubPlanKind,
 )
-from lancedb_ray.service.protocol import QueryRequest
+from lancedb_ray.protocol import QueryRequest
 
 OpenDataset = Callable[[SubPlan], LanceDataset]
 
@@ -28,6 +28,8 @@ OpenDataset = Callable[[SubPlan], LanceDataset]
 def run(plan: SubPlan, open_dataset: OpenDataset, cache: FragmentCache) -> pa.Table | int:
     if plan.kind is SubPlanKind.INDEX_SEGMENT:
         return _index_segment(plan, open_dataset(plan))
+    if plan.cache_key is None:  # on the source, through its scalar index
+        return _on_source(plan, open_dataset(plan))
     copy = cached_copy(plan, open_dataset, cache)
     if plan.kind is SubPlanKind.COUNT:
         return copy.count_rows(plan.query.filter or None)
@@ -147,6 +149,20 @@ def _orderings(query: QueryRequest) -> list[ColumnOrdering] | None:
     if not query.order_by:
         return None
     return [ColumnOrdering(o.column_name, o.ascending, o.nulls_first) for o in query.order_by]
+
+
+def _on_source(plan: SubPlan, source: LanceDataset) -> pa.Table | int:
+    if plan.kind is SubPlanKind.COUNT:
+        return source.count_rows(plan.query.filter or None)
+    if plan.kind is not SubPlanKind.SCAN:
+        raise ValueError(f"sub-plan kind {plan.kind} does not run on the source")
+    return source.scanner(
+        filter=plan.query.filter or None,
+        columns=_projection(plan.query, source.schema.names, None, None),
+        with_row_id=plan.query.with_row_id,
+        limit=plan.local_limit,
+        order_by=_orderings(plan.query),
+    ).to_table()
 
 
 def _restore_rowid(table: pa.Table) -> pa.Table:

@@ -54,6 +54,15 @@ def publish_change(settings: Settings, database: str, table: str, version: int, 
     """Tell the agent (and the query nodes) about the commit; a failure here never fails the job."""
     from lancedb_ray.events.model import ChangeEvent
     from lancedb_ray.events.outbox import ChangePublisher
+    from lancedb_ray.storage.connections import registry_key
+    from lancedb_ray.storage.versions import announce
+    from lancedb_ray.types import TableRef
+
+    try:
+        key = registry_key(StorageCatalog(settings.storage), TableRef.parse(database, table))
+        announce(settings.ray.namespace, key, version)  # the query nodes read it at once
+    except Exception:
+        _LOG.warning("could not announce version %d to the query nodes", version, exc_info=True)
 
     try:
         publisher = ChangePublisher(settings.events)

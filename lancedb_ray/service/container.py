@@ -7,13 +7,14 @@ from dataclasses import dataclass
 
 from lancedb_ray.execution.base import QueryExecutor
 from lancedb_ray.execution.local import LocalExecutor
-from lancedb_ray.service.connections import Connections
 from lancedb_ray.service.indexes import IndexService
 from lancedb_ray.service.namespaces import NamespaceService
 from lancedb_ray.service.tables import ChangeSink, TableService
 from lancedb_ray.service.versions import VersionService
 from lancedb_ray.settings import Settings
 from lancedb_ray.storage.catalog import StorageCatalog
+from lancedb_ray.storage.connections import Connections
+from lancedb_ray.storage.versions import LatestVersions, Registry, VersionRegistry
 
 
 @dataclass
@@ -32,10 +33,12 @@ class Services:
         settings: Settings,
         on_change: ChangeSink,
         executor_factory: Callable[[Connections], QueryExecutor] = LocalExecutor,
+        registry: Registry | None = None,
     ) -> Services:
-        connections = Connections(
-            StorageCatalog(settings.storage), settings.server.read_consistency_seconds
-        )
+        """``registry``: the deployment's shared version registry (None: this process alone)."""
+        seconds = settings.server.read_consistency_seconds
+        versions = LatestVersions(registry or VersionRegistry(), seconds)
+        connections = Connections(StorageCatalog(settings.storage), seconds, versions)
         tables = TableService(connections, on_change, settings.server.idempotency_window)
         return cls(
             settings=settings,

@@ -6,10 +6,10 @@ import json
 from typing import Any
 
 from lancedb_ray.errors import InvalidInput, NotFound
-from lancedb_ray.service.connections import Connections
-from lancedb_ray.service.lance_errors import lance_errors
-from lancedb_ray.service.protocol import CreateIndexRequest
+from lancedb_ray.protocol import CreateIndexRequest
 from lancedb_ray.service.tables import TableService
+from lancedb_ray.storage.connections import Connections
+from lancedb_ray.storage.lance_errors import lance_errors
 from lancedb_ray.storage.names import validate_name
 from lancedb_ray.types import TableRef
 

@@ -15,7 +15,6 @@ METRICS = MetricSet(
         "writes_total": Metric("Counter", "Acknowledged table changes, by operation.", ("operation",)),
         "rows_written_total": Metric("Counter", "Rows inserted, updated or deleted, by operation.",
                                      ("operation",)),
-        "version_probes_total": Metric("Counter", "Tables opened at their latest version (a manifest read)."),
     },
 )
 

@@ -10,9 +10,9 @@ from typing import Any
 
 from lancedb_ray.errors import AlreadyExists, InvalidInput, NotFound
 from lancedb_ray.service import paging
-from lancedb_ray.service.connections import Connections, MissingDatabase
-from lancedb_ray.service.lance_errors import lance_errors
 from lancedb_ray.service.tables import TableService
+from lancedb_ray.storage.connections import Connections, MissingDatabase
+from lancedb_ray.storage.lance_errors import lance_errors
 from lancedb_ray.types import TableRef
 
 _CREATE_MODES = {"create": "create", "existok": "exist_ok", "overwrite": "overwrite"}

@@ -19,22 +19,24 @@ from lance.schema import json_to_schema, schema_to_json
 
 from lancedb_ray.errors import InvalidInput
 from lancedb_ray.events.model import ChangeEvent
-from lancedb_ray.service import paging, writes
-from lancedb_ray.service.connections import Connections, MissingDatabase
-from lancedb_ray.service.lance_errors import clean_message, lance_errors
-from lancedb_ray.service.metrics import METRICS, POST_COMMIT
-from lancedb_ray.service.protocol import (
+from lancedb_ray.protocol import (
     AddColumnsRequest,
     AlterColumnsRequest,
     MergeInsertParams,
     UpdateRequest,
 )
+from lancedb_ray.service import paging, writes
+from lancedb_ray.service.metrics import METRICS, POST_COMMIT
 from lancedb_ray.storage.catalog import DatabaseLocation
+from lancedb_ray.storage.connections import Connections, MissingDatabase
+from lancedb_ray.storage.lance_errors import clean_message, lance_errors
 from lancedb_ray.types import TableRef
 
 _LOG = logging.getLogger(__name__)
 
 ChangeSink = Callable[[ChangeEvent], None]
+# After these, version numbers of the name may start again: the registry opens a new generation.
+_RESTARTS_VERSIONS = frozenset({"create", "drop", "rename"})
 
 
 class TableService:
@@ -240,16 +242,17 @@ class TableService:
         request_id: str | None,
         rows: int = 0,
     ) -> None:
-        """Forget reused handles, then hand the change to the publisher. Never raises.
+        """Publish the version to every replica, then hand the change to the publisher. Never raises.
 
-        It runs after the commit: the change is durable, so the client must hear success.
-        A failure here answered as a 5xx would make the client retry a write that already
-        applied. So it is logged and counted; ``version`` may be a callable for the same
-        reason (reading it after the commit can touch storage).
+        The registry is updated before the write is acknowledged (read-your-writes on any
+        replica). It runs after the commit: the change is durable, so the client must hear
+        success. A failure here answered as a 5xx would make the client retry a write that
+        already applied. So it is logged and counted; ``version`` may be a callable for the
+        same reason (reading it after the commit can touch storage).
         """
         try:
-            self._connections.forget(ref)
             version = version() if callable(version) else version
+            self._connections.committed(ref, version, recreated=operation in _RESTARTS_VERSIONS)
             _LOG.info("%s committed version %d (%d rows)", operation, version, rows)
             METRICS.inc("writes_total", operation=operation)
             METRICS.inc("rows_written_total", rows, operation=operation)

@@ -6,9 +6,9 @@ from datetime import timezone
 from typing import Any
 
 from lancedb_ray.errors import InvalidInput
-from lancedb_ray.service.connections import Connections
-from lancedb_ray.service.lance_errors import lance_errors
 from lancedb_ray.service.tables import TableService
+from lancedb_ray.storage.connections import Connections
+from lancedb_ray.storage.lance_errors import lance_errors
 from lancedb_ray.storage.names import validate_name
 from lancedb_ray.types import TableRef
 

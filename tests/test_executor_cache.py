@@ -1,0 +1,131 @@
+"""What the executors read, and where from: the manifest, a scalar index, or bounded cached copies.
+
+No Ray: the planner, the executor class and the query node's count run in-process;
+embedded lancedb on the same directory is the oracle.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lance
+import lancedb
+import numpy as np
+import pyarrow as pa
+import pytest
+from lancedb.index import BTree
+
+from lancedb_ray.execution.base import QueryTarget
+from lancedb_ray.execution.distributed import DistributedExecutor
+from lancedb_ray.execution.executor_actor import PlanExecutor
+from lancedb_ray.execution.merge import merge_scan
+from lancedb_ray.execution.plan import DatasetRef, Snapshot, SubPlanKind, plan_count, plan_query
+from lancedb_ray.protocol import UNLIMITED, QueryRequest
+from lancedb_ray.settings import Settings, StorageSettings
+from lancedb_ray.storage.catalog import StorageCatalog
+from lancedb_ray.storage.connections import Connections
+from lancedb_ray.storage.versions import LatestVersions, VersionRegistry
+from lancedb_ray.types import TableRef
+
+REF = TableRef("db", (), "t")
+
+
+def _rows(start: int, count: int) -> pa.Table:
+    ids = np.arange(start, start + count)
+    return pa.table({"id": ids, "tag": [f"t{i % 7}" for i in ids],
+                     "payload": [("x" * 200) + str(i) for i in ids],
+                     "maybe": pa.array([None if i % 5 == 0 else i for i in ids], pa.int64())})
+
+
+@pytest.fixture(scope="module")
+def table(tmp_path_factory: pytest.TempPathFactory) -> lancedb.table.LanceTable:
+    root = tmp_path_factory.mktemp("cache")
+    created = lancedb.connect(root / "db").create_table("t", _rows(0, 500))
+    for start in range(500, 2000, 500):
+        created.add(_rows(start, 500))
+    created.delete("id % 13 = 0")
+    created.create_index("id", config=BTree())
+    return created
+
+
+def _root(table) -> Path:
+    return Path(table.to_lance().uri).parents[1]
+
+
+def _snapshot(table) -> tuple[Snapshot, DatasetRef]:
+    snapshot = Snapshot.of(table.to_lance())
+    dataset = snapshot.dataset
+    return snapshot, DatasetRef(REF, dataset.uri, dataset.version, snapshot.fingerprint)
+
+
+class _NoExecutors:
+    """A pool that fails the test if a query reaches an executor."""
+
+    names = ["none"]
+    replicas = 1
+
+    def route(self, partition: str) -> list[str]:
+        return ["none"]
+
+    def handle(self, name: str, fresh: bool = False):
+        raise AssertionError("this count should not need an executor")
+
+
+def test_count_without_a_filter_comes_from_the_manifest(table) -> None:
+    settings = Settings(storage={"root": {"uri": str(_root(table))}})
+    catalog = StorageCatalog(StorageSettings(root={"uri": str(_root(table))}))
+    connections = Connections(catalog, 60.0, LatestVersions(VersionRegistry(), 60.0))
+    node = DistributedExecutor(settings, connections, _NoExecutors())  # type: ignore[arg-type]
+    assert node.count(QueryTarget(REF, None), None) == table.count_rows()
+    assert node.count(QueryTarget(REF, 1), None) == 500
+
+
+@pytest.mark.parametrize("predicate", ["id >= 400 AND id < 1700", "id IN (1, 13, 1999, 5000)"])
+def test_filters_on_scalar_indexed_columns_run_on_the_source(table, predicate: str) -> None:
+    snapshot, target = _snapshot(table)
+    plans = plan_count(snapshot, target, predicate, group_size=1)
+    assert [(p.kind, p.cache_key, p.fragment_ids) for p in plans] == [(SubPlanKind.COUNT, None, ())]
+    executor = PlanExecutor("source", Settings(storage={"root": {"uri": str(_root(table))}}).to_plain())
+    assert executor.execute_batch(plans) == [table.count_rows(predicate)]
+    query = QueryRequest(filter=predicate, k=30, offset=5, columns=["id", "maybe"])
+    scans = plan_query(snapshot, target, query, group_size=1)
+    assert len(scans) == 1 and scans[0].cache_key is None
+    got = merge_scan(executor.execute_batch(scans), query)
+    want = table.search().where(predicate).select(["id", "maybe"]).offset(5).limit(30).to_arrow()
+    assert got.to_pydict() == want.to_pydict()
+
+
+@pytest.mark.parametrize("predicate", ["tag = 't1'", "id > 3 AND maybe IS NULL", "tag = 'id'"])
+def test_filters_on_other_columns_use_the_cached_buckets(table, predicate: str) -> None:
+    snapshot, target = _snapshot(table)
+    plans = plan_count(snapshot, target, predicate, group_size=1)
+    assert len(plans) == len(snapshot.fragments) and all(p.cache_key for p in plans)
+
+
+def test_a_table_twice_the_cache_budget_stays_within_it(table, tmp_path: Path) -> None:
+    snapshot, target = _snapshot(table)
+    table_bytes = table.to_arrow().nbytes
+    budget = table_bytes  # the fragment copies get half of it: half the table
+    settings = Settings(storage={"root": {"uri": str(_root(table))}},
+                        executors={"cache_bytes": budget, "spill_dir": str(tmp_path),
+                                   "spill_bytes": 4 * table_bytes})
+    executor = PlanExecutor("bounded", settings.to_plain())
+    memory_budget = budget // 2
+    counts = plan_count(snapshot, target, "tag = 't3'", group_size=1)
+    query = QueryRequest(filter="maybe IS NOT NULL AND tag != 't0'", k=UNLIMITED)
+    scans = plan_query(snapshot, target, query, group_size=1)
+    seen = []
+    for plans in (counts, scans, counts):  # twice over: hits come from the spill tier
+        answers = []
+        for plan in plans:
+            answers += executor.execute_batch([plan])
+            seen.append(executor.cache_stats()["memory_bytes"])
+        if plans is counts:
+            assert sum(answers) == table.count_rows("tag = 't3'")
+        else:
+            want = table.search().where(query.filter).limit(None).to_arrow()
+            assert merge_scan(answers, query).to_pydict() == want.to_pydict()
+    assert max(seen) <= memory_budget, (max(seen), memory_budget)
+    stats = executor.cache_stats()
+    assert stats["evictions"] > 0 and stats["spill_bytes"] > 0
+    assert lance.dataset(target.uri).count_rows() == table.count_rows()
