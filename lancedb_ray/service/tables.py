@@ -88,7 +88,7 @@ class TableService:
 
     def drop(self, ref: TableRef, request_id: str | None) -> None:
         """A missing table is a 404: the client then raises what embedded lancedb raises."""
-        db = self._connections.database(ref.database)
+        db = self._connections.database_of(ref)
         with lance_errors(f"table '{ref.qualified_name}'", ref.database):
             db.drop_table(ref.name, namespace_path=ref.namespace_path)
         self.notify(ref, 0, "drop", request_id)

@@ -160,11 +160,15 @@ class Connections:
                 self._tables[ref] = opened
         return opened
 
-    def _open(self, ref: TableRef, version: int | str | None) -> LanceTable:
+    def database_of(self, ref: TableRef) -> DBConnection:
+        """The connection holding ``ref``: a table of a database with nothing stored is not found."""
         try:
-            db = self.database(ref.database)
+            return self.database(ref.database)
         except MissingDatabase as exc:
-            raise NotFound(f"table '{ref.qualified_name}' was not found") from exc
+            raise NotFound(f"Table '{ref.qualified_name}' was not found") from exc  # lance's words
+
+    def _open(self, ref: TableRef, version: int | str | None) -> LanceTable:
+        db = self.database_of(ref)
         if version is None:
             PROBES.inc("version_probes_total")
         with lance_errors(f"table '{ref.qualified_name}'", ref.database):
