@@ -23,7 +23,7 @@ from tests.support.service import free_port, wait_healthy
 
 def _isolated_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     """The environment of a CLI run whose local directories live under ``tmp_path``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LANCEDB_RAY_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LANCEDB_RAY_", "AZURE"))}
     env.update({"LANCEDB_RAY_EVENTS__EMBEDDED__DIRECTORY": str(tmp_path / "events"),
                 "LANCEDB_RAY_EVENTS__OUTBOX_DIRECTORY": str(tmp_path / "outbox"),
                 "LANCEDB_RAY_AGENT__JOBS_DIRECTORY": str(tmp_path / "jobs")})
