@@ -119,8 +119,11 @@ def serve_command(args: argparse.Namespace) -> int:
         # Imported once Ray's processes are started: lancedb's runtime must not be forked.
         from lancedb_ray.api.app import build_app
 
-        serve.start(http_options={"host": settings.server.host, "port": settings.server.port})
-        failure = _deploy(serve, build_app({"settings": settings.to_plain()}), stop, timeout_s=600)
+        try:
+            serve.start(http_options={"host": settings.server.host, "port": settings.server.port})
+            failure = _deploy(serve, build_app({"settings": settings.to_plain()}), stop, timeout_s=600)
+        except Exception as exc:  # noqa: BLE001 - Serve itself could not start (a port taken, ...)
+            failure = f"{type(exc).__name__}: {exc}"
         url = f"http://{settings.server.host}:{settings.server.port}"
         if failure is not None:
             print(f"lancedb-ray: the service failed to start: {failure}", file=sys.stderr, flush=True)

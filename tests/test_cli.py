@@ -90,8 +90,11 @@ def ray_head(tmp_path: Path) -> Iterator[str]:
               "print(ray.get_runtime_context().gcs_address, flush=True)\n"
               "sys.stdin.read()\n"  # until the test closes stdin
               "ray.shutdown()\n")
+    # HAProxy ports of its own: the cluster's processes, not the CLI, run Serve's proxy.
+    env = _isolated_env(tmp_path, RAY_SERVE_HAPROXY_STATS_PORT=str(free_port()),
+                        RAY_SERVE_HAPROXY_METRICS_PORT=str(free_port()))
     head = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True, env=_isolated_env(tmp_path))
+                            stdout=subprocess.PIPE, text=True, env=env)
     try:
         address = head.stdout.readline().strip()
         assert address, "the Ray head did not start"
