@@ -119,8 +119,11 @@ def serve_command(args: argparse.Namespace) -> int:
         # Imported once Ray's processes are started: lancedb's runtime must not be forked.
         from lancedb_ray.api.app import build_app
 
-        serve.start(http_options={"host": settings.server.host, "port": settings.server.port})
-        failure = _deploy(serve, build_app({"settings": settings.to_plain()}), stop, timeout_s=600)
+        try:
+            serve.start(http_options={"host": settings.server.host, "port": settings.server.port})
+            failure = _deploy(serve, build_app({"settings": settings.to_plain()}), stop, timeout_s=600)
+        except Exception as exc:  # noqa: BLE001 - Serve itself could not start (a port taken, ...)
+            failure = f"{type(exc).__name__}: {exc}"
         url = f"http://{settings.server.host}:{settings.server.port}"
         if failure is not None:
             print(f"lancedb-ray: the service failed to start: {failure}", file=sys.stderr, flush=True)
@@ -160,6 +163,33 @@ def jobs_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def status_command(args: argparse.Namespace) -> int:
+    """One screen: nodes, deployments, executors' caches, the agent's lag, jobs and unindexed tables."""
+    try:
+        settings = preflight.load_settings(args.config)
+    except preflight.PreflightError as exc:
+        print(f"lancedb-ray: {exc}", file=sys.stderr, flush=True)
+        return 2
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    import ray
+
+    from lancedb_ray.status import collect, format_status
+
+    address = args.address or settings.ray.address or os.environ.get("RAY_ADDRESS") or "auto"
+    try:
+        ray.init(address=address, namespace=settings.ray.namespace, log_to_driver=False,
+                 logging_level="ERROR")
+    except ConnectionError as exc:
+        print(f"lancedb-ray: no Ray cluster at {address}: {exc}", file=sys.stderr, flush=True)
+        return 1
+    try:
+        status = collect(settings)
+    finally:
+        ray.shutdown()
+    print(json.dumps(status, indent=1, default=str) if args.json else format_status(status))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lancedb-ray", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -183,6 +213,12 @@ def main(argv: list[str] | None = None) -> int:
     jobs_parser.add_argument("--limit", type=int, default=50)
     jobs_parser.add_argument("--json", action="store_true", help="print JSON records")
     jobs_parser.set_defaults(handler=jobs_command)
+
+    status_parser = commands.add_parser("status", help="one screen on the running service")
+    status_parser.add_argument("--address", help="the Ray cluster (default: RAY_ADDRESS, else auto)")
+    status_parser.add_argument("--config", help="settings YAML file (the executors' namespace)")
+    status_parser.add_argument("--json", action="store_true", help="print JSON")
+    status_parser.set_defaults(handler=status_command)
 
     keys.add_parser(commands)
 

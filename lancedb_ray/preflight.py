@@ -25,8 +25,8 @@ from lancedb_ray.settings import (
     StorageSettings,
 )
 from lancedb_ray.storage.catalog import StorageCatalog
-from lancedb_ray.storage.credentials import azure_storage_options, implied_account, parse_connection_string
-from lancedb_ray.storage.places import AzurePlace, LocalPlace, StorageConfigError, place_of
+from lancedb_ray.storage.credentials import parse_connection_string, place_and_options
+from lancedb_ray.storage.places import LocalPlace, StorageConfigError
 
 _KAFKA_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 
@@ -103,9 +103,7 @@ def _check_storage(storage: StorageSettings) -> None:
 
 def _check_location(setting: str, location: StorageLocation) -> None:
     try:
-        place = place_of(location, implied_account(location))
-        if isinstance(place, AzurePlace):
-            azure_storage_options(location, place.account)
+        place, _ = place_and_options(location)
     except (StorageConfigError, LanceDBRayError) as exc:
         raise PreflightError(setting, str(exc)) from None
     if isinstance(place, LocalPlace) and setting == "storage.root":

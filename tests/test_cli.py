@@ -23,7 +23,7 @@ from tests.support.service import free_port, wait_healthy
 
 def _isolated_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     """The environment of a CLI run whose local directories live under ``tmp_path``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LANCEDB_RAY_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LANCEDB_RAY_", "AZURE"))}
     env.update({"LANCEDB_RAY_EVENTS__EMBEDDED__DIRECTORY": str(tmp_path / "events"),
                 "LANCEDB_RAY_EVENTS__OUTBOX_DIRECTORY": str(tmp_path / "outbox"),
                 "LANCEDB_RAY_AGENT__JOBS_DIRECTORY": str(tmp_path / "jobs")})
@@ -90,8 +90,11 @@ def ray_head(tmp_path: Path) -> Iterator[str]:
               "print(ray.get_runtime_context().gcs_address, flush=True)\n"
               "sys.stdin.read()\n"  # until the test closes stdin
               "ray.shutdown()\n")
+    # HAProxy ports of its own: the cluster's processes, not the CLI, run Serve's proxy.
+    env = _isolated_env(tmp_path, RAY_SERVE_HAPROXY_STATS_PORT=str(free_port()),
+                        RAY_SERVE_HAPROXY_METRICS_PORT=str(free_port()))
     head = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True, env=_isolated_env(tmp_path))
+                            stdout=subprocess.PIPE, text=True, env=env)
     try:
         address = head.stdout.readline().strip()
         assert address, "the Ray head did not start"

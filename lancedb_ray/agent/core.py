@@ -84,6 +84,7 @@ class LanceAgent:
         self._tracker = CheckpointTracker()
         self._examining: set[str] = set()
         self._read_failures: dict[str, int] = {}
+        self._unindexed: dict[str, int] = {}  # "database/table" -> rows no index covers (for status)
         self._records: dict[str, Job] = {}  # every record in the store, as last written
         self._queues: dict[str, deque[Job]] = {}
         self._draining: set[str] = set()
@@ -141,6 +142,7 @@ class LanceAgent:
             "events_outstanding": self._tracker.outstanding,
             "tables_waiting": len(self._debouncer),
             "reconciler_passes": self.reconciled,
+            "unindexed_rows": {key: rows for key, rows in sorted(self._unindexed.items()) if rows},
         }
 
     async def _resume(self) -> None:
@@ -216,6 +218,7 @@ class LanceAgent:
                 return
             self._read_failures.pop(key, None)
             if state is None:
+                self._unindexed.pop(key, None)
                 METRICS.set("unindexed_rows", 0, database=database, table=table)
             elif trigger == "reconcile" and _recently_written(state, self._agent.debounce_seconds):
                 self._observe(state)  # its event is on the way, or the next pass will do
@@ -262,6 +265,7 @@ class LanceAgent:
         )
 
     def _observe(self, state: TableState) -> None:
+        self._unindexed[f"{state.database}/{state.table}"] = state.unindexed_rows
         METRICS.set("unindexed_rows", state.unindexed_rows, database=state.database, table=state.table)
 
     # -- jobs ------------------------------------------------------------------------------

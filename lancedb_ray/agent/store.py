@@ -26,8 +26,7 @@ from lancedb_ray.agent.jobs import Job, JobState
 from lancedb_ray.durable_files import try_lock, write_atomically
 from lancedb_ray.settings import Settings, StorageSettings
 from lancedb_ray.storage.catalog import DatabaseLocation
-from lancedb_ray.storage.credentials import azure_storage_options, implied_account
-from lancedb_ray.storage.places import AzurePlace, place_of
+from lancedb_ray.storage.credentials import place_and_options
 
 _LOG = logging.getLogger(__name__)
 SYSTEM_DIR = ".system"
@@ -63,11 +62,8 @@ def open_job_store(settings: Settings) -> JobStore:
 
 def root_location(storage: StorageSettings) -> DatabaseLocation:
     """The storage root as a location, with the options of the root's credential."""
-    root = storage.root
-    place = place_of(root, implied_account(root))
-    if isinstance(place, AzurePlace):
-        return DatabaseLocation("", place.uri, azure_storage_options(root, place.account))
-    return DatabaseLocation("", place.uri, dict(root.options))
+    place, options = place_and_options(storage.root)
+    return DatabaseLocation("", place.uri, options)
 
 
 def describe(store: JobStore) -> str:

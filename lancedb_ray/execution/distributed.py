@@ -112,10 +112,14 @@ class ExecutorPool:
         for ref in answered:
             try:
                 ray.get(ref)
-            except RayActorError:  # dead for good: the next ping asks for a fresh one
+            except RayActorError:
                 silent.append(pings[ref])
-                self._handles.pop(pings[ref], None)
+                self.forget(pings[ref])
         return sorted(silent)
+
+    def forget(self, name: str) -> None:
+        """Drop the handle of an executor that died for good: the next call starts a new one."""
+        self._handles.pop(name, None)
 
     def route(self, partition: str) -> list[str]:
         """Executors to try for ``partition``: a random owner first, then the rest in rank."""
@@ -254,6 +258,8 @@ class DistributedExecutor:
                     METRICS.observe("call_seconds", time.monotonic() - sent, outcome="ok")
                 except _EXECUTOR_FAULTS as exc:
                     METRICS.observe("call_seconds", time.monotonic() - sent, outcome="failed")
+                    if isinstance(exc, ActorDiedError):
+                        self._pool.forget(name)
                     for i in members:
                         attempts[i] += 1
                         if attempts[i] >= 2 * len(routes[i]):

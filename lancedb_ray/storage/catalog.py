@@ -16,9 +16,9 @@ from lancedb_ray.errors import Forbidden, NotFound
 from lancedb_ray.settings import StorageLocation, StorageSettings, UnknownDatabasePolicy
 from lancedb_ray.storage import clients
 from lancedb_ray.storage.containers import ContainerGuard
-from lancedb_ray.storage.credentials import azure_storage_options, implied_account, redact
+from lancedb_ray.storage.credentials import place_and_options, redact
 from lancedb_ray.storage.names import validate_name
-from lancedb_ray.storage.places import AzurePlace, Place, StorageConfigError, place_of
+from lancedb_ray.storage.places import Place, StorageConfigError
 
 __all__ = ["DatabaseLocation", "StorageCatalog", "StorageConfigError", "validate_name"]
 
@@ -136,7 +136,4 @@ class StorageCatalog:
 
 
 def _entry(location: StorageLocation, env: Mapping[str, str]) -> _Entry:
-    place = place_of(location, implied_account(location))
-    if isinstance(place, AzurePlace):
-        return _Entry(place, azure_storage_options(location, place.account, env))
-    return _Entry(place, dict(location.options))
+    return _Entry(*place_and_options(location, env))

@@ -13,7 +13,7 @@ import re
 from collections.abc import Mapping
 
 from lancedb_ray.settings import CredentialMode, StorageLocation
-from lancedb_ray.storage.places import StorageConfigError
+from lancedb_ray.storage.places import AzurePlace, Place, StorageConfigError, place_of
 
 AZURITE_ACCOUNT = "devstoreaccount1"
 # The emulator's published development key: not a secret.
@@ -40,6 +40,59 @@ _WORKLOAD_IDENTITY_ENV = {
     "AZURE_FEDERATED_TOKEN_FILE": FEDERATED_TOKEN_FILE,
     "AZURE_AUTHORITY_HOST": AUTHORITY_HOST,
 }
+
+
+def place_and_options(
+    location: StorageLocation, env: Mapping[str, str] | None = None
+) -> tuple[Place, dict[str, str]]:
+    """Where ``location`` points and the storage options that reach it: the one place deciding it."""
+    env = os.environ if env is None else env
+    location = with_environment(location, env)
+    place = place_of(location, implied_account(location))
+    if isinstance(place, AzurePlace):
+        return place, azure_storage_options(location, place.account, env)
+    return place, dict(location.options)
+
+
+def with_environment(location: StorageLocation, env: Mapping[str, str]) -> StorageLocation:
+    """An Azure location that names no account nor credential, completed as lance would do it.
+
+    ``lancedb.connect("az://container/prefix")`` takes the account and credential
+    from the environment (object_store's ``AZURE_*`` variables); so does the
+    service, for such a location, so that the same environment reaches the same
+    data. ``AZURE_STORAGE_CONNECTION_STRING`` is accepted too (lance itself does
+    not read it). Credential precedence: connection string, key, SAS, the
+    emulator's development key, workload identity.
+    """
+    uri = location.uri or ""
+    azure = ("://" in uri and not uri.startswith("file://")) or (not uri and location.container)
+    if not azure or location.account or location.credential is not CredentialMode.NONE:
+        return location
+    fields: dict[str, object] = {}
+    account = env.get("AZURE_STORAGE_ACCOUNT_NAME")
+    sas = env.get("AZURE_STORAGE_SAS_TOKEN") or env.get("AZURE_STORAGE_SAS_KEY")
+    endpoint = env.get("AZURE_STORAGE_ENDPOINT")
+    emulator = env.get("AZURE_STORAGE_USE_EMULATOR", "").lower() in ("true", "1")
+    if emulator:
+        account = account or AZURITE_ACCOUNT
+        endpoint = f"{env.get('AZURITE_BLOB_STORAGE_URL', AZURITE_ENDPOINT).rstrip('/')}/{account}"
+    if env.get("AZURE_STORAGE_CONNECTION_STRING"):
+        fields = {"credential": CredentialMode.CONNECTION_STRING,
+                  "connection_string": env["AZURE_STORAGE_CONNECTION_STRING"]}
+        account = endpoint = None  # the connection string names both
+    elif env.get("AZURE_STORAGE_ACCOUNT_KEY"):
+        fields = {"credential": CredentialMode.ACCOUNT_KEY, "account_key": env["AZURE_STORAGE_ACCOUNT_KEY"]}
+    elif sas:
+        fields = {"credential": CredentialMode.SAS_TOKEN, "sas_token": sas}
+    elif emulator:
+        fields = {"credential": CredentialMode.AZURITE}  # the emulator's published development key
+    elif env.get("AZURE_FEDERATED_TOKEN_FILE") or env.get("AZURE_CLIENT_ID"):
+        fields = {"credential": CredentialMode.WORKLOAD_IDENTITY}
+    if not account and not fields:
+        return location
+    if endpoint:
+        fields["endpoint"] = endpoint
+    return StorageLocation.model_validate({**location.model_dump(), "account": account, **fields})
 
 
 def parse_connection_string(text: str) -> dict[str, str]:

@@ -117,7 +117,9 @@ def _azure_from_uri(uri: str, account: str | None) -> AzurePlace:
 
 def _azure_place(account: str | None, container: str, prefix: str) -> AzurePlace:
     if not account:
-        raise StorageConfigError(f"container '{container}' needs a storage account")
+        raise StorageConfigError(
+            f"container '{container}' needs a storage account (the location's, or AZURE_STORAGE_ACCOUNT_NAME)"
+        )
     if not _ACCOUNT.fullmatch(account):
         raise StorageConfigError(f"invalid storage account name '{account}'")
     if not _CONTAINER.fullmatch(container):
