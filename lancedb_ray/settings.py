@@ -82,6 +82,19 @@ class Role(str, Enum):
     ADMIN = "admin"  # also /v1/admin/*
 
 
+class Quotas(BaseModel):
+    """What one key may use, enforced by each query node replica on its own."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    requests_per_second: float = Field(default=200.0, ge=0)  # token bucket refill; 0: no limit
+    burst: int = Field(default=400, ge=1)  # requests admitted at once from a full bucket
+    max_k: int = Field(default=100_000, ge=1)  # results per query vector ("no limit" exempt)
+    max_query_vectors: int = Field(default=1_000, ge=1)  # query vectors in one request
+    max_body_bytes: int = Field(default=512 * 1024 * 1024, ge=1)  # within server.max_body_bytes
+    concurrent_writes_per_table: int = Field(default=16, ge=1)  # writes in flight on one table
+
+
 class ApiKey(BaseModel):
     """One API key: a name for logs, the digest of the key itself, its databases and role.
 
@@ -96,6 +109,7 @@ class ApiKey(BaseModel):
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     databases: list[str] = Field(min_length=1)
     role: Role = Role.READ
+    quotas: Quotas | None = None  # None: server.quotas
 
     @model_validator(mode="before")
     @classmethod
@@ -147,8 +161,7 @@ class ServerSettings(BaseModel):
     max_decoded_bytes: int = 512 * 1024 * 1024  # bytes an Arrow body may decode to
     max_compression_ratio: float = 32.0  # how far compressed Arrow buffers may expand
     max_json_depth: int = 64  # nesting of a JSON body
-    max_k: int = 100_000  # results per query vector (the client's "no limit" is exempt)
-    max_query_vectors: int = 1_000  # query vectors in one request
+    quotas: Quotas = Field(default_factory=Quotas)  # for keys without quotas of their own
 
 
 class ExecutorSettings(BaseModel):

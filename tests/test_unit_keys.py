@@ -98,3 +98,16 @@ def test_the_cli_refuses_to_serve_without_keys(tmp_path: Path, capsys) -> None:
     config.write_text("server:\n  api_keys: []\n")
     assert cli.main(["serve", "--config", str(config)]) == 2
     assert "server.api_keys is empty" in capsys.readouterr().err
+
+
+def test_the_built_application_carries_no_clear_api_key(tmp_path: Path) -> None:
+    """What Serve keeps in its control plane (deployment init args, the agent's bound args)."""
+    import ray.cloudpickle
+
+    from lancedb_ray.api.app import build_app
+
+    app = build_app({"settings": {"server": {"api_keys": ["s3cret-api-key", DEV_KEY]},
+                                  "storage": {"root": {"uri": str(tmp_path / "data")}}}})
+    init_args = ray.cloudpickle.dumps(app._bound_deployment.init_args)
+    assert b"s3cret-api-key" not in init_args and DEV_KEY.encode() not in init_args
+    assert key_digest("s3cret-api-key").encode() in init_args
