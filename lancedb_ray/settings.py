@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from collections.abc import Mapping
 from enum import Enum
 from pathlib import Path
 from typing import Any, Literal
@@ -310,12 +311,19 @@ class Settings(BaseSettings):
         return self
 
     def to_plain(self) -> dict[str, Any]:
-        """A picklable dict with secrets revealed, for handing to Ray actors."""
-        return _reveal(self.model_dump(mode="python"))
+        """A picklable dict for handing to Ray deployments and actors.
+
+        A secret this process has from its environment is left out: it would sit in
+        Ray's control plane (deployment and actor arguments), and every process of
+        the cluster has the same environment, so ``from_plain`` reads it there again.
+        Secrets given any other way (a YAML file, overrides) are revealed.
+        """
+        return _reveal(self.model_dump(mode="python"), (), os.environ)
 
     @classmethod
     def from_plain(cls, data: dict[str, Any]) -> Settings:
-        return cls.model_validate(data)
+        """Settings from ``to_plain``, with the secrets of this process's environment."""
+        return cls(**data)
 
 
 def _absolute(path: str) -> str:
@@ -330,13 +338,21 @@ def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> None:
             base[key] = value
 
 
-def _reveal(value: Any) -> Any:
+_FROM_ENV = object()  # a secret left out of plain settings: its process reads it from the environment
+
+
+def _env_name(path: tuple[str, ...]) -> str:
+    return "LANCEDB_RAY_" + "__".join(path).upper()
+
+
+def _reveal(value: Any, path: tuple[str, ...], env: Mapping[str, str]) -> Any:
     if isinstance(value, SecretStr):
-        return value.get_secret_value()
+        return _FROM_ENV if env.get(_env_name(path)) else value.get_secret_value()
     if isinstance(value, Enum):
         return value.value
     if isinstance(value, dict):
-        return {k: _reveal(v) for k, v in value.items()}
+        revealed = {k: _reveal(v, (*path, str(k)), env) for k, v in value.items()}
+        return {k: v for k, v in revealed.items() if v is not _FROM_ENV}
     if isinstance(value, list):
-        return [_reveal(v) for v in value]
+        return [_reveal(v, path, env) for v in value]
     return value

@@ -111,3 +111,25 @@ def test_the_built_application_carries_no_clear_api_key(tmp_path: Path) -> None:
     init_args = ray.cloudpickle.dumps(app._bound_deployment.init_args)
     assert b"s3cret-api-key" not in init_args and DEV_KEY.encode() not in init_args
     assert key_digest("s3cret-api-key").encode() in init_args
+
+
+def test_secrets_from_the_environment_stay_out_of_the_built_application(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each process has the same environment: a secret from it is read there, not passed along."""
+    import ray.cloudpickle
+
+    from lancedb_ray.api.app import build_app
+
+    monkeypatch.setenv("LANCEDB_RAY_EVENTS__KAFKA__SASL_PASSWORD", "Endpoint=sb://kafka-secret/")
+    monkeypatch.setenv("LANCEDB_RAY_STORAGE__DATABASES__ACME__SAS_TOKEN", "sv=sas-secret")
+    overrides = {"storage": {"root": {"uri": str(tmp_path / "data")},
+                             "databases": {"acme": {"account": "acct1", "container": "acme",
+                                                    "credential": "sas_token"}}}}
+    app = build_app({"settings": overrides})
+    init_args = ray.cloudpickle.dumps(app._bound_deployment.init_args)
+    assert b"kafka-secret" not in init_args and b"sas-secret" not in init_args
+    plain = Settings.load(None, **overrides).to_plain()
+    restored = Settings.from_plain(plain)  # as a replica or an actor does, in its own process
+    assert restored.events.kafka.sasl_password.get_secret_value() == "Endpoint=sb://kafka-secret/"
+    assert restored.storage.databases["acme"].sas_token.get_secret_value() == "sv=sas-secret"
