@@ -8,6 +8,7 @@ dict, to every Ray deployment and actor so that they all agree.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 import re
@@ -313,16 +314,18 @@ class Settings(BaseSettings):
     def to_plain(self) -> dict[str, Any]:
         """A picklable dict for handing to Ray deployments and actors.
 
-        A secret this process has from its environment is left out: it would sit in
-        Ray's control plane (deployment and actor arguments), and every process of
-        the cluster has the same environment, so ``from_plain`` reads it there again.
-        Secrets given any other way (a YAML file, overrides) are revealed.
+        A secret every process of the cluster can read for itself, from its environment
+        (``LANCEDB_RAY_<PATH>``) or from the settings file of ``$LANCEDB_RAY_CONFIG``, is
+        left out, so it never sits in Ray's control plane (deployment and actor
+        arguments); ``from_plain`` reads it there again. Any other secret is revealed.
         """
-        return _reveal(self.model_dump(mode="python"), (), os.environ)
+        return _reveal(self.model_dump(mode="python"), (), os.environ, _shared_file())
 
     @classmethod
     def from_plain(cls, data: dict[str, Any]) -> Settings:
-        """Settings from ``to_plain``, with the secrets of this process's environment."""
+        """Settings from ``to_plain``, with the secrets this process reads for itself."""
+        data = copy.deepcopy(data)
+        _fill_secrets(data, _shared_file())
         return cls(**data)
 
 
@@ -338,21 +341,52 @@ def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> None:
             base[key] = value
 
 
-_FROM_ENV = object()  # a secret left out of plain settings: its process reads it from the environment
+_SECRET_FIELDS = frozenset(
+    name
+    for model in (StorageLocation, KafkaBusSettings, EventHubBusSettings)
+    for name, field in model.model_fields.items()
+    if "SecretStr" in str(field.annotation)
+)
+_FROM_ENV = object()  # a secret left out of plain settings: each process reads it itself
 
 
 def _env_name(path: tuple[str, ...]) -> str:
     return "LANCEDB_RAY_" + "__".join(path).upper()
 
 
-def _reveal(value: Any, path: tuple[str, ...], env: Mapping[str, str]) -> Any:
+def _shared_file() -> dict[str, Any]:
+    """The settings file every process of the cluster has (``$LANCEDB_RAY_CONFIG``), raw."""
+    path = os.environ.get("LANCEDB_RAY_CONFIG")
+    if not path or not Path(path).is_file():
+        return {}
+    return yaml.safe_load(Path(path).read_text()) or {}
+
+
+def _at(data: Any, path: tuple[str, ...]) -> Any:
+    for part in path:
+        data = data.get(part) if isinstance(data, dict) else None
+    return data
+
+
+def _reveal(value: Any, path: tuple[str, ...], env: Mapping[str, str], shared: dict[str, Any]) -> Any:
     if isinstance(value, SecretStr):
-        return _FROM_ENV if env.get(_env_name(path)) else value.get_secret_value()
+        secret = value.get_secret_value()
+        readable = env.get(_env_name(path)) or _at(shared, path) == secret
+        return _FROM_ENV if readable else secret
     if isinstance(value, Enum):
         return value.value
     if isinstance(value, dict):
-        revealed = {k: _reveal(v, (*path, str(k)), env) for k, v in value.items()}
+        revealed = {k: _reveal(v, (*path, str(k)), env, shared) for k, v in value.items()}
         return {k: v for k, v in revealed.items() if v is not _FROM_ENV}
     if isinstance(value, list):
-        return [_reveal(v, path, env) for v in value]
+        return [_reveal(v, path, env, shared) for v in value]
     return value
+
+
+def _fill_secrets(data: dict[str, Any], shared: dict[str, Any]) -> None:
+    """Put back the secrets ``to_plain`` left out that the shared file holds (env wins anyway)."""
+    for key, value in shared.items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            _fill_secrets(data[key], value)
+        elif key not in data and key in _SECRET_FIELDS:
+            data[key] = value

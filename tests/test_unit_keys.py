@@ -133,3 +133,26 @@ def test_secrets_from_the_environment_stay_out_of_the_built_application(
     restored = Settings.from_plain(plain)  # as a replica or an actor does, in its own process
     assert restored.events.kafka.sasl_password.get_secret_value() == "Endpoint=sb://kafka-secret/"
     assert restored.storage.databases["acme"].sas_token.get_secret_value() == "sv=sas-secret"
+
+
+def test_secrets_of_the_shared_settings_file_stay_out_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "settings.yaml"
+    config.write_text(yaml.safe_dump({
+        "storage": {"root": {"uri": str(tmp_path / "data")},
+                    "databases": {"acme": {"account": "acct1", "container": "acme",
+                                           "credential": "account_key", "account_key": "ZmlsZS1rZXk="}}},
+        "events": {"kafka": {"sasl_password": "file-kafka-secret"}},
+    }))
+    monkeypatch.setenv("LANCEDB_RAY_CONFIG", str(config))
+    settings = Settings.load(None, storage={"databases": {"beta": {
+        "account": "acct2", "container": "beta", "credential": "sas_token", "sas_token": "sv=given"}}})
+    plain = settings.to_plain()
+    assert "ZmlsZS1rZXk=" not in repr(plain) and "file-kafka-secret" not in repr(plain)
+    assert "sv=given" in repr(plain)  # given only here (an override): nowhere else to read it from
+    restored = Settings.from_plain(plain)
+    assert restored.storage.databases["acme"].account_key.get_secret_value() == "ZmlsZS1rZXk="
+    assert restored.events.kafka.sasl_password.get_secret_value() == "file-kafka-secret"
+    assert restored.storage.databases["beta"].sas_token.get_secret_value() == "sv=given"
+    assert restored.to_plain() == plain
