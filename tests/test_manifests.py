@@ -594,6 +594,21 @@ def test_ray_pods_run_as_non_root_without_privileges(name: str, doc: dict[str, A
         assert context["capabilities"] == {"drop": ["ALL"]}, group
 
 
+def test_the_head_answers_only_ray_pods_and_the_operator() -> None:
+    policy = _only(_load_all((K8S / "base" / "networkpolicy.yaml").read_text()), "NetworkPolicy")
+    spec = policy["spec"]
+    assert spec["podSelector"] == {"matchLabels": {"ray.io/node-type": "head"}}
+    assert spec["policyTypes"] == ["Ingress"]
+    control, metrics = spec["ingress"]
+    assert control["from"] == [
+        {"podSelector": {"matchLabels": {"ray.io/is-ray-node": "yes"}}},
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kuberay-system"}}},
+    ]
+    assert "ports" not in control and metrics == {"ports": [{"port": 8080, "protocol": "TCP"}]}
+    for overlay in PROFILES:
+        assert _only(_rendered(overlay), "NetworkPolicy")["metadata"]["namespace"] == "lancedb-ray"
+
+
 def test_private_link_is_never_open_to_every_subscription() -> None:
     annotations = _base_rayservice()["spec"]["serveService"]["metadata"]["annotations"]
     assert annotations["service.beta.kubernetes.io/azure-pls-visibility"] != "*"
