@@ -106,6 +106,8 @@ def serve_command(args: argparse.Namespace) -> int:
     import ray
     from ray import serve
 
+    if args.config:  # every Ray process then reads the file's secrets itself (Settings.to_plain)
+        os.environ["LANCEDB_RAY_CONFIG"] = os.path.abspath(args.config)
     # Ctrl-C (or SIGTERM) at any point, during start-up too, leads to the same clean stop.
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())

@@ -58,6 +58,17 @@ class Overloaded(LanceDBRayError):
     name = "Overloaded"
 
 
+class RateLimited(Overloaded):
+    """A key over its quota: 429 with ``Retry-After`` seconds."""
+
+    def __init__(self, message: str, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    def __reduce__(self) -> tuple[type, tuple[str, int]]:  # type: ignore[override]
+        return (type(self), (self.message, self.retry_after))
+
+
 class Unavailable(LanceDBRayError):
     """A transient fault (storage outage, executor restart): the client retries."""
 

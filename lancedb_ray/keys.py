@@ -53,7 +53,7 @@ def add_key(config: Path, name: str, databases: list[str], role: Role) -> str:
         raise ValueError(f"{config} already has a key named '{name}'")
     key = generate()
     entry = ApiKey(name=name, sha256=key_digest(key), databases=databases, role=role)
-    entries.append(entry.model_dump(mode="json"))
+    entries.append(entry.model_dump(mode="json", exclude_none=True))
     _replace(config, yaml.safe_dump(data, sort_keys=False))
     return key
 

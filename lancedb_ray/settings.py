@@ -10,9 +10,11 @@ passed, as a plain dict, to every Ray deployment and actor so that they all agre
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 import re
+from collections.abc import Mapping
 from contextvars import ContextVar
 from enum import Enum
 from pathlib import Path
@@ -91,6 +93,17 @@ class Role(str, Enum):
     ADMIN = "admin"  # also /v1/admin/*
 
 
+class Quotas(StrictModel):
+    """What one key may use, enforced by each query node replica on its own."""
+
+    requests_per_second: float = Field(default=200.0, ge=0)  # token bucket refill; 0: no limit
+    burst: int = Field(default=400, ge=1)  # requests admitted at once from a full bucket
+    max_k: int = Field(default=100_000, ge=1)  # results per query vector ("no limit" exempt)
+    max_query_vectors: int = Field(default=1_000, ge=1)  # query vectors in one request
+    max_body_bytes: int = Field(default=512 * 1024 * 1024, ge=1)  # within server.max_body_bytes
+    concurrent_writes_per_table: int = Field(default=16, ge=1)  # writes in flight on one table
+
+
 class ApiKey(StrictModel):
     """One API key: a name for logs, the digest of the key itself, its databases and role.
 
@@ -103,6 +116,7 @@ class ApiKey(StrictModel):
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     databases: list[str] = Field(min_length=1)
     role: Role = Role.READ
+    quotas: Quotas | None = None  # None: server.quotas
 
     @model_validator(mode="before")
     @classmethod
@@ -155,8 +169,7 @@ class ServerSettings(StrictModel):
     max_decoded_bytes: int = 512 * 1024 * 1024  # bytes an Arrow body may decode to
     max_compression_ratio: float = 32.0  # how far compressed Arrow buffers may expand
     max_json_depth: int = 64  # nesting of a JSON body
-    max_k: int = 100_000  # results per query vector (the client's "no limit" is exempt)
-    max_query_vectors: int = 1_000  # query vectors in one request
+    quotas: Quotas = Field(default_factory=Quotas)  # for keys without quotas of their own
 
 
 class ExecutorSettings(StrictModel):
@@ -326,12 +339,21 @@ class Settings(BaseSettings):
         return self
 
     def to_plain(self) -> dict[str, Any]:
-        """A picklable dict with secrets revealed, for handing to Ray actors."""
-        return _reveal(self.model_dump(mode="python"))
+        """A picklable dict for handing to Ray deployments and actors.
+
+        A secret every process of the cluster can read for itself, from its environment
+        (``LANCEDB_RAY_<PATH>``) or from the settings file of ``$LANCEDB_RAY_CONFIG``, is
+        left out, so it never sits in Ray's control plane (deployment and actor
+        arguments); ``from_plain`` reads it there again. Any other secret is revealed.
+        """
+        return _reveal(self.model_dump(mode="python"), (), os.environ, _shared_file())
 
     @classmethod
     def from_plain(cls, data: dict[str, Any]) -> Settings:
-        return cls.model_validate(data)
+        """Settings from ``to_plain``, with the secrets this process reads for itself."""
+        data = copy.deepcopy(data)
+        _fill_secrets(data, _shared_file())
+        return cls(**data)
 
 
 _FILE_DATA: ContextVar[dict[str, Any]] = ContextVar("lancedb_ray_settings_file")
@@ -351,13 +373,52 @@ def _absolute(path: str) -> str:
     return str(Path(path).expanduser().resolve())
 
 
-def _reveal(value: Any) -> Any:
+_SECRET_FIELDS = frozenset(
+    name
+    for model in (StorageLocation, KafkaBusSettings, EventHubBusSettings)
+    for name, field in model.model_fields.items()
+    if "SecretStr" in str(field.annotation)
+)
+_FROM_ENV = object()  # a secret left out of plain settings: each process reads it itself
+
+
+def _env_name(path: tuple[str, ...]) -> str:
+    return "LANCEDB_RAY_" + "__".join(path).upper()
+
+
+def _shared_file() -> dict[str, Any]:
+    """The settings file every process of the cluster has (``$LANCEDB_RAY_CONFIG``), raw."""
+    path = os.environ.get("LANCEDB_RAY_CONFIG")
+    if not path or not Path(path).is_file():
+        return {}
+    return yaml.safe_load(Path(path).read_text()) or {}
+
+
+def _at(data: Any, path: tuple[str, ...]) -> Any:
+    for part in path:
+        data = data.get(part) if isinstance(data, dict) else None
+    return data
+
+
+def _reveal(value: Any, path: tuple[str, ...], env: Mapping[str, str], shared: dict[str, Any]) -> Any:
     if isinstance(value, SecretStr):
-        return value.get_secret_value()
+        secret = value.get_secret_value()
+        readable = secret in (env.get(_env_name(path)), _at(shared, path))
+        return _FROM_ENV if readable else secret
     if isinstance(value, Enum):
         return value.value
     if isinstance(value, dict):
-        return {k: _reveal(v) for k, v in value.items()}
+        revealed = {k: _reveal(v, (*path, str(k)), env, shared) for k, v in value.items()}
+        return {k: v for k, v in revealed.items() if v is not _FROM_ENV}
     if isinstance(value, list):
-        return [_reveal(v) for v in value]
+        return [_reveal(v, path, env, shared) for v in value]
     return value
+
+
+def _fill_secrets(data: dict[str, Any], shared: dict[str, Any]) -> None:
+    """Put back the secrets ``to_plain`` left out that the shared file holds (env wins anyway)."""
+    for key, value in shared.items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            _fill_secrets(data[key], value)
+        elif key not in data and key in _SECRET_FIELDS:
+            data[key] = value

@@ -32,6 +32,7 @@ K8S = REPO / "k8s"
 PROFILES = ("managed", "byoc", "hybrid")
 BUILDER = "lancedb_ray.api.app:build_app"
 RAY_KINDS = {"RayService": "rayservices", "RayCluster": "rayclusters", "RayJob": "rayjobs"}
+RAY_TOKEN_SECRET = "lancedb-ray-ray-token"  # Ray token auth: KubeRay reads its data key auth_token
 SECRET_FIELDS = ("account_key", "sas_token", "connection_string", "sasl_password", "api_keys")
 
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -560,11 +561,11 @@ def _env(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 @pytest.mark.parametrize("name,doc", _all_ray_resources(), ids=[n for n, _ in _all_ray_resources()])
 def test_containers_share_settings_secrets_and_auth_mode(name: str, doc: dict[str, Any]) -> None:
-    assert _cluster_spec(doc)["authOptions"]["mode"] == "disabled"
-    assert _env(_cluster_spec(doc)["autoscalerOptions"])["RAY_AUTH_MODE"]["value"] == "disabled"
+    assert _cluster_spec(doc)["authOptions"] == {"mode": "token", "secretName": RAY_TOKEN_SECRET}
+    assert _env(_cluster_spec(doc)["autoscalerOptions"])["RAY_AUTH_MODE"]["value"] == "token"
     for group, container in _ray_containers(doc):
         env = _env(container)
-        assert env["RAY_AUTH_MODE"]["value"] == "disabled", group
+        assert env["RAY_AUTH_MODE"]["value"] == "token", group
         assert env["LANCEDB_RAY_CONFIG"]["value"] == "/etc/lancedb-ray/settings.yaml", group
         kafka = env["LANCEDB_RAY_EVENTS__KAFKA__SASL_PASSWORD"]["valueFrom"]["secretKeyRef"]
         assert kafka == {"name": "lancedb-ray-eventhubs", "key": "connection-string"}, group
@@ -576,7 +577,48 @@ def test_containers_share_settings_secrets_and_auth_mode(name: str, doc: dict[st
         assert volumes["settings"]["configMap"]["name"] == "lancedb-ray-settings", group
     if doc["kind"] == "RayJob":
         submitter = doc["spec"]["submitterPodTemplate"]["spec"]["containers"][0]
-        assert _env(submitter)["RAY_AUTH_MODE"]["value"] == "disabled"
+        assert _env(submitter)["RAY_AUTH_MODE"]["value"] == "token"
+        token = _env(submitter)["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"]
+        assert token == {"name": RAY_TOKEN_SECRET, "key": "auth_token"}
+
+
+@pytest.mark.parametrize("name,doc", _all_ray_resources(), ids=[n for n, _ in _all_ray_resources()])
+def test_ray_pods_run_as_non_root_without_privileges(name: str, doc: dict[str, Any]) -> None:
+    for group, spec in _groups(doc):
+        pod = spec["template"]["spec"]["securityContext"]
+        assert pod["runAsNonRoot"] is True and pod["runAsUser"] != 0, group
+        assert pod["seccompProfile"] == {"type": "RuntimeDefault"}, group
+    for group, container in _ray_containers(doc):
+        context = container["securityContext"]
+        assert context["allowPrivilegeEscalation"] is False, group
+        assert context["capabilities"] == {"drop": ["ALL"]}, group
+
+
+def test_the_head_answers_only_ray_pods_and_the_operator() -> None:
+    policy = _only(_load_all((K8S / "base" / "networkpolicy.yaml").read_text()), "NetworkPolicy")
+    spec = policy["spec"]
+    assert spec["podSelector"] == {"matchLabels": {"ray.io/node-type": "head"}}
+    assert spec["policyTypes"] == ["Ingress"]
+    control, metrics = spec["ingress"]
+    assert control["from"] == [
+        {"podSelector": {"matchLabels": {"ray.io/is-ray-node": "yes"}}},
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kuberay-system"}}},
+    ]
+    assert "ports" not in control and metrics == {"ports": [{"port": 8080, "protocol": "TCP"}]}
+    for overlay in PROFILES:
+        assert _only(_rendered(overlay), "NetworkPolicy")["metadata"]["namespace"] == "lancedb-ray"
+
+
+def test_private_link_is_never_open_to_every_subscription() -> None:
+    annotations = _base_rayservice()["spec"]["serveService"]["metadata"]["annotations"]
+    assert annotations["service.beta.kubernetes.io/azure-pls-visibility"] != "*"
+    for overlay in PROFILES:
+        service = _only(_rendered(overlay), "RayService")
+        annotations = service["spec"]["serveService"]["metadata"]["annotations"]
+        if annotations["service.beta.kubernetes.io/azure-pls-create"] != "true":
+            continue  # byoc: no Private Link Service at all
+        visibility = annotations["service.beta.kubernetes.io/azure-pls-visibility"]
+        assert visibility != "*" and "*" not in visibility.split(), overlay
 
 
 def _groups_volumes(doc: dict[str, Any], group: str) -> list[dict[str, Any]]:

@@ -178,3 +178,18 @@ def test_admin_listing_shows_only_the_keys_databases(live_service: LiveService) 
     for key in (ALPHA_WRITE, ALPHA_READ):
         answer = jobs(key)
         assert answer.status_code == 403 and "needs admin" in answer.text
+
+
+def test_no_clear_api_key_in_rays_control_plane(live_service: LiveService) -> None:
+    """Serve's checkpoints in the GCS (deployment configs, init args) hold digests, never keys."""
+    from ray.experimental import internal_kv
+    from ray.serve._private.storage.kv_store import SERVE_INTERNAL_KV_NAMESPACE
+
+    from lancedb_ray.settings import key_digest
+
+    keys = internal_kv._internal_kv_list(b"", namespace=SERVE_INTERNAL_KV_NAMESPACE)
+    stored = b"".join(internal_kv._internal_kv_get(k, namespace=SERVE_INTERNAL_KV_NAMESPACE) or b""
+                      for k in keys)
+    assert key_digest(ALPHA_WRITE).encode() in stored  # the deployment's arguments are in here...
+    for key in (live_service.api_key, ALPHA_WRITE, ALPHA_READ, BETA_ADMIN):
+        assert key.encode() not in stored  # ... but no key in the clear

@@ -98,3 +98,61 @@ def test_the_cli_refuses_to_serve_without_keys(tmp_path: Path, capsys) -> None:
     config.write_text("server:\n  api_keys: []\n")
     assert cli.main(["serve", "--config", str(config)]) == 2
     assert "server.api_keys is empty" in capsys.readouterr().err
+
+
+def test_the_built_application_carries_no_clear_api_key(tmp_path: Path) -> None:
+    """What Serve keeps in its control plane (deployment init args, the agent's bound args)."""
+    import ray.cloudpickle
+
+    from lancedb_ray.api.app import build_app
+
+    app = build_app({"settings": {"server": {"api_keys": ["s3cret-api-key", DEV_KEY]},
+                                  "storage": {"root": {"uri": str(tmp_path / "data")}}}})
+    init_args = ray.cloudpickle.dumps(app._bound_deployment.init_args)
+    assert b"s3cret-api-key" not in init_args and DEV_KEY.encode() not in init_args
+    assert key_digest("s3cret-api-key").encode() in init_args
+
+
+def test_secrets_from_the_environment_stay_out_of_the_built_application(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each process has the same environment: a secret from it is read there, not passed along."""
+    import ray.cloudpickle
+
+    from lancedb_ray.api.app import build_app
+
+    monkeypatch.setenv("LANCEDB_RAY_EVENTS__KAFKA__SASL_PASSWORD", "Endpoint=sb://kafka-secret/")
+    monkeypatch.setenv("LANCEDB_RAY_STORAGE__DATABASES__ACME__SAS_TOKEN", "sv=sas-secret")
+    overrides = {"storage": {"root": {"uri": str(tmp_path / "data")},
+                             "databases": {"acme": {"account": "acct1", "container": "acme",
+                                                    "credential": "sas_token"}}}}
+    app = build_app({"settings": overrides})
+    init_args = ray.cloudpickle.dumps(app._bound_deployment.init_args)
+    assert b"kafka-secret" not in init_args and b"sas-secret" not in init_args
+    plain = Settings.load(None, **overrides).to_plain()
+    restored = Settings.from_plain(plain)  # as a replica or an actor does, in its own process
+    assert restored.events.kafka.sasl_password.get_secret_value() == "Endpoint=sb://kafka-secret/"
+    assert restored.storage.databases["acme"].sas_token.get_secret_value() == "sv=sas-secret"
+
+
+def test_secrets_of_the_shared_settings_file_stay_out_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "settings.yaml"
+    config.write_text(yaml.safe_dump({
+        "storage": {"root": {"uri": str(tmp_path / "data")},
+                    "databases": {"acme": {"account": "acct1", "container": "acme",
+                                           "credential": "account_key", "account_key": "ZmlsZS1rZXk="}}},
+        "events": {"kafka": {"sasl_password": "file-kafka-secret"}},
+    }))
+    monkeypatch.setenv("LANCEDB_RAY_CONFIG", str(config))
+    settings = Settings.load(None, storage={"databases": {"beta": {
+        "account": "acct2", "container": "beta", "credential": "sas_token", "sas_token": "sv=given"}}})
+    plain = settings.to_plain()
+    assert "ZmlsZS1rZXk=" not in repr(plain) and "file-kafka-secret" not in repr(plain)
+    assert "sv=given" in repr(plain)  # given only here (an override): nowhere else to read it from
+    restored = Settings.from_plain(plain)
+    assert restored.storage.databases["acme"].account_key.get_secret_value() == "ZmlsZS1rZXk="
+    assert restored.events.kafka.sasl_password.get_secret_value() == "file-kafka-secret"
+    assert restored.storage.databases["beta"].sas_token.get_secret_value() == "sv=given"
+    assert restored.to_plain() == plain

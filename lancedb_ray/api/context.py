@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import TypeVar
 
 from fastapi import Request
@@ -12,9 +13,10 @@ from lancedb_ray.api.arrow_io import read_arrow_stream
 from lancedb_ray.api.auth import authorize, identify, required_role
 from lancedb_ray.api.ipc_guard import IpcLimits
 from lancedb_ray.api.json_io import parse_object
+from lancedb_ray.api.quotas import GUARD, quotas_of
 from lancedb_ray.errors import InvalidInput, PayloadTooLarge, Unavailable
 from lancedb_ray.service.container import Services
-from lancedb_ray.settings import ApiKey
+from lancedb_ray.settings import ApiKey, Quotas, Role
 
 Body = TypeVar("Body", bound=BaseModel)
 
@@ -38,17 +40,32 @@ def services(request: Request) -> Services:
     return _services
 
 
-def authenticate(request: Request) -> ApiKey:
-    """The dependency of every API route: who calls, and may they call this route here.
+def authenticate(request: Request) -> Iterator[ApiKey]:
+    """The dependency of every API route: who calls, may they call this route here, and
+    is their key within its quotas (a write holds one of its table's write slots).
 
-    The key is kept on ``request.state`` for the audit log and for filtering listings.
+    The key is kept on ``request.state`` for the audit log, listings and body limits.
     """
-    key = identify(services(request).settings, request.headers.get("x-api-key"))
+    settings = services(request).settings
+    key = identify(settings, request.headers.get("x-api-key"))
     request.state.api_key = key
     database = None if request.url.path.startswith("/v1/admin/") else request.headers.get(
         "x-lancedb-database")
-    authorize(key, required_role(request), database or None)
-    return key
+    role = required_role(request)
+    authorize(key, role, database or None)
+    quotas = quotas_of(key, settings)
+    GUARD.admit(key, quotas)
+    table = request.path_params.get("table_id")
+    if role is Role.WRITE and database and table:
+        with GUARD.write_slot(key, quotas, database, table):
+            yield key
+    else:
+        yield key
+
+
+def key_quotas(request: Request) -> Quotas:
+    """The quotas of the request's key (authenticated before any body is read)."""
+    return quotas_of(request.state.api_key, services(request).settings)
 
 
 def database(request: Request) -> str:
@@ -64,7 +81,7 @@ def request_id(request: Request) -> str | None:
 
 async def read_body(request: Request) -> bytes:
     """The whole body, refusing more than the configured limit (uploads are chunked)."""
-    limit = services(request).settings.server.max_body_bytes
+    limit = min(services(request).settings.server.max_body_bytes, key_quotas(request).max_body_bytes)
     declared = request.headers.get("content-length")
     if declared and not declared.isdigit():
         raise InvalidInput(f"content-length '{declared[:40]}' is not a number of bytes")

@@ -17,7 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
-from lancedb_ray.errors import LanceDBRayError
+from lancedb_ray.errors import LanceDBRayError, RateLimited
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +53,10 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _ours(request: Request, exc: LanceDBRayError) -> JSONResponse:
         if exc.status_code == 500:  # translated from something unexpected: keep its traceback
             return _internal(request, exc, exc.message)
-        return error_response(exc.status_code, exc.name, exc.message)
+        response = error_response(exc.status_code, exc.name, exc.message)
+        if isinstance(exc, RateLimited):
+            response.headers["retry-after"] = str(exc.retry_after)
+        return response
 
     @app.exception_handler(json.JSONDecodeError)
     async def _bad_json(request: Request, exc: json.JSONDecodeError) -> JSONResponse:

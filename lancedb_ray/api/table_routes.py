@@ -20,6 +20,7 @@ from lancedb_ray.api.context import (
     database,
     is_arrow,
     json_body,
+    key_quotas,
     request_id,
     services,
 )
@@ -65,8 +66,8 @@ async def _query_body(request: Request, model: type[Body]) -> Body:
     """A query-carrying body, checked against the per-request query limits."""
     body = await json_body(request, model)
     query = body.query if isinstance(body, ExplainRequest) else body
-    server = services(request).settings.server
-    check_query(query, server.max_k, server.max_query_vectors)
+    quotas = key_quotas(request)
+    check_query(query, quotas.max_k, quotas.max_query_vectors)
     return body
 
 
