@@ -671,12 +671,14 @@ def test_metrics_port_and_pod_monitor() -> None:
             assert {"name": endpoint["port"], "containerPort": 8080} in container["ports"]
 
 
-def test_query_node_pods_probe_readiness_and_liveness() -> None:
+def test_query_node_pods_probe_readiness_and_liveness(monkeypatch: pytest.MonkeyPatch) -> None:
     """Readiness asks the service (/ready); liveness stays on the raylet, so an outage restarts nothing."""
     from fastapi.testclient import TestClient
 
+    from lancedb_ray.api import context
     from lancedb_ray.api.http import create_app
 
+    monkeypatch.setattr(context, "_services", None)  # another test may have installed some
     client = TestClient(create_app())  # no services installed: a node that is starting
     (app,) = _load(DEPLOYMENTS / "production.yaml")["applications"]
     serve_port = _load(DEPLOYMENTS / "production.yaml")["http_options"]["port"]
