@@ -77,6 +77,10 @@ class FragmentCache:
         self._building: dict[str, threading.Lock] = {}
         self._hits = self._misses = self._evictions = 0
 
+    @property
+    def memory_budget(self) -> int:
+        return self._memory_budget
+
     def get(self, key: str, load: Callable[[], pa.Table]) -> LanceDataset:
         """The cached copy for ``key``, loading it with ``load`` on a miss (once per key)."""
         found = self._lookup(key)
