@@ -163,3 +163,20 @@ def test_refine_reads_the_cached_vectors_not_storage(tmp_path: Path) -> None:
             assert got.schema.names == want.schema.names
             assert got.drop_columns(["_distance"]).to_pydict() == want.drop_columns(["_distance"]).to_pydict()
             np.testing.assert_allclose(got["_distance"].to_numpy(), want["_distance"].to_numpy(), rtol=1e-6)
+
+
+def test_bucket_copies_hold_only_the_columns_a_query_reads(table, tmp_path: Path) -> None:
+    snapshot, target = _snapshot(table)
+    settings = Settings(storage={"root": {"uri": str(_root(table))}},
+                        executors={"spill_dir": str(tmp_path)})
+    executor = PlanExecutor("narrow", settings.to_plain())
+    query = QueryRequest(filter="tag = 't2' AND maybe IS NOT NULL", k=UNLIMITED, columns=["id"])
+    got = merge_scan(executor.execute_batch(plan_query(snapshot, target, query, group_size=1)), query)
+    want = table.search().where(query.filter).select(["id"]).limit(None).to_arrow()
+    assert got.to_pydict() == want.to_pydict()
+    assert executor.cache_stats()["memory_bytes"] < table.to_arrow()["payload"].nbytes, "no payload read"
+    counts = executor.execute_batch(plan_count(snapshot, target, "tag = 't2'", group_size=1))
+    assert sum(counts) == table.count_rows("tag = 't2'")
+    everything = QueryRequest(filter="tag = 't2'", k=UNLIMITED)  # every column: the whole copy
+    got = merge_scan(executor.execute_batch(plan_query(snapshot, target, everything, 1)), everything)
+    assert got.to_pydict() == table.search().where(everything.filter).limit(None).to_arrow().to_pydict()

@@ -81,6 +81,10 @@ class FragmentCache:
     def memory_budget(self) -> int:
         return self._memory_budget
 
+    def peek(self, key: str) -> LanceDataset | None:
+        """The cached copy for ``key`` if there is one; never loads."""
+        return self._lookup(key)
+
     def get(self, key: str, load: Callable[[], pa.Table]) -> LanceDataset:
         """The cached copy for ``key``, loading it with ``load`` on a miss (once per key)."""
         found = self._lookup(key)

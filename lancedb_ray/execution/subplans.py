@@ -18,7 +18,13 @@ import pyarrow as pa
 from lance.dataset import LanceDataset
 
 from lancedb_ray.execution.cache import FragmentCache
-from lancedb_ray.execution.plan import MATCH_COLUMN, SOURCE_ROWID, SubPlan, SubPlanKind
+from lancedb_ray.execution.plan import (
+    MATCH_COLUMN,
+    SOURCE_ROWID,
+    SubPlan,
+    SubPlanKind,
+    filter_columns,
+)
 from lancedb_ray.protocol import QueryRequest
 
 OpenDataset = Callable[[SubPlan], LanceDataset]
@@ -45,16 +51,46 @@ def run(plan: SubPlan, open_dataset: OpenDataset, cache: FragmentCache) -> pa.Ta
 
 
 def cached_copy(plan: SubPlan, open_dataset: OpenDataset, cache: FragmentCache) -> LanceDataset:
-    """The bucket's copy, read from storage only on a miss."""
+    """The bucket's copy, read from storage only on a miss.
+
+    A copy of every column (prewarmed, or loaded by a query that projects them all) serves any
+    sub-plan; otherwise the copy holds only the columns this sub-plan projects or filters on.
+    """
     assert plan.cache_key is not None
+    whole = cache.peek(plan.cache_key)
+    if whole is not None:
+        return whole
+    source = open_dataset(plan)
+    columns = _read_columns(plan, source.schema.names)
+    key = plan.cache_key if columns is None else _copy_key(plan, columns)
 
     def load() -> pa.Table:
-        source = open_dataset(plan)
         fragments = [source.get_fragment(fid) for fid in plan.fragment_ids]
-        table = source.scanner(fragments=fragments, with_row_id=True).to_table()
+        table = source.scanner(fragments=fragments, columns=columns, with_row_id=True).to_table()
         return table.rename_columns([SOURCE_ROWID if c == "_rowid" else c for c in table.schema.names])
 
-    return cache.get(plan.cache_key, load)
+    return cache.get(key, load)
+
+
+def _read_columns(plan: SubPlan, names: list[str]) -> list[str] | None:
+    """The columns a bucket sub-plan reads, in table order; None: all of them (or unsure)."""
+    query = plan.query
+    texts = [query.filter] if query.filter else []
+    if isinstance(query.columns, dict):
+        projected: list[str] = []
+        texts += list(query.columns.values())
+    elif query.columns is not None:
+        projected = list(query.columns)
+    elif plan.kind is SubPlanKind.COUNT and query.filter:
+        projected = []
+    else:
+        return None
+    if not set(projected) <= set(names) or any(q in text for text in texts for q in "`\""):
+        return None  # unknown or quoted names: let lance read (and name) them on the whole copy
+    needed = set(projected).union(*(filter_columns(text, names) for text in texts))
+    if plan.kind is SubPlanKind.FLAT and query.vector_column:
+        needed.add(query.vector_column)
+    return [c for c in names if c in needed]
 
 
 def _nearest(plan: SubPlan, use_index: bool) -> dict[str, Any]:
