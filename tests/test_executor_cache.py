@@ -129,3 +129,54 @@ def test_a_table_twice_the_cache_budget_stays_within_it(table, tmp_path: Path) -
     stats = executor.cache_stats()
     assert stats["evictions"] > 0 and stats["spill_bytes"] > 0
     assert lance.dataset(target.uri).count_rows() == table.count_rows()
+
+
+def test_refine_reads_the_cached_vectors_not_storage(tmp_path: Path) -> None:
+    """An index segment's re-ranking: the rows and distances of lance's refine, no storage read."""
+    from lancedb_ray.execution import subplans
+    from lancedb_ray.execution.cache import FragmentCache
+
+    dim = 16
+    vectors = np.random.default_rng(3).normal(size=(2000, dim)).astype("float32")
+    data = pa.table({"id": np.arange(2000), "label": [f"l{i % 3}" for i in range(2000)],
+                     "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), dim)})
+    uri = str(tmp_path / "r.lance")
+    lance.write_dataset(data, uri, max_rows_per_file=500)
+    lance.dataset(uri).create_index("vector", "IVF_PQ", num_partitions=4, num_sub_vectors=4)
+    dataset = lance.dataset(uri)
+    snapshot = Snapshot.of(dataset)
+    target = DatasetRef(REF, uri, dataset.version, snapshot.fingerprint)
+    cache = FragmentCache("refine", 64 * 1024**2, None, 0)
+    for q in vectors[:5] + 0.05:
+        for columns in (["id"], None):
+            query = QueryRequest(vector=q.tolist(), k=5, nprobes=2, refine_factor=3, columns=columns,
+                                 with_row_id=True)
+            plans = plan_query(snapshot, target, query, group_size=2)
+            assert [p.kind for p in plans] == [SubPlanKind.INDEX_SEGMENT]
+            subplans.run(plans[0], lambda _plan: dataset, cache)  # loads the segment's copy
+            dataset.io_stats_incremental()
+            got = subplans.run(plans[0], lambda _plan: dataset, cache)
+            assert dataset.io_stats_incremental().read_iops == 0
+            want = dataset.scanner(nearest={"column": "vector", "q": q, "k": 5, "nprobes": 2,
+                                            "refine_factor": 3},
+                                   columns=columns, with_row_id=True).to_table()
+            assert got.schema.names == want.schema.names
+            assert got.drop_columns(["_distance"]).to_pydict() == want.drop_columns(["_distance"]).to_pydict()
+            np.testing.assert_allclose(got["_distance"].to_numpy(), want["_distance"].to_numpy(), rtol=1e-6)
+
+
+def test_bucket_copies_hold_only_the_columns_a_query_reads(table, tmp_path: Path) -> None:
+    snapshot, target = _snapshot(table)
+    settings = Settings(storage={"root": {"uri": str(_root(table))}},
+                        executors={"spill_dir": str(tmp_path)})
+    executor = PlanExecutor("narrow", settings.to_plain())
+    query = QueryRequest(filter="tag = 't2' AND maybe IS NOT NULL", k=UNLIMITED, columns=["id"])
+    got = merge_scan(executor.execute_batch(plan_query(snapshot, target, query, group_size=1)), query)
+    want = table.search().where(query.filter).select(["id"]).limit(None).to_arrow()
+    assert got.to_pydict() == want.to_pydict()
+    assert executor.cache_stats()["memory_bytes"] < table.to_arrow()["payload"].nbytes, "no payload read"
+    counts = executor.execute_batch(plan_count(snapshot, target, "tag = 't2'", group_size=1))
+    assert sum(counts) == table.count_rows("tag = 't2'")
+    everything = QueryRequest(filter="tag = 't2'", k=UNLIMITED)  # every column: the whole copy
+    got = merge_scan(executor.execute_batch(plan_query(snapshot, target, everything, 1)), everything)
+    assert got.to_pydict() == table.search().where(everything.filter).limit(None).to_arrow().to_pydict()

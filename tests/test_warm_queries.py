@@ -142,6 +142,24 @@ def test_outside_writes_show_within_the_interval(tmp_path: Path) -> None:
         time.sleep(0.05)
 
 
+def test_a_table_recreated_outside_is_read_anew(tmp_path: Path) -> None:
+    seconds = 0.3
+    node = _query_node(StorageLocation(uri=str(tmp_path)), VersionRegistry(), seconds)
+    outside = lancedb.connect(tmp_path / "db")
+    first = outside.create_table("t", _rows(0, 20))
+    for start in (20, 40, 60):
+        first.add(_rows(start, 5))
+    target = QueryTarget(REF, None)
+    assert {p.dataset.version for p in node.plan(target, QueryRequest())} == {4}
+    outside.drop_table("t")
+    outside.create_table("t", _rows(100, 3))  # version 1 again: storage went backwards
+    deadline = time.monotonic() + seconds + 5
+    while (plans := node.plan(target, QueryRequest())) and plans[0].dataset.version != 1:
+        assert time.monotonic() < deadline, "the re-created table was never read"
+        time.sleep(0.05)
+    assert len(plans) == 1 and plans[0].fragment_ids == (0,)
+
+
 def test_registry_versions_only_move_forward_within_a_generation() -> None:
     registry = VersionRegistry()
     first = registry.publish("k", 3, recreated=True)
@@ -150,3 +168,9 @@ def test_registry_versions_only_move_forward_within_a_generation() -> None:
     dropped = registry.publish("k", 0, recreated=True)
     assert (dropped.version, dropped.generation) == (0, first.generation + 1)
     assert registry.publish("k", 1, recreated=True).version == 1
+    seen = registry.publish("k", 4)
+    assert registry.publish("k", 2, seen=registry.publish("k", 5)).version == 2, "nothing since: recreated"
+    assert registry.get("k").generation == seen.generation + 1
+    stale = registry.get("k")
+    registry.publish("k", 3)  # a commit after the observer read the registry
+    assert registry.publish("k", 1, seen=stale).version == 3, "a racing read never moves it back"

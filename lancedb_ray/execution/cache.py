@@ -77,6 +77,14 @@ class FragmentCache:
         self._building: dict[str, threading.Lock] = {}
         self._hits = self._misses = self._evictions = 0
 
+    @property
+    def memory_budget(self) -> int:
+        return self._memory_budget
+
+    def peek(self, key: str) -> LanceDataset | None:
+        """The cached copy for ``key`` if there is one; never loads."""
+        return self._lookup(key)
+
     def get(self, key: str, load: Callable[[], pa.Table]) -> LanceDataset:
         """The cached copy for ``key``, loading it with ``load`` on a miss (once per key)."""
         found = self._lookup(key)

@@ -81,7 +81,14 @@ class Snapshot:
         return content_key(self.dataset.uri, self.schema, list(self.fragments.values()))
 
     def index_segments(self, column: str) -> list[dict]:
-        return self._memoised(("segments", column), lambda: vector_index_segments(self.dataset, column))
+        """The vector index segments on ``column``, each with the content key of its fragments."""
+        def described() -> list[dict]:
+            segments = vector_index_segments(self.dataset, column)
+            for segment in segments:
+                known = [self.fragments[f] for f in segment["fragment_ids"] if f in self.fragments]
+                segment["key"] = content_key(self.dataset.uri, self.schema, [segment["uuid"], *known])
+            return segments
+        return self._memoised(("segments", column), described)
 
     def buckets(self, name: tuple, fragment_ids: Callable[[], list[int]], group_size: int
                 ) -> list[tuple[int, tuple[int, ...], str]]:
@@ -134,7 +141,8 @@ class SubPlan:
     fragment_ids: tuple[int, ...] = ()
     index_segment: str | None = None
     local_limit: int | None = None  # rows this sub-plan returns (offset included)
-    cache_key: str | None = None  # content key of the bucket's cached copy
+    cache_key: str | None = None  # content key of the bucket's (or index segment's) cached copy
+    metric: str | None = None  # an index segment's distance metric (its re-ranking uses it)
 
 
 def bucket_partition(uri: str, bucket: int) -> str:
@@ -183,7 +191,9 @@ def _plan_vector(
     for segment in segments:
         plans.append(
             SubPlan(SubPlanKind.INDEX_SEGMENT, target, f"{target.uri}#segment/{segment['uuid']}",
-                    query, vector=vector, index_segment=segment["uuid"], local_limit=wanted)
+                    query, vector=vector, index_segment=segment["uuid"], local_limit=wanted,
+                    fragment_ids=tuple(segment["fragment_ids"]), cache_key=segment["key"],
+                    metric=segment["metric"])
         )
     if segments and query.fast_search:
         return plans  # fast_search: indexed data only, as in lance
@@ -221,7 +231,9 @@ def vector_index_segments(dataset: LanceDataset, column: str) -> list[dict]:
     for index in dataset.describe_indices():
         kind = str(index.index_type).upper()
         if list(index.field_names) == [column] and ("IVF" in kind or "HNSW" in kind):
-            segments += [{"uuid": str(segment.uuid), "fragment_ids": sorted(segment.fragment_ids or [])}
+            metric = str((index.details or {}).get("metric_type") or "").lower() or None
+            segments += [{"uuid": str(segment.uuid), "fragment_ids": sorted(segment.fragment_ids or []),
+                          "metric": metric}
                          for segment in index.segments]
     return segments
 

@@ -6,9 +6,14 @@ tested without Ray; the actor in ``executor_actor`` only holds the state.
 
 from __future__ import annotations
 
+import hashlib
+import uuid
+import weakref
 from collections.abc import Callable
 from typing import Any
 
+import lance
+import numpy as np
 import pyarrow as pa
 from lance.dataset import ColumnOrdering, LanceDataset
 
@@ -19,6 +24,7 @@ from lancedb_ray.execution.plan import (
     SOURCE_ROWID,
     SubPlan,
     SubPlanKind,
+    filter_columns,
 )
 from lancedb_ray.protocol import QueryRequest
 
@@ -27,7 +33,12 @@ OpenDataset = Callable[[SubPlan], LanceDataset]
 
 def run(plan: SubPlan, open_dataset: OpenDataset, cache: FragmentCache) -> pa.Table | int:
     if plan.kind is SubPlanKind.INDEX_SEGMENT:
-        return _index_segment(plan, open_dataset(plan))
+        source = open_dataset(plan)
+        if _refines_from_cache(plan, source, cache):
+            found = _index_segment_refined_from_cache(plan, source, cache)
+            if found is not None:
+                return found
+        return _index_segment(plan, source)
     if plan.cache_key is None:  # on the source, through its scalar index
         return _on_source(plan, open_dataset(plan))
     copy = cached_copy(plan, open_dataset, cache)
@@ -41,16 +52,47 @@ def run(plan: SubPlan, open_dataset: OpenDataset, cache: FragmentCache) -> pa.Ta
 
 
 def cached_copy(plan: SubPlan, open_dataset: OpenDataset, cache: FragmentCache) -> LanceDataset:
-    """The bucket's copy, read from storage only on a miss."""
+    """The bucket's copy, read from storage only on a miss.
+
+    A copy of every column (prewarmed, or loaded by a query that projects them all) serves any
+    sub-plan; otherwise the copy holds only the columns this sub-plan projects or filters on.
+    """
     assert plan.cache_key is not None
+    whole = cache.peek(plan.cache_key)
+    if whole is not None:
+        return whole
+    source = open_dataset(plan)
+    columns = _read_columns(plan, source.schema.names)
+    key = plan.cache_key if columns is None else _copy_key(plan, columns)
 
     def load() -> pa.Table:
-        source = open_dataset(plan)
         fragments = [source.get_fragment(fid) for fid in plan.fragment_ids]
-        table = source.scanner(fragments=fragments, with_row_id=True).to_table()
+        table = source.scanner(fragments=fragments, columns=columns, with_row_id=True).to_table()
         return table.rename_columns([SOURCE_ROWID if c == "_rowid" else c for c in table.schema.names])
 
-    return cache.get(plan.cache_key, load)
+    return cache.get(key, load)
+
+
+def _read_columns(plan: SubPlan, names: list[str]) -> list[str] | None:
+    """The columns a bucket sub-plan reads, in table order; None: all of them (or unsure)."""
+    query = plan.query
+    texts = [query.filter] if query.filter else []
+    if isinstance(query.columns, dict):
+        projected: list[str] = []
+        texts += list(query.columns.values())
+    elif query.columns is not None:
+        projected = list(query.columns)
+    elif plan.kind is SubPlanKind.COUNT and query.filter:
+        projected = []
+    else:
+        return None
+    ordered = [o.column_name for o in query.order_by or []]  # the merge sorts on these
+    if not set(projected + ordered) <= set(names) or any(q in text for text in texts for q in "`\""):
+        return None  # unknown or quoted names: let lance read (and name) them on the whole copy
+    needed = set(projected + ordered).union(*(filter_columns(text, names) for text in texts))
+    if plan.kind is SubPlanKind.FLAT and query.vector_column:
+        needed.add(query.vector_column)
+    return [c for c in names if c in needed]
 
 
 def _nearest(plan: SubPlan, use_index: bool) -> dict[str, Any]:
@@ -120,6 +162,88 @@ def _index_segment(plan: SubPlan, source: LanceDataset) -> pa.Table:
         with_row_id=plan.query.with_row_id,
         **filters,
     ).to_table()
+
+
+def _refines_from_cache(plan: SubPlan, source: LanceDataset, cache: FragmentCache) -> bool:
+    """Whether the segment's re-ranking can read its vectors from the cache instead of storage.
+
+    Filters, distance ranges and computed projections keep lance's own path; so does a segment
+    whose copy (vectors and projected columns) would not fit in half the memory budget.
+    """
+    query = plan.query
+    if plan.cache_key is None or query.filter or isinstance(query.columns, dict):
+        return False
+    if query.lower_bound is not None or query.upper_bound is not None:
+        return False
+    rows = sum(source.get_fragment(fid).metadata.physical_rows for fid in plan.fragment_ids)
+    width = len(plan.vector or ()) * 4 + 16 * (len(query.columns or source.schema.names) + 1)
+    return rows * width <= cache.memory_budget // 2
+
+
+def _index_segment_refined_from_cache(plan: SubPlan, source: LanceDataset, cache: FragmentCache
+                                      ) -> pa.Table | None:
+    """ANN candidates from the index alone (no data read), re-ranked on cached vectors.
+
+    Lance's refine takes ``k * refine_factor`` candidates from the index and ranks them by
+    exact distance, reading each candidate's vector from storage. Here the candidates come
+    from the same index search without refine, and lance's own flat search ranks them on
+    the segment's cached copy: the same rows and distances, without a storage request.
+    None when the copy does not hold every candidate (the caller takes lance's path).
+    """
+    query = plan.query
+    column = query.vector_column
+    assert column is not None and plan.local_limit is not None
+    # All columns in the table's order (as lance returns them), or the vector and the projection.
+    loaded = source.schema.names if query.columns is None else \
+        [column, *[c for c in query.columns if c != column]]
+    copy = cache.get(_copy_key(plan, loaded), lambda: _segment_rows(plan, source, loaded))
+    nearest = _nearest(plan, use_index=True)
+    nearest.pop("refine_factor", None)
+    nearest["k"] = plan.local_limit * (query.refine_factor or 1)
+    candidates = source.scanner(nearest=nearest, index_segments=[plan.index_segment], fast_search=True,
+                                columns=[], with_row_id=True).to_table()
+    rowids = _rowids(copy)
+    wanted_ids = candidates.column("_rowid").to_numpy()
+    positions = np.searchsorted(rowids, wanted_ids)
+    if not len(positions) or positions.max() >= len(rowids) or (rowids[positions] != wanted_ids).any():
+        return None
+    rows = copy.take(positions.tolist())
+    ranked = lance.write_dataset(rows, f"memory://rerank-{uuid.uuid4().hex}")
+    exact: dict[str, Any] = {"column": column, "q": plan.vector, "k": plan.local_limit,
+                             "use_index": False}
+    metric = query.distance_type or plan.metric
+    if metric:
+        exact["metric"] = metric
+    rowid = SOURCE_ROWID if query.with_row_id else None
+    result = ranked.scanner(
+        nearest=exact, columns=_projection(query, copy.schema.names, rowid, None),
+    ).to_table()
+    return _restore_rowid(result)
+
+
+def _copy_key(plan: SubPlan, columns: list[str]) -> str:
+    assert plan.cache_key is not None
+    return hashlib.blake2b("\n".join([plan.cache_key, *columns]).encode(), digest_size=16).hexdigest()
+
+
+def _segment_rows(plan: SubPlan, source: LanceDataset, columns: list[str]) -> pa.Table:
+    """The segment's rows (vector and projected columns), in row id order."""
+    fragments = [source.get_fragment(fid) for fid in plan.fragment_ids]
+    table = source.scanner(fragments=fragments, columns=columns, with_row_id=True).to_table()
+    table = table.rename_columns([SOURCE_ROWID if c == "_rowid" else c for c in table.schema.names])
+    return table.sort_by(SOURCE_ROWID)
+
+
+_ROWIDS: weakref.WeakKeyDictionary[LanceDataset, np.ndarray] = weakref.WeakKeyDictionary()
+
+
+def _rowids(copy: LanceDataset) -> np.ndarray:
+    """A cached copy's source row ids, sorted (read once per copy)."""
+    found = _ROWIDS.get(copy)
+    if found is None:
+        found = copy.to_table(columns=[SOURCE_ROWID]).column(SOURCE_ROWID).to_numpy()
+        _ROWIDS[copy] = found
+    return found
 
 
 def _flat(plan: SubPlan, copy: LanceDataset) -> pa.Table:

@@ -107,7 +107,7 @@ class Connections:
         """The handle at the latest version; no storage request while the registry vouches for it."""
         if self._versions is None:
             return self._reused(ref)
-        known = self._versions.trusted(self._key(ref))
+        known, seen = self._versions.trusted(self._key(ref))
         with self._lock:
             cached = self._tables.get(ref)
         if known is not None and cached is not None and cached.generation == known.generation:
@@ -116,14 +116,10 @@ class Connections:
                 with lance_errors(f"table '{ref.qualified_name}'", ref.database):
                     cached.table.checkout_latest()
             return cached
-        if cached is not None and (known is None or cached.generation == known.generation):
-            table = cached.table  # re-read its latest version: cheaper than opening it again
-            PROBES.inc("version_probes_total")
-            with lance_errors(f"table '{ref.qualified_name}'", ref.database):
-                table.checkout_latest()
-        else:
-            table = self._open(ref, None)
-        entry = self._versions.observed(self._key(ref), table.version)
+        # Opened again, not checkout_latest(): that never moves a handle back, and a table
+        # dropped and re-created outside the service starts its versions again.
+        table = self._open(ref, None)
+        entry = self._versions.observed(self._key(ref), table.version, seen)
         opened = OpenTable(table, entry.generation, time.monotonic())
         with self._lock:
             self._tables[ref] = opened

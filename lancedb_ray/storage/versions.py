@@ -44,8 +44,15 @@ class VersionRegistry:
         with self._lock:
             return self._tables.get(key)
 
-    def publish(self, key: str, version: int, recreated: bool = False) -> TableVersion:
-        """Record a committed (or observed) version; versions only move forward within a generation."""
+    def publish(self, key: str, version: int, recreated: bool = False,
+                seen: TableVersion | None = None) -> TableVersion:
+        """Record a committed (or, with ``seen``, an observed) version.
+
+        Versions only move forward within a generation, so a replica that read storage just
+        before a commit cannot move the table back. An observer passes ``seen``, the entry it
+        read before reading storage: if nothing was published since and storage shows a lower
+        version, the table was re-created outside the service and a new generation starts.
+        """
         now = time.time()
         with self._lock:
             known = self._tables.get(key)
@@ -54,8 +61,10 @@ class VersionRegistry:
                 entry = TableVersion(version, generation + 1, now)
             elif known is None or version >= known.version:
                 entry = TableVersion(version, generation, now)
+            elif seen is not None and seen == known:
+                entry = TableVersion(version, generation + 1, now)
             else:
-                entry = TableVersion(known.version, generation, now)
+                return known  # a read that raced a newer commit: keep the newer version
             self._tables[key] = entry
             return entry
 
@@ -63,7 +72,8 @@ class VersionRegistry:
 class Registry(Protocol):
     def get(self, key: str) -> TableVersion | None: ...
 
-    def publish(self, key: str, version: int, recreated: bool = False) -> TableVersion: ...
+    def publish(self, key: str, version: int, recreated: bool = False,
+                seen: TableVersion | None = None) -> TableVersion: ...
 
 
 class RemoteRegistry:
@@ -77,10 +87,11 @@ class RemoteRegistry:
 
         return ray.get(self._handle.get.remote(key))
 
-    def publish(self, key: str, version: int, recreated: bool = False) -> TableVersion:
+    def publish(self, key: str, version: int, recreated: bool = False,
+                seen: TableVersion | None = None) -> TableVersion:
         import ray
 
-        return ray.get(self._handle.publish.remote(key, version, recreated))
+        return ray.get(self._handle.publish.remote(key, version, recreated, seen))
 
 
 def start_registry(namespace: str) -> RemoteRegistry:
@@ -136,18 +147,19 @@ class LatestVersions:
         self._registry = registry
         self._interval = read_consistency_seconds
 
-    def trusted(self, key: str) -> TableVersion | None:
-        """The latest version if the registry's entry is fresh enough to skip storage, else None."""
+    def trusted(self, key: str) -> tuple[TableVersion | None, TableVersion | None]:
+        """(the entry if fresh enough to skip storage, else None; the entry as read)."""
         entry = self._registry.get(key)
         if entry is None or entry.version == 0:
-            return None
+            return None, entry
         if time.time() - entry.checked_at > self._interval:
-            return None  # an outside writer may have committed since: read storage
-        return entry
+            return None, entry  # an outside writer may have committed since: read storage
+        return entry, entry
 
-    def observed(self, key: str, version: int) -> TableVersion:
-        """What storage showed: shared with every replica, so the next re-read is one interval away."""
-        return self._registry.publish(key, version)
+    def observed(self, key: str, version: int, seen: TableVersion | None) -> TableVersion:
+        """What storage showed after ``seen`` was read: shared with every replica, so the next
+        re-read is one interval away."""
+        return self._registry.publish(key, version, seen=seen)
 
     def committed(self, key: str, version: int, recreated: bool = False) -> TableVersion:
         """A write through the service committed ``version``: publish before acknowledging."""
