@@ -63,3 +63,11 @@ class Unavailable(LanceDBRayError):
 
     status_code = 503
     name = "Unavailable"
+
+
+class Unsupported(LanceDBRayError):
+    """An operation the protocol has and this server does not: 501, which the client neither
+    retries nor reports as "table not found" (as it would a 404)."""
+
+    status_code = 501
+    name = "Unsupported"

@@ -30,7 +30,7 @@ class Connections:
         self._catalog = catalog
         self._interval = timedelta(seconds=read_consistency_seconds)
         self._connections: dict[str, DBConnection] = {}
-        self._tables: dict[TableRef, tuple[LanceTable, float]] = {}
+        self._tables: dict[TableRef, tuple[LanceTable, float, float]] = {}  # monotonic, wall
         self._lock = threading.Lock()
 
     def location(self, database: str) -> DatabaseLocation:
@@ -66,8 +66,25 @@ class Connections:
                 table.checkout(version)
         if reusable:
             with self._lock:
-                self._tables[ref] = (table, time.monotonic())
+                self._tables[ref] = (table, time.monotonic(), time.time())
         return table
+
+    def require_fresh(self, ref: TableRef, min_version: int | None, min_time: float | None) -> None:
+        """Drop a reused handle older than what the client has seen or asked for.
+
+        The client's read-freshness headers carry the highest version it has read or
+        written and the moment of its ``checkout_latest()``; a replica whose handle is
+        behind must reopen, so reads stay monotonic across replicas.
+        """
+        with self._lock:
+            cached = self._tables.get(ref)
+        if cached is None:
+            return
+        table, _, opened_at = cached
+        if (min_time is not None and opened_at < min_time) or (
+            min_version is not None and table.version < min_version
+        ):
+            self.forget(ref)
 
     def forget(self, ref: TableRef) -> None:
         """Drop a reused handle after this replica changed the table."""
