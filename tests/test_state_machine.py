@@ -33,6 +33,7 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
+from lancedb.index import FTS, Bitmap, BTree, IvfPq
 
 from tests.support.local_node import LocalNode
 from tests.support.service import LiveService
@@ -82,6 +83,10 @@ UPDATES = st.sampled_from([
     {"values_sql": {"price": "id * 2.5", "text": "'x'"}},
 ])
 PROJECTIONS = st.sampled_from([None, ["id"], ["id", "price"], {"id": "id", "p2": "price * 2"}])
+INDEXES = {
+    "id_btree": ("id", BTree()), "text_bitmap": ("text", Bitmap()), "text_fts": ("text", FTS()),
+    "vector_ivf_pq": ("vector", IvfPq(num_partitions=2, num_sub_vectors=2)),
+}
 ORDERINGS = st.one_of(st.none(), st.lists(
     st.fixed_dictionaries({"column_name": st.sampled_from(["id", "price", "text"]),
                            "ascending": st.booleans(), "nulls_first": st.booleans()}),
@@ -94,13 +99,23 @@ def _table(rows: list[tuple], columns: tuple[str, ...] = tuple(SCHEMA.names)) ->
     return full.select(list(columns))
 
 
+class Failure(str):
+    """An error's message: shown when outcomes differ, but any two failures compare equal (the
+    remote client raises HttpError where embedded raises ValueError, with other wording)."""
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Failure)
+
+    def __hash__(self) -> int:
+        return 0
+
+
 def _outcome(operation: Callable[[], Any]) -> tuple[str, Any]:
-    """The value, or that it failed (the remote client raises HttpError where embedded raises
-    ValueError: only the failure is compared)."""
+    """The value, or that it failed (with why, for the report)."""
     try:
         return "ok", operation()
-    except Exception:  # noqa: BLE001 - that it failed is what is compared
-        return "error", None
+    except Exception as exc:  # noqa: BLE001 - that it failed is what is compared
+        return "error", Failure(str(exc)[:500])
 
 
 def _rows(table: pa.Table) -> list[str]:
@@ -115,25 +130,32 @@ def _merge_counts(result: Any) -> tuple[int, int, int]:
 
 
 def same_nearest(remote: pa.Table, local: pa.Table, boundary_tie: bool,
-                 ordering: list[dict] | None) -> None:
+                 ordering: list[dict] | None, offset: int) -> None:
     """Exact search: same distances; same rows unless a tie at the k-th distance leaves the
-    choice open; in the requested order (distance, or the order_by keys)."""
+    choice open; in the requested order (distance, or the order_by keys).
+
+    With ``order_by`` lance sorts the nearest k+offset rows by the keys, then skips ``offset``:
+    rows tied on the keys may fall on either side of the offset, so only the key sequence is
+    determined there.
+    """
     if remote.schema.names != local.schema.names:  # an alias map: the client sorts its keys
         remote, local = remote.select(sorted(remote.schema.names)), local.select(
             sorted(local.schema.names))
     assert remote.schema.names == local.schema.names
+    keys = [o["column_name"] for o in ordering or []]
+    if boundary_tie:
+        assert remote.num_rows == local.num_rows
+        return
+    if keys and all(k in remote.schema.names for k in keys):
+        assert remote.select(keys) == local.select(keys)
+    if ordering and offset:
+        return
     rd = remote.column("_distance").to_pylist()
     ld = local.column("_distance").to_pylist()
     np.testing.assert_allclose(sorted(rd), sorted(ld), rtol=1e-5, atol=1e-5)
-    if boundary_tie:
-        return
     others = [n for n in remote.schema.names if n != "_distance"]
     assert _rows(remote.select(others)) == _rows(local.select(others))
-    if ordering:
-        keys = [o["column_name"] for o in ordering]
-        if all(k in remote.schema.names for k in keys):
-            assert remote.select(keys) == local.select(keys)
-    else:
+    if not ordering:
         np.testing.assert_allclose(rd, ld, rtol=1e-5, atol=1e-5)
 
 
@@ -169,7 +191,7 @@ class DifferentialMachine(RuleBasedStateMachine):
 
     def same_outcome(self, operation: Callable[[Any], Any]) -> Any:
         remote, local = self.both(lambda t: _outcome(lambda: operation(t)))
-        assert remote == local
+        assert remote == local, (remote, local)
         return remote
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -254,7 +276,67 @@ class DifferentialMachine(RuleBasedStateMachine):
         self.same_outcome(lambda t: t.restore(version))
         self.has_extra = "extra" in self.local.schema.names
 
+    @rule(rows=st.integers(200, 300), seed=st.integers(0, 3))
+    def add_many(self, rows: int, seed: int) -> None:
+        """Enough rows to train a vector index (IVF_PQ needs a few hundred)."""
+        rng = np.random.default_rng(seed)
+        data = [(int(i % 40), rng.uniform(-4, 4, DIM).astype(np.float32).tolist(),
+                 ["a", "b", "kiwi pie", None][i % 4], float(i % 9) / 2) for i in range(rows)]
+        self.same_outcome(lambda t: t.add(_table(data)).version)
+
+    @rule(kind=st.sampled_from(sorted(INDEXES)))
+    def create_index(self, kind: str) -> None:
+        column, config = INDEXES[kind]
+        self.same_outcome(lambda t: t.create_index(column, config=config))
+        self.same_outcome(lambda t: sorted((i.name, i.index_type, tuple(i.columns))
+                                           for i in t.list_indices()))
+
+    @rule(data=st.data())
+    def drop_index(self, data: st.DataObject) -> None:
+        names = sorted(i.name for i in self.local.list_indices())
+        if names:
+            name = data.draw(st.sampled_from(names))
+            self.same_outcome(lambda t: t.drop_index(name))
+
+    @rule(tag=st.sampled_from(["one", "two"]), back=st.integers(0, 2))
+    def tag_and_checkout(self, tag: str, back: int) -> None:
+        version = max(1, self.local.version - back)
+        outcome = self.same_outcome(lambda t: t.tags.create(tag, version))
+        if outcome[0] == "error":
+            self.same_outcome(lambda t: t.tags.update(tag, version))
+        assert self.remote.tags.list()[tag]["version"] == self.local.tags.list()[tag]["version"]
+        self.both(lambda t: t.checkout(tag))
+        self.same_outcome(lambda t: t.version)
+        remote, local = self.both(lambda t: t.search().limit(None).to_arrow())
+        assert _rows(remote) == _rows(local)
+        self.both(lambda t: t.checkout_latest())
+
     # -- reads -------------------------------------------------------------------------------
+
+    def _has_index(self, kind: str) -> bool:
+        return any(i.index_type.upper().replace("_", "") == kind.replace("_", "")
+                   for i in self.local.list_indices())  # lancedb says "IvfPq", "FTS", "BTree"
+
+    @rule(term=st.sampled_from(["kiwi", "pie", "apple", "a"]), k=st.integers(1, 20),
+          where=FILTERS)
+    def full_text_search(self, term: str, k: int, where: str | None) -> None:
+        if not self._has_index("FTS"):
+            return
+
+        def search(t: Any) -> pa.Table:
+            builder = t.search(term, query_type="fts")
+            if where:
+                builder = builder.where(where)
+            return builder.limit(k).to_arrow()
+
+        remote, local = self.both(lambda t: _outcome(lambda: search(t)))
+        assert remote[0] == local[0]
+        if remote[0] == "ok":
+            r, lo = remote[1], local[1]
+            assert r.num_rows == lo.num_rows
+            np.testing.assert_allclose(sorted(r.column("_score").to_pylist()),
+                                       sorted(lo.column("_score").to_pylist()), rtol=1e-5)
+
 
     @rule(q=VECTORS, k=st.integers(1, 12), where=FILTERS, prefilter=st.booleans(),
           columns=PROJECTIONS, offset=st.integers(0, 3), ordering=ORDERINGS,
@@ -262,8 +344,12 @@ class DifferentialMachine(RuleBasedStateMachine):
     def vector_search(self, q: list[float], k: int, where: str | None, prefilter: bool,
                       columns: Any, offset: int, ordering: list[dict] | None,
                       metric: str) -> None:
+        exact = self._has_index("IVF_PQ")  # the invariant is about exact search
+
         def search(t: Any) -> pa.Table:
             builder = t.search(q).distance_type(metric)
+            if exact:
+                builder = builder.bypass_vector_index()
             if where:
                 builder = builder.where(where, prefilter=prefilter)
             if columns is not None:
@@ -273,7 +359,7 @@ class DifferentialMachine(RuleBasedStateMachine):
             return builder.limit(k).offset(offset).to_arrow()
 
         remote, local = self.both(lambda t: _outcome(lambda: search(t)))
-        assert remote[0] == local[0]
+        assert remote[0] == local[0], (remote, local)
         if remote[0] == "error":
             return
         population = self.local.count_rows(where if where and prefilter else None)
@@ -281,7 +367,7 @@ class DifferentialMachine(RuleBasedStateMachine):
                            .where(where if where and prefilter else None, prefilter=True)
                            .select([]).limit(max(1, population)).to_arrow()
                            .column("_distance").to_pylist()) if population else []
-        same_nearest(remote[1], local[1], has_boundary_tie(distances, k + offset), ordering)
+        same_nearest(remote[1], local[1], has_boundary_tie(distances, k + offset), ordering, offset)
 
     @rule(where=FILTERS, limit=st.one_of(st.none(), st.integers(1, 10)),
           offset=st.integers(0, 3), ordering=ORDERINGS, columns=PROJECTIONS)
@@ -303,7 +389,7 @@ class DifferentialMachine(RuleBasedStateMachine):
             return builder.limit(limit).offset(offset).to_arrow()
 
         remote, local = self.both(lambda t: _outcome(lambda: scan(t)))
-        assert remote[0] == local[0]
+        assert remote[0] == local[0], (remote, local)
         if remote[0] == "error":
             return
         r, lo = remote[1], local[1]
@@ -347,3 +433,43 @@ def test_executors_on(live_service: LiveService) -> None:
 
 def test_executors_off(local_node: LocalNode) -> None:
     _run(local_node.service)
+
+
+def _replay(service: LiveService) -> None:
+    """A fixed sequence through the index, tag and full-text rules (and the regressions the
+    machine found: merges of partial column sets, ordering with nulls), on every run."""
+    machine = type("Machine", (DifferentialMachine,), {"SERVICE": service})()
+    try:
+        machine.create(rows=[(1, [1.0, 0.5, 0.0, 0.0], "a", None)], empty=False)
+        machine.add_many(rows=250, seed=1)
+        machine.same_tables()
+        machine.merge_insert(rows=[(1, [0.0, 1.0, 0.0, 0.0], None, 2.5), (1, [1.0] * 4, "b", None)],
+                             columns=("id", "price"), update=True, insert=False, delete=False,
+                             update_filter=None, delete_filter=None)
+        machine.same_tables()
+        for kind in ("text_fts", "id_btree", "vector_ivf_pq"):
+            machine.create_index(kind=kind)
+            machine.same_tables()
+        machine.full_text_search(term="kiwi", k=15, where="id < 20")
+        machine.vector_search(q=[0.5, -1.0, 2.0, 0.25], k=7, where="price > 1", prefilter=False,
+                              columns=["id", "price"], offset=2,
+                              ordering=[{"column_name": "price", "ascending": False,
+                                         "nulls_first": True}], metric="l2")
+        machine.scan(where="price IS NULL OR id < 3", limit=9, offset=1,
+                     ordering=[{"column_name": "text", "ascending": True, "nulls_first": True},
+                               {"column_name": "price", "ascending": False, "nulls_first": False}],
+                     columns=None)
+        machine.tag_and_checkout(tag="one", back=2)
+        machine.delete(predicate="price IS NULL")
+        machine.count(where="text = 'a'")
+        machine.same_tables()
+    finally:
+        machine.teardown()
+
+
+def test_replay_executors_on(live_service: LiveService) -> None:
+    _replay(live_service)
+
+
+def test_replay_executors_off(local_node: LocalNode) -> None:
+    _replay(local_node.service)

@@ -150,7 +150,11 @@ def vector_index_segments(dataset: LanceDataset, column: str) -> list[dict]:
     segments = []
     for index in dataset.list_indices():
         kind = str(index.get("type", "")).upper()
-        if index.get("fields") == [column] and ("IVF" in kind or "HNSW" in kind):
+        # A segment covering no fragments has no files (lance writes such an empty index when
+        # there were too few rows to train): nothing to search, its fragments stay flat.
+        if index.get("fields") == [column] and ("IVF" in kind or "HNSW" in kind) and (
+            index.get("fragment_ids")
+        ):
             segments.append({"uuid": str(index["uuid"]),
                              "fragment_ids": sorted(index.get("fragment_ids") or [])})
     return segments
