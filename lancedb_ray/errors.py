@@ -80,3 +80,11 @@ class JobStalled(Unavailable):
     """Work whose Ray tasks could not start within the allowed time; the message says why."""
 
     name = "JobStalled"
+
+
+class Unsupported(LanceDBRayError):
+    """An operation the protocol has and this server does not: 501, which the client neither
+    retries nor reports as "table not found" (as it would a 404)."""
+
+    status_code = 501
+    name = "Unsupported"

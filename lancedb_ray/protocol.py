@@ -124,6 +124,27 @@ class AlterColumnsRequest(_Body):
     alterations: list[ColumnAlteration]
 
 
+class FieldMetadataUpdate(_Body):
+    path: str
+    metadata: dict[str, str | None]
+    replace: bool = False
+
+
+class UpdateFieldMetadataRequest(_Body):
+    updates: list[FieldMetadataUpdate]
+
+
+class PrewarmDataRequest(_Body):
+    columns: list[str] = Field(default_factory=list)  # empty: every column
+
+
+class CloneRequest(_Body):
+    source_location: str
+    source_version: int | None = None
+    source_tag: str | None = None
+    is_shallow: bool = True
+
+
 class DropColumnsRequest(_Body):
     columns: list[str]
 

@@ -49,3 +49,18 @@ def test_versioned_reads_never_reuse_the_latest_handle(tmp_path: Path) -> None:
     assert connections.table(ref, version=1).count_rows() == 3
     assert connections.table(ref, version=2).count_rows() == 4
     assert connections.table(ref) is latest
+
+
+def test_freshness_headers_reopen_a_handle_that_is_behind(tmp_path: Path) -> None:
+    connections, outside, ref = _setup(tmp_path, 60.0)
+    stale = connections.table(ref)
+    outside.open_table("t").add(pa.table({"id": [4]}))
+    connections.require_fresh(ref, min_version=1, min_time=None)  # satisfied: kept
+    assert connections.table(ref) is stale
+    connections.require_fresh(ref, min_version=2, min_time=None)  # the client has seen v2
+    assert connections.table(ref).count_rows() == 4
+    fresh = connections.table(ref)
+    outside.open_table("t").add(pa.table({"id": [5]}))
+    connections.require_fresh(ref, min_version=None, min_time=time.time())  # checkout_latest()
+    assert connections.table(ref) is not fresh
+    assert connections.table(ref).count_rows() == 5

@@ -413,3 +413,16 @@ def test_index_details_and_tokenize(pair: Pair) -> None:
         r, e = pair.both(lambda t, q=query: [(x.text, x.position) for x in
                                              t.tokenize(q, column="text")])
         assert r == e and r
+
+
+def test_search_over_an_index_too_small_to_train(db, embedded) -> None:
+    """Found by the state machine: with too few rows lance writes an empty IVF_PQ index (no
+    files, no fragments); searches must treat every fragment as unindexed, as lance does."""
+    data = make_rows(200)
+    pair = Pair(db.create_table("small", data), embedded.create_table("small", data))
+    pair.both(lambda t: t.create_index("vector", config=IvfPq(num_partitions=2, num_sub_vectors=2)))
+    pair.both(lambda t: t.add(make_rows(30, start=200, seed=5)))
+    for vector in QUERIES:
+        _same_search(*pair.both(lambda t, v=vector: t.search(v).limit(10).to_arrow()))
+        _same_search(*pair.both(lambda t, v=vector: t.search(v).where("id > 50", prefilter=False)
+                                .limit(10).to_arrow()))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import datetime
 from typing import TypeVar
 
 from fastapi import Request
@@ -73,6 +74,31 @@ def database(request: Request) -> str:
     if not name:
         raise InvalidInput("missing x-lancedb-database header (connect with db://<database>)")
     return name
+
+
+def freshness(request: Request) -> tuple[int | None, float | None]:
+    """The read-freshness headers: (lowest version to serve, earliest moment to have opened at).
+
+    ``x-lancedb-min-version`` (the handle's own writes) and ``x-lancedb-min-read-version``
+    (the highest version it has read) are both lower bounds; ``x-lancedb-min-timestamp``
+    (RFC 3339) is the moment of the client's ``checkout_latest()``.
+    """
+    versions = []
+    for header in ("x-lancedb-min-version", "x-lancedb-min-read-version"):
+        value = request.headers.get(header)
+        if value is not None:
+            try:
+                versions.append(int(value))
+            except ValueError as exc:
+                raise InvalidInput(f"header '{header}' must be an integer, got '{value}'") from exc
+    moment = None
+    stamp = request.headers.get("x-lancedb-min-timestamp")
+    if stamp is not None:
+        try:
+            moment = datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+        except ValueError as exc:
+            raise InvalidInput(f"header 'x-lancedb-min-timestamp' is not RFC 3339: '{stamp}'") from exc
+    return (max(versions) if versions else None), moment
 
 
 def request_id(request: Request) -> str | None:

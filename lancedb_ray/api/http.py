@@ -11,7 +11,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request, Response
 
-from lancedb_ray.api import admin_routes, health_routes, namespace_routes, table_routes
+from lancedb_ray.api import admin_routes, health_routes, namespace_routes, table_routes, unsupported_routes
 from lancedb_ray.api.audit import install_audit
 from lancedb_ray.api.context import install_services
 from lancedb_ray.api.errors import install_error_handlers
@@ -62,4 +62,5 @@ def create_app(services: Services | None = None) -> FastAPI:
     app.include_router(table_routes.router)
     app.include_router(namespace_routes.router)
     app.include_router(admin_routes.router)
+    app.include_router(unsupported_routes.router)  # last: only what nothing else serves
     return app

@@ -18,6 +18,7 @@ from lancedb_ray.api.context import (
     arrow_body,
     authenticate,
     database,
+    freshness,
     is_arrow,
     json_body,
     key_quotas,
@@ -30,22 +31,34 @@ from lancedb_ray.execution.base import QueryTarget
 from lancedb_ray.protocol import (
     AddColumnsRequest,
     AlterColumnsRequest,
+    CloneRequest,
     CountRowsRequest,
     CreateIndexRequest,
     DeleteRequest,
     DropColumnsRequest,
     ExplainRequest,
     MergeInsertParams,
+    PrewarmDataRequest,
     QueryRequest,
     RenameRequest,
     RestoreRequest,
     TagRequest,
+    UpdateFieldMetadataRequest,
     UpdateRequest,
     VersionedRequest,
 )
 from lancedb_ray.types import TableRef
 
-router = APIRouter(prefix="/v1/table", dependencies=[Depends(authenticate)])
+
+def _fresh_enough(request: Request) -> None:
+    """Honour the client's read-freshness headers before any table route reads."""
+    table_id = request.path_params.get("table_id")
+    min_version, min_time = freshness(request)
+    if table_id and (min_version is not None or min_time is not None):
+        services(request).connections.require_fresh(_ref(request, table_id), min_version, min_time)
+
+
+router = APIRouter(prefix="/v1/table", dependencies=[Depends(authenticate), Depends(_fresh_enough)])
 
 
 def _ref(request: Request, table_id: str) -> TableRef:
@@ -115,6 +128,24 @@ async def rename_table(request: Request, table_id: str) -> dict[str, Any]:
     body = await json_body(request, RenameRequest)
     new_name = "$".join([*(body.new_namespace or []), body.new_table_name])
     await run_in_threadpool(services(request).tables.rename, ref, new_name, request_id(request))
+    return {}
+
+
+@router.post("/{table_id}/clone")
+async def clone_table(request: Request, table_id: str) -> dict[str, Any]:
+    ref = _ref(request, table_id)
+    body = await json_body(request, CloneRequest)
+    await run_in_threadpool(services(request).tables.clone, ref, body, request_id(request))
+    return {}
+
+
+@router.post("/{table_id}/page_cache/prewarm/")
+async def prewarm_data(request: Request, table_id: str) -> dict[str, Any]:
+    """Load the table where queries read it (the plan executors' caches when they run)."""
+    ref = _ref(request, table_id)
+    body = await json_body(request, PrewarmDataRequest)
+    await run_in_threadpool(services(request).tables.require_columns, ref, body.columns)
+    await run_in_threadpool(services(request).executor.prewarm, [f"{ref.database}/{table_id}"])
     return {}
 
 
@@ -237,6 +268,13 @@ async def index_stats(request: Request, table_id: str, index_name: str) -> dict[
     return await run_in_threadpool(services(request).indexes.stats, ref, index_name)
 
 
+@router.post("/{table_id}/index/{index_name}/prewarm/")
+async def prewarm_index(request: Request, table_id: str, index_name: str) -> dict[str, Any]:
+    ref = _ref(request, table_id)
+    await run_in_threadpool(services(request).indexes.prewarm, ref, index_name)
+    return {}
+
+
 @router.post("/{table_id}/index/{index_name}/drop/")
 async def drop_index(request: Request, table_id: str, index_name: str) -> dict[str, Any]:
     ref = _ref(request, table_id)
@@ -264,6 +302,15 @@ async def alter_columns(request: Request, table_id: str) -> dict[str, Any]:
     body = await json_body(request, AlterColumnsRequest)
     return await run_in_threadpool(
         services(request).tables.alter_columns, ref, body, request_id(request)
+    )
+
+
+@router.post("/{table_id}/update_field_metadata/")
+async def update_field_metadata(request: Request, table_id: str) -> dict[str, Any]:
+    ref = _ref(request, table_id)
+    body = await json_body(request, UpdateFieldMetadataRequest)
+    return await run_in_threadpool(
+        services(request).tables.update_field_metadata, ref, body, request_id(request)
     )
 
 

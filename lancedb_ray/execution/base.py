@@ -34,3 +34,6 @@ class QueryExecutor(Protocol):
     def explain(self, target: QueryTarget, query: QueryRequest, verbose: bool) -> str: ...
 
     def analyze(self, target: QueryTarget, query: QueryRequest) -> str: ...
+
+    def prewarm(self, tables: list[str]) -> None:
+        """Load ``tables`` ("database/table") where queries will read them."""

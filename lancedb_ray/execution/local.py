@@ -34,3 +34,6 @@ class LocalExecutor:
         table = self._connections.table(target.ref, target.version)
         with lance_errors(f"analyze_plan on '{target.ref.qualified_name}'", target.ref.database):
             return build_query(table, query).analyze_plan()
+
+    def prewarm(self, tables: list[str]) -> None:
+        """Nothing to load: without executors every query reads the table from storage."""

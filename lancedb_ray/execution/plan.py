@@ -232,9 +232,11 @@ def vector_index_segments(dataset: LanceDataset, column: str) -> list[dict]:
         kind = str(index.index_type).upper()
         if list(index.field_names) == [column] and ("IVF" in kind or "HNSW" in kind):
             metric = str((index.details or {}).get("metric_type") or "").lower() or None
+            # A segment covering no fragments has no files (lance writes such an empty index
+            # when there were too few rows to train): nothing to search, its fragments stay flat.
             segments += [{"uuid": str(segment.uuid), "fragment_ids": sorted(segment.fragment_ids or []),
                           "metric": metric}
-                         for segment in index.segments]
+                         for segment in index.segments if segment.fragment_ids]
     return segments
 
 

@@ -98,6 +98,14 @@ class IndexService:
             "num_indices": stats.num_indices,
         }
 
+    def prewarm(self, ref: TableRef, name: str) -> None:
+        """Load the index into this query node's lance cache, as embedded ``prewarm_index``."""
+        table = self._connections.table(ref)
+        if name not in {i.name for i in table.list_indices()}:
+            raise NotFound(f"index '{name}' was not found on table '{ref.qualified_name}'")
+        with lance_errors(f"prewarm of index '{name}' on '{ref.qualified_name}'", ref.database):
+            table.prewarm_index(name)
+
     def drop(self, ref: TableRef, name: str, request_id: str | None) -> None:
         validate_name("index", name)
         table = self._connections.table(ref)

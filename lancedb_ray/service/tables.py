@@ -17,12 +17,14 @@ from urllib.parse import urlsplit, urlunsplit
 import pyarrow as pa
 from lance.schema import json_to_schema, schema_to_json
 
-from lancedb_ray.errors import InvalidInput
+from lancedb_ray.errors import InvalidInput, Unsupported
 from lancedb_ray.events.model import ChangeEvent
 from lancedb_ray.protocol import (
     AddColumnsRequest,
     AlterColumnsRequest,
+    CloneRequest,
     MergeInsertParams,
+    UpdateFieldMetadataRequest,
     UpdateRequest,
 )
 from lancedb_ray.service import paging, writes
@@ -108,6 +110,28 @@ class TableService:
             _move_table(location, ref.name, new_ref.name)
         self.notify(ref, 0, "rename", request_id)
         self.notify(new_ref, lambda: self._connections.table(new_ref).version, "create", request_id)
+
+    def clone(self, ref: TableRef, body: CloneRequest, request_id: str | None) -> None:
+        """A shallow clone of a table of the same database (lance shares its files)."""
+        if not body.is_shallow:
+            raise Unsupported("a deep clone is not supported: use a shallow clone")
+        location = self._connections.location(ref.database)
+        source = _source_table_name(location, body.source_location)
+        self._connections.table(TableRef.parse(ref.database, source))  # 404 when missing
+        db = self._connections.database(ref.database)
+        with lance_errors(f"clone to '{ref.qualified_name}'", ref.database):
+            table = db.clone_table(ref.name, location.table_uri(source),
+                                   target_namespace_path=ref.namespace_path,
+                                   source_version=body.source_version,
+                                   source_tag=body.source_tag, is_shallow=True)
+        self.notify(ref, lambda: table.version, "create", request_id)
+
+    def require_columns(self, ref: TableRef, columns: list[str]) -> None:
+        """400 naming the columns ``ref`` lacks (404 when the table is missing)."""
+        names = self._connections.table(ref).schema.names
+        unknown = [c for c in columns if c not in names]
+        if unknown:
+            raise InvalidInput(f"unknown columns {unknown}: the table's columns are {names}")
 
     def stats(self, ref: TableRef) -> dict[str, Any]:
         table = self._connections.table(ref)
@@ -205,6 +229,16 @@ class TableService:
             result = table.alter_columns(*alterations)
         return self._schema_changed(ref, result.version, "alter_columns", request_id)
 
+    def update_field_metadata(
+        self, ref: TableRef, body: UpdateFieldMetadataRequest, request_id: str | None
+    ) -> dict[str, Any]:
+        if not body.updates:
+            raise InvalidInput("update_field_metadata needs at least one entry in 'updates'")
+        table = self._connections.table(ref)
+        with lance_errors(f"update_field_metadata on '{ref.qualified_name}'", ref.database):
+            result = table.update_field_metadata(*(u.model_dump() for u in body.updates))
+        return self._schema_changed(ref, result.version, "update_field_metadata", request_id)
+
     def drop_columns(self, ref: TableRef, columns: list[str], request_id: str | None) -> dict:
         table = self._connections.table(ref)
         with lance_errors(f"drop_columns on '{ref.qualified_name}'", ref.database):
@@ -271,6 +305,19 @@ class TableService:
             POST_COMMIT.inc("post_commit_failures_total")
             _LOG.exception("after committing %s on '%s' (request %s)", operation,
                        ref.qualified_name, request_id)
+
+
+def _source_table_name(location: DatabaseLocation, source: str) -> str:
+    """The table a clone's ``source_location`` names: only tables of the same database, so a
+    client can never make the service read another database's or an arbitrary location."""
+    prefix = location.uri.rstrip("/") + "/"
+    name = source.rstrip("/").removeprefix(prefix).removesuffix(".lance")
+    if not source.startswith(prefix) or "/" in name or location.table_uri(name) != source.rstrip("/"):
+        raise InvalidInput(
+            f"cannot clone from '{source}': the source must be a table of this database "
+            "(its 'location' as describe gives it)"
+        )
+    return name
 
 
 def _public_uri(uri: str) -> str:

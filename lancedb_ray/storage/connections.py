@@ -53,7 +53,8 @@ class OpenTable:
 
     table: LanceTable
     generation: int
-    opened_at: float
+    opened_at: float  # monotonic, for read_consistency_seconds
+    opened_wall: float = 0.0  # wall clock, for the client's read-freshness header
 
 
 class Connections:
@@ -120,7 +121,7 @@ class Connections:
         # dropped and re-created outside the service starts its versions again.
         table = self._open(ref, None)
         entry = self._versions.observed(self._key(ref), table.version, seen)
-        opened = OpenTable(table, entry.generation, time.monotonic())
+        opened = OpenTable(table, entry.generation, time.monotonic(), time.time())
         with self._lock:
             self._tables[ref] = opened
         return opened
@@ -133,6 +134,22 @@ class Connections:
         self.forget(ref)
         if self._versions is not None:
             self._versions.committed(self._key(ref), version, recreated)
+
+    def require_fresh(self, ref: TableRef, min_version: int | None, min_time: float | None) -> None:
+        """Drop a reused handle older than what the client has seen or asked for.
+
+        The client's read-freshness headers carry the highest version it has read or
+        written and the moment of its ``checkout_latest()``; a replica whose handle is
+        behind must reopen, so reads stay monotonic across replicas.
+        """
+        with self._lock:
+            cached = self._tables.get(ref)
+        if cached is None:
+            return
+        if (min_time is not None and cached.opened_wall < min_time) or (
+            min_version is not None and cached.table.version < min_version
+        ):
+            self.forget(ref)
 
     def forget(self, ref: TableRef) -> None:
         """Drop a reused handle after this process changed the table."""
@@ -150,7 +167,7 @@ class Connections:
                 cached = self._tables.get(ref)
             if cached is not None and time.monotonic() - cached.opened_at < seconds:
                 return cached
-        opened = OpenTable(self._open(ref, None), 0, time.monotonic())
+        opened = OpenTable(self._open(ref, None), 0, time.monotonic(), time.time())
         if seconds > 0:
             with self._lock:
                 self._tables[ref] = opened

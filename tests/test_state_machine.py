@@ -1,0 +1,475 @@
+"""A differential state machine: random sequences of client operations, on the service and on
+embedded lancedb in lockstep, must give the same answers and leave the same tables.
+
+Hypothesis drives the official Python client against the service in both deployment modes
+(plan executors on: the session's Serve app, whose small fragment groups split scans and
+searches into buckets; executors off: an in-process query node) and embedded lancedb on a
+local directory. After every step both tables must agree (version, schema, every row);
+every query must give the same answer (ids and distances for exact search, ordered where
+ordering is defined). CI runs a bounded, derandomized number of examples; set
+``LANCEDB_RAY_STATEFUL=long`` for a longer random search.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from typing import Any
+
+import lancedb
+import numpy as np
+import pyarrow as pa
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+from lancedb.index import FTS, Bitmap, BTree, IvfPq
+
+from tests.support.local_node import LocalNode
+from tests.support.service import LiveService
+
+pytestmark = pytest.mark.ray
+
+DIM = 4
+SCHEMA = pa.schema([
+    pa.field("id", pa.int64(), nullable=False),
+    pa.field("vector", pa.list_(pa.float32(), DIM), nullable=False),
+    pa.field("text", pa.string()),
+    pa.field("price", pa.float64()),
+])
+_LONG = os.environ.get("LANCEDB_RAY_STATEFUL") == "long"
+PROFILE = settings(
+    max_examples=60 if _LONG else 6,
+    stateful_step_count=40 if _LONG else 14,
+    derandomize=not _LONG,  # CI: the same sequences every run
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much,
+                           HealthCheck.data_too_large],
+    print_blob=True,
+)
+
+# -- data ------------------------------------------------------------------------------------
+
+KEYS = st.integers(0, 12)
+VECTORS = st.lists(st.floats(-4, 4, width=32, allow_nan=False), min_size=DIM, max_size=DIM).filter(
+    lambda v: any(abs(x) > 1e-2 for x in v))  # no zero vectors: cosine is undefined there
+TEXTS = st.one_of(st.none(), st.sampled_from(["a", "b", "kiwi pie", "apple kiwi", "it's"]))
+PRICES = st.one_of(st.none(), st.integers(-20, 20).map(lambda i: i / 4))
+ROWS = st.lists(st.tuples(KEYS, VECTORS, TEXTS, PRICES), max_size=8)
+MERGE_COLUMNS = st.sampled_from([
+    ("id", "vector", "text", "price"), ("id", "vector", "price"), ("id", "price"), ("id", "text"),
+    ("price", "id", "vector"),
+])
+FILTERS = st.sampled_from([
+    None, "id < 6", "price IS NULL", "price > 0", "text IN ('a', 'kiwi pie')", "id % 2 = 0",
+    "text IS NOT NULL AND id > 3", "text LIKE '%kiwi%'", "NOT (price < 1)",
+])
+PREDICATES = st.sampled_from([
+    "id < 3", "price IS NULL", "text = 'a'", "price > 2.5", "id % 3 = 1", "id > 100",
+])
+UPDATES = st.sampled_from([
+    {"values": {"text": "updated"}}, {"values": {"price": None}},
+    {"values_sql": {"price": "price + 1"}}, {"values_sql": {"text": "concat(text, '!')"}},
+    {"values_sql": {"price": "id * 2.5", "text": "'x'"}},
+])
+PROJECTIONS = st.sampled_from([None, ["id"], ["id", "price"], {"id": "id", "p2": "price * 2"}])
+INDEXES = {
+    "id_btree": ("id", BTree()), "text_bitmap": ("text", Bitmap()), "text_fts": ("text", FTS()),
+    "vector_ivf_pq": ("vector", IvfPq(num_partitions=2, num_sub_vectors=2)),
+}
+ORDERINGS = st.one_of(st.none(), st.lists(
+    st.fixed_dictionaries({"column_name": st.sampled_from(["id", "price", "text"]),
+                           "ascending": st.booleans(), "nulls_first": st.booleans()}),
+    min_size=1, max_size=2, unique_by=lambda o: o["column_name"]))
+
+
+def _table(rows: list[tuple], columns: tuple[str, ...] = tuple(SCHEMA.names)) -> pa.Table:
+    full = pa.Table.from_pylist(
+        [dict(zip(SCHEMA.names, row, strict=True)) for row in rows], schema=SCHEMA)
+    return full.select(list(columns))
+
+
+class Failure(str):
+    """An error's message: shown when outcomes differ, but any two failures compare equal (the
+    remote client raises HttpError where embedded raises ValueError, with other wording)."""
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Failure)
+
+    def __hash__(self) -> int:
+        return 0
+
+
+def _outcome(operation: Callable[[], Any]) -> tuple[str, Any]:
+    """The value, or that it failed (with why, for the report)."""
+    try:
+        return "ok", operation()
+    except Exception as exc:  # noqa: BLE001 - that it failed is what is compared
+        return "error", Failure(str(exc)[:500])
+
+
+def _rows(table: pa.Table) -> list[str]:
+    return sorted(repr(row) for row in table.to_pylist())
+
+
+def _merge_counts(result: Any) -> tuple[int, int, int]:
+    return (result.num_updated_rows, result.num_inserted_rows, result.num_deleted_rows)
+
+
+# -- comparing answers ------------------------------------------------------------------------
+
+
+def same_nearest(remote: pa.Table, local: pa.Table, boundary_tie: bool,
+                 ordering: list[dict] | None, offset: int) -> None:
+    """Exact search: same distances; same rows unless a tie at the k-th distance leaves the
+    choice open; in the requested order (distance, or the order_by keys).
+
+    With ``order_by`` lance sorts the nearest k+offset rows by the keys, then skips ``offset``:
+    rows tied on the keys may fall on either side of the offset, so only the key sequence is
+    determined there.
+    """
+    if remote.schema.names != local.schema.names:  # an alias map: the client sorts its keys
+        remote, local = remote.select(sorted(remote.schema.names)), local.select(
+            sorted(local.schema.names))
+    assert remote.schema.names == local.schema.names
+    keys = [o["column_name"] for o in ordering or []]
+    if boundary_tie:
+        assert remote.num_rows == local.num_rows
+        return
+    if keys and all(k in remote.schema.names for k in keys):
+        assert remote.select(keys) == local.select(keys)
+    if ordering and offset:
+        return
+    rd = remote.column("_distance").to_pylist()
+    ld = local.column("_distance").to_pylist()
+    np.testing.assert_allclose(sorted(rd), sorted(ld), rtol=1e-5, atol=1e-5)
+    others = [n for n in remote.schema.names if n != "_distance"]
+    assert _rows(remote.select(others)) == _rows(local.select(others))
+    if not ordering:
+        np.testing.assert_allclose(rd, ld, rtol=1e-5, atol=1e-5)
+
+
+def has_boundary_tie(all_distances: list[float], n: int) -> bool:
+    """Whether the n-th and (n+1)-th nearest are equally near (which one is in is open)."""
+    if n <= 0 or n >= len(all_distances):
+        return False
+    return math.isclose(all_distances[n - 1], all_distances[n], rel_tol=1e-6, abs_tol=1e-6)
+
+
+# -- the machine ------------------------------------------------------------------------------
+
+
+class DifferentialMachine(RuleBasedStateMachine):
+    """One table on the service and its twin in embedded lancedb."""
+
+    SERVICE: LiveService  # set by the subclass for a deployment mode
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.directory = tempfile.mkdtemp(prefix="stateful-embedded-")
+        self.remote_db = self.SERVICE.connect()
+        self.local_db = lancedb.connect(self.directory)
+        self.remote: Any = None
+        self.local: Any = None
+        self.has_extra = False
+
+    def teardown(self) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    def both(self, operation: Callable[[Any], Any]) -> tuple[Any, Any]:
+        return operation(self.remote), operation(self.local)
+
+    def same_outcome(self, operation: Callable[[Any], Any]) -> Any:
+        remote, local = self.both(lambda t: _outcome(lambda: operation(t)))
+        assert remote == local, (remote, local)
+        return remote
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    @initialize(rows=ROWS, empty=st.booleans())
+    def create(self, rows: list[tuple], empty: bool) -> None:
+        if empty:
+            self.remote = self.remote_db.create_table("t", schema=SCHEMA)
+            self.local = self.local_db.create_table("t", schema=SCHEMA)
+        else:
+            self.remote = self.remote_db.create_table("t", _table(rows))
+            self.local = self.local_db.create_table("t", _table(rows))
+
+    @rule(rows=ROWS, mode=st.sampled_from(["overwrite", "exist_ok", "create"]))
+    def create_again(self, rows: list[tuple], mode: str) -> None:
+        kwargs = {"mode": "overwrite"} if mode == "overwrite" else {"exist_ok": mode == "exist_ok"}
+        remote, local = (_outcome(lambda db=db: db.create_table("t", _table(rows), **kwargs))
+                         for db in (self.remote_db, self.local_db))
+        assert remote[0] == local[0]
+        if mode == "overwrite" and remote[0] == "ok":
+            self.has_extra = False
+        # Re-open: a handle's view of a re-created table is not what the test is about.
+        self.remote, self.local = self.remote_db.open_table("t"), self.local_db.open_table("t")
+
+    # -- writes ------------------------------------------------------------------------------
+
+    @rule(rows=ROWS)
+    def add(self, rows: list[tuple]) -> None:
+        self.same_outcome(lambda t: t.add(_table(rows)).version)
+
+    @rule(rows=ROWS)
+    def overwrite(self, rows: list[tuple]) -> None:
+        self.same_outcome(lambda t: t.add(_table(rows), mode="overwrite").version)
+        self.has_extra = False
+
+    @rule(rows=ROWS, columns=MERGE_COLUMNS, update=st.booleans(), insert=st.booleans(),
+          delete=st.booleans(), update_filter=st.sampled_from([None, "target.price > 0"]),
+          delete_filter=st.sampled_from([None, "id > 8"]))
+    def merge_insert(self, rows: list[tuple], columns: tuple[str, ...], update: bool,
+                     insert: bool, delete: bool, update_filter: str | None,
+                     delete_filter: str | None) -> None:
+        if not rows:
+            return  # the remote client refuses an empty source itself ("Cannot scan an empty
+            # Vec<RecordBatch>") before sending; embedded commits it: a client difference
+        source = _table(rows, columns)
+
+        def merge(t: Any) -> tuple[int, int, int]:
+            builder = t.merge_insert("id")
+            if update:
+                builder = builder.when_matched_update_all(where=update_filter)
+            if insert:
+                builder = builder.when_not_matched_insert_all()
+            if delete:
+                builder = builder.when_not_matched_by_source_delete(delete_filter)
+            return _merge_counts(builder.execute(source))
+
+        self.same_outcome(merge)
+
+    @rule(predicate=PREDICATES)
+    def delete(self, predicate: str) -> None:
+        self.same_outcome(lambda t: t.delete(predicate).num_deleted_rows)
+
+    @rule(where=st.one_of(st.none(), PREDICATES), update=UPDATES)
+    def update(self, where: str | None, update: dict[str, Any]) -> None:
+        self.same_outcome(lambda t: t.update(where=where, **update).rows_updated)
+
+    @precondition(lambda self: not self.has_extra)
+    @rule()
+    def add_column(self) -> None:
+        self.same_outcome(lambda t: t.add_columns({"extra": "price * 2"}).version)
+        self.has_extra = True
+
+    @precondition(lambda self: self.has_extra)
+    @rule()
+    def drop_column(self) -> None:
+        self.same_outcome(lambda t: t.drop_columns(["extra"]).version)
+        self.has_extra = False
+
+    @rule(back=st.integers(1, 3))
+    def restore(self, back: int) -> None:
+        version = max(1, self.local.version - back)
+        self.same_outcome(lambda t: t.restore(version))
+        self.has_extra = "extra" in self.local.schema.names
+
+    @rule(rows=st.integers(200, 300), seed=st.integers(0, 3))
+    def add_many(self, rows: int, seed: int) -> None:
+        """Enough rows to train a vector index (IVF_PQ needs a few hundred)."""
+        rng = np.random.default_rng(seed)
+        data = [(int(i % 40), rng.uniform(-4, 4, DIM).astype(np.float32).tolist(),
+                 ["a", "b", "kiwi pie", None][i % 4], float(i % 9) / 2) for i in range(rows)]
+        self.same_outcome(lambda t: t.add(_table(data)).version)
+
+    @rule(kind=st.sampled_from(sorted(INDEXES)))
+    def create_index(self, kind: str) -> None:
+        column, config = INDEXES[kind]
+        self.same_outcome(lambda t: t.create_index(column, config=config))
+        self.same_outcome(lambda t: sorted((i.name, i.index_type, tuple(i.columns))
+                                           for i in t.list_indices()))
+
+    @rule(data=st.data())
+    def drop_index(self, data: st.DataObject) -> None:
+        names = sorted(i.name for i in self.local.list_indices())
+        if names:
+            name = data.draw(st.sampled_from(names))
+            self.same_outcome(lambda t: t.drop_index(name))
+
+    @rule(tag=st.sampled_from(["one", "two"]), back=st.integers(0, 2))
+    def tag_and_checkout(self, tag: str, back: int) -> None:
+        version = max(1, self.local.version - back)
+        outcome = self.same_outcome(lambda t: t.tags.create(tag, version))
+        if outcome[0] == "error":
+            self.same_outcome(lambda t: t.tags.update(tag, version))
+        assert self.remote.tags.list()[tag]["version"] == self.local.tags.list()[tag]["version"]
+        self.both(lambda t: t.checkout(tag))
+        self.same_outcome(lambda t: t.version)
+        remote, local = self.both(lambda t: t.search().limit(None).to_arrow())
+        assert _rows(remote) == _rows(local)
+        self.both(lambda t: t.checkout_latest())
+
+    # -- reads -------------------------------------------------------------------------------
+
+    def _has_index(self, kind: str) -> bool:
+        return any(i.index_type.upper().replace("_", "") == kind.replace("_", "")
+                   for i in self.local.list_indices())  # lancedb says "IvfPq", "FTS", "BTree"
+
+    @rule(term=st.sampled_from(["kiwi", "pie", "apple", "a"]), k=st.integers(1, 20),
+          where=FILTERS)
+    def full_text_search(self, term: str, k: int, where: str | None) -> None:
+        if not self._has_index("FTS"):
+            return
+
+        def search(t: Any) -> pa.Table:
+            builder = t.search(term, query_type="fts")
+            if where:
+                builder = builder.where(where)
+            return builder.limit(k).to_arrow()
+
+        remote, local = self.both(lambda t: _outcome(lambda: search(t)))
+        assert remote[0] == local[0]
+        if remote[0] == "ok":
+            r, lo = remote[1], local[1]
+            assert r.num_rows == lo.num_rows
+            np.testing.assert_allclose(sorted(r.column("_score").to_pylist()),
+                                       sorted(lo.column("_score").to_pylist()), rtol=1e-5)
+
+
+    @rule(q=VECTORS, k=st.integers(1, 12), where=FILTERS, prefilter=st.booleans(),
+          columns=PROJECTIONS, offset=st.integers(0, 3), ordering=ORDERINGS,
+          metric=st.sampled_from(["l2", "cosine", "dot"]))
+    def vector_search(self, q: list[float], k: int, where: str | None, prefilter: bool,
+                      columns: Any, offset: int, ordering: list[dict] | None,
+                      metric: str) -> None:
+        exact = self._has_index("IVF_PQ")  # the invariant is about exact search
+
+        def search(t: Any) -> pa.Table:
+            builder = t.search(q).distance_type(metric)
+            if exact:
+                builder = builder.bypass_vector_index()
+            if where:
+                builder = builder.where(where, prefilter=prefilter)
+            if columns is not None:
+                builder = builder.select(columns)
+            if ordering:
+                builder = builder.order_by(ordering)
+            return builder.limit(k).offset(offset).to_arrow()
+
+        remote, local = self.both(lambda t: _outcome(lambda: search(t)))
+        assert remote[0] == local[0], (remote, local)
+        if remote[0] == "error":
+            return
+        population = self.local.count_rows(where if where and prefilter else None)
+        distances = sorted(self.local.search(q).distance_type(metric)
+                           .where(where if where and prefilter else None, prefilter=True)
+                           .select([]).limit(max(1, population)).to_arrow()
+                           .column("_distance").to_pylist()) if population else []
+        same_nearest(remote[1], local[1], has_boundary_tie(distances, k + offset), ordering, offset)
+
+    @rule(where=FILTERS, limit=st.one_of(st.none(), st.integers(1, 10)),
+          offset=st.integers(0, 3), ordering=ORDERINGS, columns=PROJECTIONS)
+    def scan(self, where: str | None, limit: int | None, offset: int,
+             ordering: list[dict] | None, columns: Any) -> None:
+        if ordering and columns is not None:  # embedded cannot order by a column not selected
+            keys = [o["column_name"] for o in ordering]
+            columns = (list(dict.fromkeys([*columns, *keys])) if isinstance(columns, list)
+                       else {**columns, **{key: key for key in keys}})
+
+        def scan(t: Any) -> pa.Table:
+            builder = t.search()
+            if where:
+                builder = builder.where(where)
+            if columns is not None:
+                builder = builder.select(columns)
+            if ordering:
+                builder = builder.order_by(ordering)
+            return builder.limit(limit).offset(offset).to_arrow()
+
+        remote, local = self.both(lambda t: _outcome(lambda: scan(t)))
+        assert remote[0] == local[0], (remote, local)
+        if remote[0] == "error":
+            return
+        r, lo = remote[1], local[1]
+        if isinstance(columns, dict):  # the client sends an alias map with its keys sorted
+            r, lo = r.select(sorted(r.schema.names)), lo.select(sorted(lo.schema.names))
+        assert r.schema == lo.schema
+        if ordering:
+            keys = [o["column_name"] for o in ordering]
+            assert r.select(keys) == lo.select(keys)  # rows tied on the keys: order open
+            if limit is None:
+                assert _rows(r) == _rows(lo)
+        elif limit is None:
+            assert _rows(r) == _rows(lo)  # a scan's order is storage order: not compared
+        else:
+            assert r.num_rows == lo.num_rows
+
+    @rule(where=FILTERS)
+    def count(self, where: str | None) -> None:
+        self.same_outcome(lambda t: t.count_rows(where))
+
+    # -- the tables agree after every step ----------------------------------------------------
+
+    @invariant()
+    def same_tables(self) -> None:
+        if self.remote is None:
+            return
+        assert self.remote.version == self.local.version
+        assert self.remote.schema == self.local.schema
+        remote, local = self.both(lambda t: t.search().limit(None).to_arrow())
+        assert _rows(remote) == _rows(local)
+
+
+def _run(service: LiveService) -> None:
+    machine = type("Machine", (DifferentialMachine,), {"SERVICE": service})
+    run_state_machine_as_test(machine, settings=PROFILE)
+
+
+def test_executors_on(live_service: LiveService) -> None:
+    _run(live_service)
+
+
+def test_executors_off(local_node: LocalNode) -> None:
+    _run(local_node.service)
+
+
+def _replay(service: LiveService) -> None:
+    """A fixed sequence through the index, tag and full-text rules (and the regressions the
+    machine found: merges of partial column sets, ordering with nulls), on every run."""
+    machine = type("Machine", (DifferentialMachine,), {"SERVICE": service})()
+    try:
+        machine.create(rows=[(1, [1.0, 0.5, 0.0, 0.0], "a", None)], empty=False)
+        machine.add_many(rows=250, seed=1)
+        machine.same_tables()
+        machine.merge_insert(rows=[(1, [0.0, 1.0, 0.0, 0.0], None, 2.5), (1, [1.0] * 4, "b", None)],
+                             columns=("id", "price"), update=True, insert=False, delete=False,
+                             update_filter=None, delete_filter=None)
+        machine.same_tables()
+        for kind in ("text_fts", "id_btree", "vector_ivf_pq"):
+            machine.create_index(kind=kind)
+            machine.same_tables()
+        machine.full_text_search(term="kiwi", k=15, where="id < 20")
+        machine.vector_search(q=[0.5, -1.0, 2.0, 0.25], k=7, where="price > 1", prefilter=False,
+                              columns=["id", "price"], offset=2,
+                              ordering=[{"column_name": "price", "ascending": False,
+                                         "nulls_first": True}], metric="l2")
+        machine.scan(where="price IS NULL OR id < 3", limit=9, offset=1,
+                     ordering=[{"column_name": "text", "ascending": True, "nulls_first": True},
+                               {"column_name": "price", "ascending": False, "nulls_first": False}],
+                     columns=None)
+        machine.tag_and_checkout(tag="one", back=2)
+        machine.delete(predicate="price IS NULL")
+        machine.count(where="text = 'a'")
+        machine.same_tables()
+    finally:
+        machine.teardown()
+
+
+def test_replay_executors_on(live_service: LiveService) -> None:
+    _replay(live_service)
+
+
+def test_replay_executors_off(local_node: LocalNode) -> None:
+    _replay(local_node.service)
