@@ -20,6 +20,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -265,7 +266,8 @@ def main(argv: list[str] | None = None) -> int:
         az_table.delete("true")
         load(az_table, data, batch=20_000)
         az_table.create_index(metric="cosine", vector_column_name="vector",
-                              num_partitions=args.partitions, num_sub_vectors=args.dim // 8)
+                              num_partitions=args.partitions, num_sub_vectors=args.dim // 8,
+                              wait_timeout=timedelta(minutes=30))  # the build is a job of the agent
         results.append(run_system("service, Azurite blob", remote("/azure"), queries, truth, 8,
                                   args.nprobes, args.refine,
                                   restart_executors("lancedb-ray-azure")))

@@ -8,14 +8,18 @@ dict, to every Ray deployment and actor so that they all agree.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 from enum import Enum
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+SYSTEM_DIR = ".system"  # the service's own files beside a local root's databases
 
 
 class CredentialMode(str, Enum):
@@ -82,6 +86,9 @@ class ServerSettings(BaseModel):
     # this long, so writes made elsewhere (other replicas, outside writers) show within it.
     read_consistency_seconds: float = 0.0
     idempotency_window: int = 20  # recent versions searched for a retried write's request id
+    # create_index is a job of the agent: the request answers once it is done, or after this many
+    # seconds while it goes on (0: at once, as LanceDB Cloud does; clients poll with wait_timeout).
+    index_wait_seconds: float = 60.0
 
 
 class ExecutorSettings(BaseModel):
@@ -105,7 +112,7 @@ class EventBusBackend(str, Enum):
 
 
 class EmbeddedBusSettings(BaseModel):
-    directory: str = "./data/.system/events"  # one fsync'd append-only log + per-group checkpoints
+    directory: str | None = None  # one fsync'd log + per-group checkpoints; None: <state>/events
     group_id: str = "lancedb-ray-agent"
 
 
@@ -139,7 +146,7 @@ class EventHubBusSettings(BaseModel):
 
 class EventBusSettings(BaseModel):
     backend: EventBusBackend = EventBusBackend.EMBEDDED
-    outbox_directory: str = "./data/.system/outbox"  # events whose publish failed, retried from here
+    outbox_directory: str | None = None  # failed publishes, retried from here; None: <state>/outbox
     publish_timeout_seconds: float = 10.0  # one publish attempt, before it counts as failed
     retry_initial_seconds: float = 0.5  # outbox retry backoff, doubling up to the maximum
     retry_max_seconds: float = 30.0
@@ -160,7 +167,7 @@ class AgentSettings(BaseModel):
     compact_min_fragments: int = 8  # compact once this many small fragments pile up
     small_fragment_rows: int = 64 * 1024
     version_retention_seconds: float = 7 * 24 * 3600
-    jobs_directory: str = "./data/.system/jobs"  # local root only; Azure: <root>/.system/jobs
+    jobs_directory: str | None = None  # local root only (None: <state>/jobs); Azure: <root>/.system/jobs
     use_gpu: bool | None = None  # None: when the cluster has GPUs
     index_segments: int = 2  # parallel index segments for a large build
     segment_min_rows: int = 100_000
@@ -198,6 +205,22 @@ class Settings(BaseSettings):
     events: EventBusSettings = Field(default_factory=EventBusSettings)
     agent: AgentSettings = Field(default_factory=AgentSettings)
     ray: RaySettings = Field(default_factory=RaySettings)
+    # The service's own local state (event log, outbox, job records of a local root). None: follows
+    # the storage: <root>/.system for a local root; for an Azure root a directory named after the
+    # root's identity under $XDG_STATE_HOME (~/.local/state)/lancedb-ray, so two roots never share.
+    state_directory: str | None = None
+
+    @model_validator(mode="after")
+    def _state_follows_the_storage(self) -> Settings:
+        """Every state path left unset goes under ``state_directory`` (see ``state_root``)."""
+        state = Path(self.state_directory or state_root(self.storage.root))
+        if self.events.embedded.directory is None:
+            self.events.embedded.directory = str(state / "events")
+        if self.events.outbox_directory is None:
+            self.events.outbox_directory = str(state / "outbox")
+        if self.agent.jobs_directory is None:
+            self.agent.jobs_directory = str(state / "jobs")
+        return self
 
     @classmethod
     def settings_customise_sources(
@@ -229,9 +252,9 @@ class Settings(BaseSettings):
         for location in self.storage.databases.values():
             if location.uri and "://" not in location.uri:
                 location.uri = _absolute(location.uri)
-        self.events.embedded.directory = _absolute(self.events.embedded.directory)
-        self.events.outbox_directory = _absolute(self.events.outbox_directory)
-        self.agent.jobs_directory = _absolute(self.agent.jobs_directory)
+        self.events.embedded.directory = _absolute(str(self.events.embedded.directory))
+        self.events.outbox_directory = _absolute(str(self.events.outbox_directory))
+        self.agent.jobs_directory = _absolute(str(self.agent.jobs_directory))
         if self.executors.spill_dir:
             self.executors.spill_dir = _absolute(self.executors.spill_dir)
         return self
@@ -243,6 +266,19 @@ class Settings(BaseSettings):
     @classmethod
     def from_plain(cls, data: dict[str, Any]) -> Settings:
         return cls.model_validate(data)
+
+
+def state_root(root: StorageLocation) -> str:
+    """Where a root's local state lives by default: beside a local root's data, else per root identity.
+
+    ``.system`` can never be a database (names may not start with a dot).
+    """
+    if root.uri and ("://" not in root.uri or root.uri.startswith("file://")):
+        return str(Path(root.uri.removeprefix("file://")) / SYSTEM_DIR)
+    identity = "|".join((root.account or "", root.uri or "", root.container or "", root.prefix))
+    readable = re.sub(r"[^A-Za-z0-9]+", "-", root.uri or f"{root.account}-{root.container}").strip("-")
+    base = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+    return str(base / "lancedb-ray" / f"{readable[:60]}-{hashlib.sha256(identity.encode()).hexdigest()[:12]}")
 
 
 def _absolute(path: str) -> str:

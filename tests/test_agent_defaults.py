@@ -75,6 +75,9 @@ def two_cpu_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         url = f"http://127.0.0.1:{port}"
         wait_healthy(url, timeout_s=60)
         yield url
+        # The service's own state followed --storage: nothing in the directory it started from.
+        assert sorted(os.listdir(work)) == ["store"]
+        assert {"events", "outbox", "jobs"} <= set(os.listdir(work / "store" / ".system"))
     finally:
         process.send_signal(signal.SIGINT)
         try:

@@ -144,8 +144,13 @@ def test_format_jobs_prints_one_line_per_job() -> None:
     job = Job.new("db", "t", JobKind.RETRAIN, 3, index="vector_idx").started().succeeded(4, "done")
     lines = format_jobs([job.to_dict()]).splitlines()
     assert lines[0].split() == ["id", "state", "kind", "database", "table", "version", "attempts",
-                                "duration", "result", "error"]
+                                "duration", "result", "progress", "error/waiting"]
     assert lines[1].split()[:7] == [job.id, "succeeded", "retrain(vector_idx)", "db", "t", "3", "1"]
+    waiting = Job.new("db", "t", JobKind.COMPACT, 3).started().progressed(
+        "rewriting fragments", 0.5, "waiting for resources: needs {CPU: 1}, free {CPU: 0.75}")
+    line = format_jobs([waiting.to_dict()]).splitlines()[1]
+    assert "rewriting fragments 50%" in line
+    assert line.endswith("waiting for resources: needs {CPU: 1}, free {CPU: 0.75}")
     assert format_jobs([]) == "no jobs"
 
 
@@ -246,6 +251,29 @@ def test_state_is_read_from_the_table_on_storage(tmp_path: Path) -> None:
     after = read_state("db", "t", lance.dataset(current.uri))
     assert after.unindexed_rows == 0
     assert [n.kind for n in decide(after, AGENT, time.time())] == [JobKind.RETRAIN]  # deltas only
+
+
+def test_state_costs_the_same_however_long_the_history(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Latest manifest, the oldest one and an index's base version only: never every manifest."""
+    table = lancedb.connect(tmp_path).create_table("t", rows(600))
+    table.create_index("vector", config=IvfPq(distance_type="l2", num_partitions=2, num_sub_vectors=2))
+    for i in range(6):
+        table.add(rows(50, 600 + 50 * i))
+    history = lance.dataset(table.to_lance().uri).versions()  # what the whole history says
+    opened: list[int] = []
+    original = lance.LanceDataset.checkout_version
+    monkeypatch.setattr(lance.LanceDataset, "versions", lambda self: pytest.fail("read every manifest"))
+    monkeypatch.setattr(lance.LanceDataset, "checkout_version",
+                        lambda self, version: opened.append(version) or original(self, version))
+
+    current = read_state("db", "t", lance.dataset(table.to_lance().uri))
+    assert current.num_versions == len(history) == table.version
+    assert current.oldest_version_time == history[0]["timestamp"].timestamp()
+    assert current.latest_version_time == history[-1]["timestamp"].timestamp()
+    (index,) = current.indices
+    assert index.trained_rows == 600 and index.num_unindexed_rows == 300
+    assert opened == [1]  # the oldest version, which is also the one the index was trained on
 
 
 # -- debouncing and checkpoints ----------------------------------------------------------------

@@ -53,6 +53,8 @@ class JobRunner:
         state = self._reader.inspect(job.database, job.table)
         if state is None:
             return Outcome(None, "skipped: the table no longer exists", False, None)
+        if job.kind is JobKind.CREATE_INDEX:  # asked for by a client: built even if one exists
+            return self._create_index(job, report)
         need = still_needed(state, self._agent, job.kind, job.index, time.time())
         if need is None:
             return Outcome(state.version, f"no-op: nothing to do at version {state.version}",
@@ -93,7 +95,17 @@ class JobRunner:
             return f"cleaned up ({need.reason}): {removed}"
         raise ValueError(f"unknown job kind {job.kind}")
 
+    def _create_index(self, job: Job, report: ProgressReport | None) -> Outcome:
+        from lancedb_ray.agent.index_requests import build_requested_index
+
+        assert job.request is not None
+        ctx = self.indexers.JobContext.from_settings(self._settings, report)
+        version = build_requested_index(self._settings.storage, job.database, job.table, job.request, ctx)
+        after = self._reader.inspect(job.database, job.table)
+        return Outcome(version, f"built index '{job.index}' at version {version}", True, after)
+
     def _gpu(self) -> bool:
+        """The setting, or whether the cluster has GPUs now (asked each time: the cluster changes)."""
         if self._use_gpu is None:
-            self._use_gpu = bool(self.indexers.cluster_has_gpus())
+            return bool(self.indexers.cluster_has_gpus())
         return self._use_gpu

@@ -3,7 +3,7 @@
 Two backends behind one interface, picked by where the storage root is:
 
 * a local root keeps records in ``AgentSettings.jobs_directory`` (by default
-  ``./data/.system/jobs``), each written to a temporary file, fsync'd and
+  ``<root>/.system/jobs``, see ``Settings.state_directory``), each written to a temporary file, fsync'd and
   renamed over the record, so a crash leaves the old record or the new one;
 * an Azure root keeps them under ``<root>/.system/jobs/`` in the root's own
   container: one Put Blob replaces a blob atomically, so a reader never sees
@@ -24,13 +24,12 @@ from typing import Any, Protocol
 
 from lancedb_ray.agent.jobs import Job, JobState
 from lancedb_ray.durable_files import try_lock, write_atomically
-from lancedb_ray.settings import Settings, StorageSettings
+from lancedb_ray.settings import SYSTEM_DIR, Settings, StorageSettings
 from lancedb_ray.storage.catalog import DatabaseLocation
 from lancedb_ray.storage.credentials import azure_storage_options, implied_account
 from lancedb_ray.storage.places import AzurePlace, place_of
 
 _LOG = logging.getLogger(__name__)
-SYSTEM_DIR = ".system"
 JOBS_DIR = "jobs"
 _SUFFIX = ".json"
 _LOCK_FILE = "agent.lock"

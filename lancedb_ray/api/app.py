@@ -14,6 +14,7 @@ from ray.serve import Application
 from lancedb_ray.agent.deployment import LanceAgent, agent_options
 from lancedb_ray.api.context import install_services
 from lancedb_ray.api.http import create_app
+from lancedb_ray.errors import Unavailable
 from lancedb_ray.events.outbox import ChangePublisher
 from lancedb_ray.execution.base import QueryExecutor
 from lancedb_ray.execution.distributed import DistributedExecutor, ExecutorPool
@@ -22,6 +23,7 @@ from lancedb_ray.service.connections import Connections
 from lancedb_ray.service.container import Services
 from lancedb_ray.settings import Settings
 
+_AGENT_CALL_S = 60.0
 # One FastAPI app per replica process; each replica gives it its services on start.
 fastapi_app = create_app()
 
@@ -35,8 +37,9 @@ class QueryNode:
         self._settings = Settings.from_plain(settings)
         self._agent = agent  # the LanceAgent's handle: bound here so Serve deploys it in this app
         self._publisher = ChangePublisher(self._settings.events)
+        index_jobs = AgentIndexJobs(agent) if agent is not None else None
         install_services(
-            Services.build(self._settings, self._publisher.emit, self._executor_factory)
+            Services.build(self._settings, self._publisher.emit, self._executor_factory, index_jobs)
         )
 
     def _executor_factory(self, connections: Connections) -> QueryExecutor:
@@ -51,6 +54,25 @@ class QueryNode:
 
     def __del__(self) -> None:
         self._publisher.close()
+
+
+class AgentIndexJobs:
+    """Index builds as jobs of the agent deployment, through its handle (``service.indexes.IndexJobs``)."""
+
+    def __init__(self, handle: Any) -> None:
+        self._handle = handle
+
+    def create_index(self, database: str, table: str, request: dict[str, Any]) -> str:
+        return self._call("create_index", database, table, request)
+
+    def job(self, job_id: str) -> dict[str, Any] | None:
+        return self._call("job", job_id)
+
+    def _call(self, method: str, *args: Any) -> Any:
+        try:
+            return getattr(self._handle, method).remote(*args).result(timeout_s=_AGENT_CALL_S)
+        except Exception as exc:  # the agent replica is restarting or overloaded: the client retries
+            raise Unavailable(f"the agent (it builds indexes) did not answer: {type(exc).__name__}") from exc
 
 
 def deployment_options(settings: Settings) -> dict[str, Any]:

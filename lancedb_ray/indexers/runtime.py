@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 import ray
 from ray import ObjectRefGenerator
+from ray.exceptions import RayTaskError
 
 from lancedb_ray.errors import JobStalled
 from lancedb_ray.metrics import Metric, MetricSet
@@ -153,7 +154,7 @@ def gather(calls: Sequence[Callable[[], ObjectRefGenerator]], kind: str, ctx: Jo
                 continue
             generator = ready[0]
             i = in_flight[generator]
-            value = ray.get(next(generator))
+            value = _result(next(generator), kind)
             quiet_since = time.monotonic()
             if value == _STARTED:
                 started.add(i)
@@ -171,6 +172,18 @@ def gather(calls: Sequence[Callable[[], ObjectRefGenerator]], kind: str, ctx: Jo
             ray.cancel(generator)
         raise
     return results
+
+
+def _result(ref: ray.ObjectRef, kind: str) -> Any:
+    """The task's value; a task's own error is raised as itself (its remote traceback logged)."""
+    try:
+        return ray.get(ref)
+    except RayTaskError as exc:
+        cause = getattr(exc, "cause", None)
+        if not isinstance(cause, Exception):
+            raise
+        _LOG.warning("%s task failed: %s", kind, exc)
+        raise cause from None
 
 
 def run_one(call: Callable[[], ObjectRefGenerator], kind: str, ctx: JobContext, *,
