@@ -168,7 +168,11 @@ class AgentSettings(BaseModel):
     small_fragment_rows: int = 64 * 1024
     version_retention_seconds: float = 7 * 24 * 3600
     jobs_directory: str | None = None  # local root only (None: <state>/jobs); Azure: <root>/.system/jobs
-    use_gpu: bool | None = None  # None: when the cluster has GPUs
+    use_gpu: bool | None = None  # None: when the cluster has GPUs, or gpu_group says it can have one
+    # The cluster has an autoscaled GPU worker group, even one scaled to zero: a large vector build
+    # asks the autoscaler for a GPU worker and waits up to gpu_wait_seconds before training on a CPU.
+    gpu_group: bool = False
+    gpu_wait_seconds: float = 300.0
     index_segments: int = 2  # parallel index segments for a large build
     segment_min_rows: int = 100_000
     target_rows_per_fragment: int = 1024 * 1024  # compaction's output fragment size

@@ -81,7 +81,7 @@ class StandInIndexers:
         return after if after != before else None
 
     def retrain_vector_index(self, handle: Handle, index_name: str, *, num_segments: int,
-                             use_gpu: bool, ctx: JobContext) -> int:
+                             use_gpu: bool, gpu_wait_seconds: float, ctx: JobContext) -> int:
         raise AssertionError("these tests keep tables below the retraining size")
 
     def cleanup(self, handle: Handle, *, older_than_seconds: float, ctx: JobContext) -> dict:
