@@ -4,9 +4,10 @@ Runs in a process of its own (``python -m tests.test_agent_node_loss``) on a
 local multi-node cluster: a head for the agent (no ``indexer`` resource) and a
 worker that alone declares ``indexer``, which every indexer task asks for
 (``agent.task_resources``). While the segments of a ``create_index`` job build
-there, the worker is killed and a replacement joins. The job must end
-``succeeded``, with exactly one index commit after it started (no
-half-committed index, nothing twice) covering every row.
+there, the worker is killed: the job must then say why it waits (no node has
+``indexer``); a replacement joins, and the job must end ``succeeded``, with
+exactly one index commit after it started (no half-committed index, nothing
+twice) covering every row.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ def test_killing_the_indexer_node_mid_job_leaves_one_whole_index(tmp_path: Path)
     assert process.returncode == 0, process.stdout[-3000:] + process.stderr[-5000:]
     result = json.loads(process.stdout.strip().splitlines()[-1])
     assert result["killed_during"].startswith("building"), result
+    assert result["waiting"].startswith("cannot be scheduled: needs {CPU: "), result
+    assert "indexer: 1}" in result["waiting"], result
     assert result["state"] == "succeeded", result
     assert result["commits_after_start"] == ["CreateIndex"], result
     assert result["indexed_rows"] == result["rows"] and result["unindexed_rows"] == 0, result
@@ -89,6 +92,7 @@ def _scenario(workdir: Path) -> dict:
                   request=request)
     store.put(job)  # recorded, as the query node's request leaves it: the agent resumes it
     killed: list[str] = []
+    waiting: list[str] = []
     outcome: list[Job] = []
     stop = threading.Event()
 
@@ -112,7 +116,9 @@ def _scenario(workdir: Path) -> dict:
               and record.step.startswith("building") and record.waiting is None):
             cluster.remove_node(worker)  # the node dies with the segment tasks on it
             killed.append(record.step)
-            cluster.add_node(num_cpus=2, resources={"indexer": 4}, **ports())  # a replacement joins
+        elif killed and not waiting and record is not None and record.waiting:
+            waiting.append(record.waiting)  # said why it waits; now a replacement joins
+            cluster.add_node(num_cpus=2, resources={"indexer": 4}, **ports())
         time.sleep(0.02)
     if not outcome:  # the agent's thread cannot be stopped mid-task: say what was seen, leave at once
         print(json.dumps({"killed_during": killed[0] if killed else "", "state": "stuck",
@@ -128,7 +134,8 @@ def _scenario(workdir: Path) -> dict:
     dataset = lance.dataset(uri)
     later = [t for t in dataset.get_transactions(dataset.version - start_version) if t]
     stats = dataset.stats.index_stats("vector_idx")
-    return {"killed_during": killed[0] if killed else "", "state": final.state.value,
+    return {"killed_during": killed[0] if killed else "", "waiting": waiting[0] if waiting else "",
+            "state": final.state.value,
             "attempts": final.attempts, "error": final.error, "detail": final.detail,
             "commits_after_start": [type(t.operation).__name__ for t in later], "rows": rows,
             "indexed_rows": stats["num_indexed_rows"], "unindexed_rows": stats["num_unindexed_rows"]}

@@ -126,16 +126,17 @@ def gather(calls: Sequence[Callable[[], ObjectRefGenerator]], kind: str, ctx: Jo
            on_result: Callable[[int, Any], None] | None = None) -> list[Any]:
     """Run ``calls`` (each starts one :func:`watched` task), at most ``limit`` at once; results in order.
 
-    The first failure cancels the others and is raised. While no task has
-    started, the reason is reported; past ``ctx.stall_seconds`` the tasks are
-    cancelled and :class:`JobStalled` is raised.
+    The first failure cancels the others and is raised. While no task runs
+    (none started yet, or the nodes of those that had started died and Ray is
+    to run them again), the reason is reported; past ``ctx.stall_seconds`` the
+    tasks are cancelled and :class:`JobStalled` is raised.
     """
     step = step or kind
     limit = max(1, limit or len(calls))
     results: list[Any] = [None] * len(calls)
     queue = list(enumerate(calls))
     in_flight: dict[ObjectRefGenerator, int] = {}
-    started: set[int] = set()
+    started: dict[int, str] = {}  # task -> the node it started on
     finished = 0
     quiet_since = time.monotonic()  # last time a task started or finished
     demand = ctx.resources.demand(num_gpus)
@@ -146,6 +147,8 @@ def gather(calls: Sequence[Callable[[], ObjectRefGenerator]], kind: str, ctx: Jo
                 in_flight[call()] = i
             ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=_WATCH_SECONDS)
             if not ready:
+                if _forget_lost(started):
+                    quiet_since = time.monotonic()  # the stall clock starts at the loss
                 running = any(i in started for i in in_flight.values())
                 waiting = None if running else waiting_reason(demand)
                 ctx.note(step, finished / len(calls), waiting)
@@ -156,8 +159,8 @@ def gather(calls: Sequence[Callable[[], ObjectRefGenerator]], kind: str, ctx: Jo
             i = in_flight[generator]
             value = _result(next(generator), kind)
             quiet_since = time.monotonic()
-            if value == _STARTED:
-                started.add(i)
+            if isinstance(value, tuple) and value[:1] == (_STARTED,):
+                started[i] = value[1]
                 ctx.note(step, finished / len(calls), None)
                 continue
             del in_flight[generator]
@@ -192,6 +195,17 @@ def run_one(call: Callable[[], ObjectRefGenerator], kind: str, ctx: JobContext, 
     return gather([call], kind, ctx, step=step, num_gpus=num_gpus)[0]
 
 
+def _forget_lost(started: dict[int, str]) -> bool:
+    """Tasks whose node died are not running: Ray runs them again once a node has room. Any?"""
+    if not started:
+        return False
+    alive = {node["NodeID"] for node in ray.nodes() if node.get("Alive")}
+    lost = [i for i, node in started.items() if node not in alive]
+    for i in lost:
+        del started[i]
+    return bool(lost)
+
+
 def waiting_reason(demand: dict[str, float]) -> str | None:
     """Why a task asking for ``demand`` cannot start now; None if the cluster has room for it."""
     nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
@@ -217,7 +231,7 @@ def watched(fn: Callable[..., T]) -> Any:
 
     @functools.wraps(fn)
     def task(*args: Any, **kwargs: Any) -> Iterator[Any]:
-        yield _STARTED
+        yield _STARTED, node_id()
         yield fn(*args, **kwargs)
 
     return ray.remote(num_returns="streaming")(task)
