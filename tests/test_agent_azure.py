@@ -57,20 +57,6 @@ def test_job_records_are_blobs_under_the_root(settings: Settings) -> None:
     assert store.list() == []
 
 
-def test_one_agent_at_a_time_holds_the_blob_job_store(settings: Settings) -> None:
-    _table(settings, "first", "t")  # the root's container exists from here on
-    first, second = open_job_store(settings), open_job_store(settings)
-    assert first.try_lock()
-    try:
-        assert not second.try_lock()  # a second agent (a replica being replaced) stands by
-        first.put(Job.new("first", "t", JobKind.COMPACT, 1))
-        assert [job.kind for job in second.list()] == [JobKind.COMPACT]  # the lock is no record
-    finally:
-        first.unlock()
-    assert second.try_lock()
-    second.unlock()
-
-
 def test_databases_are_listed_without_the_system_directory(settings: Settings) -> None:
     _table(settings, "alpha", "t")
     _table(settings, "beta", "t")

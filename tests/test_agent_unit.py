@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -18,7 +17,7 @@ from lancedb.index import BTree, IvfPq
 from lancedb_ray.agent.decide import decide, index_segments, still_needed, untrained_share
 from lancedb_ray.agent.jobs import Job, JobKind, JobState
 from lancedb_ray.agent.report import format_jobs
-from lancedb_ray.agent.store import LocalJobStore, expired, open_job_store, select
+from lancedb_ray.agent.store import expired, open_job_store, select
 from lancedb_ray.agent.tables import IndexState, TableState, read_state
 from lancedb_ray.agent.tracking import CheckpointTracker, Debouncer
 from lancedb_ray.events.bus import Delivery
@@ -86,34 +85,6 @@ def test_job_transitions_count_attempts_and_times() -> None:
         JobState.SUCCEEDED, 2, 4, None)
     assert done.duration_s is not None and done.duration_s >= 0
     assert running.attempt_failed("x", final=True).state is JobState.FAILED
-
-
-def test_local_store_writes_whole_records_and_lists_them(tmp_path: Path) -> None:
-    store = LocalJobStore(tmp_path / "jobs")
-    assert store.list() == []
-    first = Job.new("db", "a", JobKind.COMPACT, 1)
-    second = Job.new("db", "b", JobKind.OPTIMIZE_INDICES, 2)
-    store.put(first)
-    store.put(second)
-    running = first.started()
-    store.put(running)  # replaces the record of the same id
-    assert {job.id: job for job in store.list()} == {first.id: running, second.id: second}
-    assert store.get(first.id) == running
-    assert store.get("missing") is None
-    assert sorted(os.listdir(tmp_path / "jobs")) == sorted([f"{first.id}.json", f"{second.id}.json"])
-    (tmp_path / "jobs" / "garbage.json").write_text("{not json")
-    assert {job.id for job in store.list()} == {first.id, second.id}  # skipped, not fatal
-    store.delete([first.id, "missing"])
-    assert [job.id for job in store.list()] == [second.id]
-
-
-def test_local_store_lock_admits_one_agent(tmp_path: Path) -> None:
-    first, second = LocalJobStore(tmp_path), LocalJobStore(tmp_path)
-    assert first.try_lock() and first.try_lock()
-    assert not second.try_lock()
-    first.unlock()
-    assert second.try_lock()
-    second.unlock()
 
 
 def test_store_location_follows_the_storage_root(tmp_path: Path) -> None:

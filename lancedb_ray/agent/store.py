@@ -213,6 +213,8 @@ class BlobJobStore:
         """
         from azure.core.exceptions import HttpResponseError, ResourceExistsError
 
+        if getattr(self, "_lease", None) is not None:
+            return True  # held already
         blob = self._lock_blob()
         try:
             blob.upload_blob(b"", overwrite=False)
