@@ -437,8 +437,9 @@ class LanceAgent:
         began = time.monotonic()
         tables = await asyncio.to_thread(self._all_tables)
         for key in tables:
-            if key in self._debouncer or key in self._examining or self._queues.get(key):
-                continue  # already on its way
+            if (key in self._debouncer or key in self._examining or key in self._draining
+                    or self._queues.get(key)):
+                continue  # already on its way (a job of it running: its outcome is seen anyway)
             await self._examine(key, [], "reconcile")
         await self._prune()
         self.reconciled += 1
