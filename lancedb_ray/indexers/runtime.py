@@ -122,8 +122,7 @@ def context(ctx: JobContext | None) -> JobContext:
 
 
 def gather(calls: Sequence[Callable[[], ObjectRefGenerator]], kind: str, ctx: JobContext, *,
-           step: str | None = None, limit: int | None = None, num_gpus: float = 0,
-           on_result: Callable[[int, Any], None] | None = None) -> list[Any]:
+           step: str | None = None, limit: int | None = None, num_gpus: float = 0) -> list[Any]:
     """Run ``calls`` (each starts one :func:`watched` task), at most ``limit`` at once; results in order.
 
     The first failure cancels the others and is raised. While no task runs
@@ -167,8 +166,6 @@ def gather(calls: Sequence[Callable[[], ObjectRefGenerator]], kind: str, ctx: Jo
             results[i] = value
             finished += 1
             ctx.note(step, finished / len(calls), None)
-            if on_result is not None:
-                on_result(i, value)
     except BaseException:
         METRICS.inc("task_failures_total", kind=kind)
         for generator in in_flight:
