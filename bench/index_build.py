@@ -37,7 +37,8 @@ import pyarrow as pa
 import ray
 from lancedb.index import IvfPq
 
-from lancedb_ray.indexers import TableHandle, build_vector_index
+from lancedb_ray.indexers import JobContext, TableHandle, build_vector_index
+from lancedb_ray.resources import TaskResources
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -197,7 +198,10 @@ def main() -> None:
         params = {"num_partitions": args.partitions, "num_sub_vectors": args.sub_vectors}
         for segments in [int(s) for s in args.segments.split(",")]:
             start = time.perf_counter()
-            build_vector_index(handle, "vector", "IVF_PQ", params, num_segments=segments, use_gpu=False)
+            # No service shares this Ray instance: one CPU per task (the derived default keeps
+            # room for the service's actors and would run every segment at once on 2 cores).
+            build_vector_index(handle, "vector", "IVF_PQ", params, num_segments=segments, use_gpu=False,
+                               ctx=JobContext(TaskResources(1.0)))
             seconds = time.perf_counter() - start
             results.append(Result("lancedb-ray indexers", segments, seconds, args.rows,
                                   measure_recall(uri, queries, truth, 10, args.nprobes, args.refine_factor)))

@@ -29,6 +29,7 @@ import statistics
 import sys
 import tempfile
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -230,7 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     began = time.perf_counter()
     partitions = args.partitions or max(4, int(args.rows ** 0.5) // 2)
     table.create_index(metric="cosine", vector_column_name="vector", num_partitions=partitions,
-                       num_sub_vectors=args.dim // 16)
+                       num_sub_vectors=args.dim // 16,
+                       wait_timeout=timedelta(seconds=args.timeout))  # the build is a job of the agent
     index_s = time.perf_counter() - began
     print(f"loaded in {load_s:.0f}s, indexed in {index_s:.0f}s; letting the agent settle", flush=True)
     wait_indexed(table, args.timeout)

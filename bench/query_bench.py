@@ -27,6 +27,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -267,7 +268,8 @@ def main(argv: list[str] | None = None) -> int:
         table.delete("true")
         load(table, data, batch=20_000)
         table.create_index(metric="cosine", vector_column_name="vector",
-                           num_partitions=args.partitions, num_sub_vectors=args.dim // 8)
+                           num_partitions=args.partitions, num_sub_vectors=args.dim // 8,
+                           wait_timeout=timedelta(minutes=30))  # the build is a job of the agent
 
     results: list[Result] = []
     # -- local directory --------------------------------------------------------------------

@@ -31,6 +31,9 @@ class TaskResources:
 
     num_cpus: float = 1.0
     resources: dict[str, float] = field(default_factory=dict)  # custom Ray resources
+    # Tasks of one operation in flight at once; None: as many as the scheduler places. Set where
+    # the CPU request is a small token, so a small node is not oversubscribed (lance is threaded).
+    parallelism: int | None = None
 
     def options(self, **extra: Any) -> dict[str, Any]:
         """Keyword arguments for ``.options()`` of a remote function (``extra`` wins)."""
@@ -107,4 +110,5 @@ def task_resources(settings: Settings) -> TaskResources:
     share = (largest - service_cpus(settings)) / parallel
     if share >= 1:
         return TaskResources(1.0, extra)
-    return TaskResources(max(_MIN_TASK_CPUS, math.floor(share * 100) / 100), extra)
+    parallelism = max(1, math.floor(largest - service_cpus(settings)))
+    return TaskResources(max(_MIN_TASK_CPUS, math.floor(share * 100) / 100), extra, parallelism)

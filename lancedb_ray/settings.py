@@ -24,6 +24,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+SYSTEM_DIR = ".system"  # the service's own files beside a local root's databases
+
 
 class StrictModel(BaseModel):
     """A settings section: unknown keys (typos) are errors that name them."""
@@ -170,6 +172,9 @@ class ServerSettings(StrictModel):
     max_compression_ratio: float = 32.0  # how far compressed Arrow buffers may expand
     max_json_depth: int = 64  # nesting of a JSON body
     quotas: Quotas = Field(default_factory=Quotas)  # for keys without quotas of their own
+    # create_index is a job of the agent: the request answers once it is done, or after this many
+    # seconds while it goes on (0: at once, as LanceDB Cloud does; clients poll with wait_timeout).
+    index_wait_seconds: float = 60.0
 
 
 class ExecutorSettings(StrictModel):
@@ -193,7 +198,7 @@ class EventBusBackend(str, Enum):
 
 
 class EmbeddedBusSettings(StrictModel):
-    directory: str = "./data/.system/events"  # one fsync'd append-only log + per-group checkpoints
+    directory: str | None = None  # one fsync'd log + per-group checkpoints; None: <state>/events
     group_id: str = "lancedb-ray-agent"
 
 
@@ -227,7 +232,7 @@ class EventHubBusSettings(StrictModel):
 
 class EventBusSettings(StrictModel):
     backend: EventBusBackend = EventBusBackend.EMBEDDED
-    outbox_directory: str = "./data/.system/outbox"  # events whose publish failed, retried from here
+    outbox_directory: str | None = None  # failed publishes, retried from here; None: <state>/outbox
     publish_timeout_seconds: float = 10.0  # one publish attempt, before it counts as failed
     retry_initial_seconds: float = 0.5  # outbox retry backoff, doubling up to the maximum
     retry_max_seconds: float = 30.0
@@ -248,8 +253,12 @@ class AgentSettings(StrictModel):
     compact_min_fragments: int = 8  # compact once this many small fragments pile up
     small_fragment_rows: int = 64 * 1024
     version_retention_seconds: float = 7 * 24 * 3600
-    jobs_directory: str = "./data/.system/jobs"  # local root only; Azure: <root>/.system/jobs
-    use_gpu: bool | None = None  # None: when the cluster has GPUs
+    jobs_directory: str | None = None  # local root only (None: <state>/jobs); Azure: <root>/.system/jobs
+    use_gpu: bool | None = None  # None: when the cluster has GPUs, or gpu_group says it can have one
+    # The cluster has an autoscaled GPU worker group, even one scaled to zero: a large vector build
+    # asks the autoscaler for a GPU worker and waits up to gpu_wait_seconds before training on a CPU.
+    gpu_group: bool = False
+    gpu_wait_seconds: float = 300.0
     index_segments: int = 2  # parallel index segments for a large build
     segment_min_rows: int = 100_000
     target_rows_per_fragment: int = 1024 * 1024  # compaction's output fragment size
@@ -294,6 +303,22 @@ class Settings(BaseSettings):
     agent: AgentSettings = Field(default_factory=AgentSettings)
     ray: RaySettings = Field(default_factory=RaySettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
+    # The service's own local state (event log, outbox, job records of a local root). None: follows
+    # the storage: <root>/.system for a local root; for an Azure root a directory named after the
+    # root's identity under $XDG_STATE_HOME (~/.local/state)/lancedb-ray, so two roots never share.
+    state_directory: str | None = None
+
+    @model_validator(mode="after")
+    def _state_follows_the_storage(self) -> Settings:
+        """Every state path left unset goes under ``state_directory`` (see ``state_root``)."""
+        state = Path(self.state_directory or state_root(self.storage.root))
+        if self.events.embedded.directory is None:
+            self.events.embedded.directory = str(state / "events")
+        if self.events.outbox_directory is None:
+            self.events.outbox_directory = str(state / "outbox")
+        if self.agent.jobs_directory is None:
+            self.agent.jobs_directory = str(state / "jobs")
+        return self
 
     @classmethod
     def settings_customise_sources(
@@ -331,9 +356,9 @@ class Settings(BaseSettings):
         for location in self.storage.databases.values():
             if location.uri and "://" not in location.uri:
                 location.uri = _absolute(location.uri)
-        self.events.embedded.directory = _absolute(self.events.embedded.directory)
-        self.events.outbox_directory = _absolute(self.events.outbox_directory)
-        self.agent.jobs_directory = _absolute(self.agent.jobs_directory)
+        self.events.embedded.directory = _absolute(str(self.events.embedded.directory))
+        self.events.outbox_directory = _absolute(str(self.events.outbox_directory))
+        self.agent.jobs_directory = _absolute(str(self.agent.jobs_directory))
         if self.executors.spill_dir:
             self.executors.spill_dir = _absolute(self.executors.spill_dir)
         return self
@@ -367,6 +392,19 @@ class _FileSource(PydanticBaseSettingsSource):
 
     def __call__(self) -> dict[str, Any]:
         return _FILE_DATA.get({})
+
+
+def state_root(root: StorageLocation) -> str:
+    """Where a root's local state lives by default: beside a local root's data, else per root identity.
+
+    ``.system`` can never be a database (names may not start with a dot).
+    """
+    if root.uri and ("://" not in root.uri or root.uri.startswith("file://")):
+        return str(Path(root.uri.removeprefix("file://")) / SYSTEM_DIR)
+    identity = "|".join((root.account or "", root.uri or "", root.container or "", root.prefix))
+    readable = re.sub(r"[^A-Za-z0-9]+", "-", root.uri or f"{root.account}-{root.container}").strip("-")
+    base = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+    return str(base / "lancedb-ray" / f"{readable[:60]}-{hashlib.sha256(identity.encode()).hexdigest()[:12]}")
 
 
 def _absolute(path: str) -> str:

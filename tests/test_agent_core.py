@@ -81,7 +81,7 @@ class StandInIndexers:
         return after if after != before else None
 
     def retrain_vector_index(self, handle: Handle, index_name: str, *, num_segments: int,
-                             use_gpu: bool, ctx: JobContext) -> int:
+                             use_gpu: bool, gpu_wait_seconds: float, ctx: JobContext) -> int:
         raise AssertionError("these tests keep tables below the retraining size")
 
     def cleanup(self, handle: Handle, *, older_than_seconds: float, ctx: JobContext) -> dict:
@@ -308,6 +308,26 @@ def test_the_reconciler_indexes_tables_that_sent_no_event(tmp_path: Path) -> Non
     assert indexers.calls == [("optimize_indices", "a")]
 
 
+def test_the_reconciler_covers_tables_in_namespaces(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, reconcile_interval_seconds=0.2)
+    db = lancedb.connect(tmp_path / "data" / "nsdb")
+    db.create_namespace(["team"])
+    db.create_namespace(["team", "search"])
+    table = db.create_table("docs", rows(300), namespace_path=["team", "search"])
+    table.create_index("id", config=BTree())
+    table.add(rows(20, 300))  # no event: only the reconciler can find it
+    store = LocalJobStore(settings.agent.jobs_directory)
+    indexers = StandInIndexers()
+    run_until(LanceAgent(settings, indexers=indexers), finished(store))
+    (job,) = store.list()
+    assert (job.database, job.table, job.kind, job.trigger) == (
+        "nsdb", "team$search$docs", JobKind.OPTIMIZE_INDICES, "reconcile")
+    assert job.state is JobState.SUCCEEDED
+    reopened = db.open_table("docs", namespace_path=["team", "search"])
+    assert reopened.index_stats("id_idx").num_unindexed_rows == 0
+    assert indexers.calls == [("optimize_indices", "team$search$docs")]
+
+
 def test_small_fragments_are_compacted_and_indexed_in_order(tmp_path: Path) -> None:
     settings = make_settings(tmp_path, compact_min_fragments=4)
     root = tmp_path / "data"
@@ -413,6 +433,33 @@ def test_an_unreadable_table_does_not_hold_the_checkpoint_forever(
     run_until(agent, lambda: checkpoint(settings) == log_size(settings))
     assert reads == ["t"] * core._INSPECT_ATTEMPTS
     assert LocalJobStore(settings.agent.jobs_directory).list() == []
+
+
+def test_a_failed_job_record_save_is_retried_and_the_checkpoint_moves_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lancedb_ray.agent import core
+
+    monkeypatch.setattr(core, "_INSPECT_RETRY_S", 0.01)
+    settings = make_settings(tmp_path)
+    indexed_table(tmp_path / "data").add(rows(10, 300))
+    publish(settings, event("t", 3))
+    store = LocalJobStore(settings.agent.jobs_directory)
+    saves: list[str] = []
+
+    class FlakyStore(LocalJobStore):
+        def put(self, job: Job) -> None:
+            saves.append(job.state.value)
+            if len(saves) <= 2:
+                raise OSError("the storage account throttled us")
+            super().put(job)
+
+    agent = LanceAgent(settings, store=FlakyStore(settings.agent.jobs_directory), indexers=StandInIndexers())
+    run_until(agent, lambda: finished(store)() and checkpoint(settings) == log_size(settings))
+    (job,) = store.list()
+    assert job.kind is JobKind.OPTIMIZE_INDICES and job.state is JobState.SUCCEEDED
+    assert saves[:3] == ["pending"] * 3  # two failed saves, retried; nothing started unrecorded
+    assert unindexed(tmp_path / "data") == 0
 
 
 def test_the_reconciler_leaves_tables_written_within_the_debounce_alone(tmp_path: Path) -> None:

@@ -75,6 +75,9 @@ def two_cpu_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         url = f"http://127.0.0.1:{port}"
         wait_healthy(url, timeout_s=60)
         yield url
+        # The service's own state followed --storage: nothing in the directory it started from.
+        assert sorted(os.listdir(work)) == ["store"]
+        assert {"events", "outbox", "jobs"} <= set(os.listdir(work / "store" / ".system"))
     finally:
         process.send_signal(signal.SIGINT)
         try:
@@ -99,7 +102,10 @@ def test_appended_rows_are_indexed_on_pure_defaults_with_two_cpus(two_cpu_servic
     assert table.index_stats("vector_idx").num_unindexed_rows == 200
     wait_for(lambda: table.index_stats("vector_idx").num_unindexed_rows == 0, 180,
              "the agent to index the appended rows on a 2-CPU cluster")
-    jobs = [job for job in admin_jobs(two_cpu_service, "items") if job["kind"] == "optimize_indices"]
+    # The job's record is written just after the commit that the client already sees.
+    jobs = wait_for(lambda: [job for job in admin_jobs(two_cpu_service, "items")
+                             if job["kind"] == "optimize_indices" and job["state"] != "running"], 30,
+                    "the job's final record")
     assert [job["state"] for job in jobs] == ["succeeded"], jobs
     hits = table.search(rows(200, 1000)["vector"][50].as_py()).nprobes(2).refine_factor(20).limit(1)
     assert hits.to_arrow()["id"].to_pylist() == [1050]

@@ -108,7 +108,10 @@ def test_appended_rows_are_indexed_with_no_client_action(live_service: LiveServi
              "the agent to index the appended rows")
     lag = time.monotonic() - appended_at
 
-    (job,) = [j for j in jobs_of(live_service, database, "items") if j.kind is JobKind.OPTIMIZE_INDICES]
+    # The record is written after the commit that the client already sees.
+    (job,) = wait_for(lambda: [j for j in jobs_of(live_service, database, "items")
+                               if j.kind is JobKind.OPTIMIZE_INDICES and not j.state.active], 30,
+                      "the job record to be final")
     assert job.state is JobState.SUCCEEDED and job.trigger == "event" and job.error is None
     assert job.trigger_version == appended_version and job.result_version == table.version
     query = appended["vector"][100].as_py()  # row 700
@@ -196,7 +199,12 @@ def test_the_reconciler_indexes_writes_that_sent_no_event(live_service: LiveServ
     interval = agent_setting(live_service, "reconcile_interval_seconds", 30.0)
     wait_for(lambda: unindexed(remote, "id_idx") == {"id_idx": 0}, interval * 2 + 60,
              "the reconciler to index the outside write")
-    jobs = jobs_of(live_service, database, "quiet")
+    # The record is written after the index commit that the client already sees.
+    def maintenance() -> list[Job]:
+        jobs = [j for j in jobs_of(live_service, database, "quiet") if j.kind is not JobKind.CREATE_INDEX]
+        return jobs if jobs and not any(j.state.active for j in jobs) else []
+
+    jobs = wait_for(maintenance, 30, "the job record to be final")
     assert [(j.kind, j.trigger, j.state) for j in jobs] == [
         (JobKind.OPTIMIZE_INDICES, "reconcile", JobState.SUCCEEDED)]
 
@@ -215,21 +223,25 @@ def test_admin_endpoint_and_cli_list_jobs(
 ) -> None:
     database = new_database()
     table = live_service.connect(database).create_table("listed", rows(300))
-    table.create_scalar_index("id")
+    table.create_scalar_index("id")  # itself a job of the agent (create_index)
     table.add(rows(20, 300))
-    wait_for(lambda: [j for j in jobs_of(live_service, database) if j.state is JobState.SUCCEEDED],
+    wait_for(lambda: [j for j in jobs_of(live_service, database)
+                      if j.kind is JobKind.OPTIMIZE_INDICES and j.state is JobState.SUCCEEDED],
              120, "a finished job")
-    (job,) = jobs_of(live_service, database)
+    created, job = sorted(jobs_of(live_service, database), key=lambda j: j.created_at)
+    assert (created.kind, created.state) == (JobKind.CREATE_INDEX, JobState.SUCCEEDED)
 
     url, key = live_service.url, live_service.api_key
     status, body = _get(f"{url}/v1/admin/jobs?database={database}", key)
     assert status == 200
-    (listed,) = body["jobs"]
-    assert listed["id"] == job.id and listed["state"] == "succeeded"
+    assert [j["id"] for j in body["jobs"]] == [job.id, created.id]  # newest first
+    listed = body["jobs"][0]
+    assert listed["state"] == "succeeded"
     assert listed["kind"] == "optimize_indices" and listed["table"] == "listed"
     assert listed["trigger_version"] == job.trigger_version
     assert listed["result_version"] == job.result_version and listed["duration_s"] >= 0
     assert listed["error"] is None and listed["attempts"] == 1
+    assert listed["step"] == "indexing new rows" and listed["waiting"] is None
     assert _get(f"{url}/v1/admin/jobs?database={database}&state=failed", key)[1] == {"jobs": []}
     assert _get(f"{url}/v1/admin/jobs?limit=1", key)[1]["jobs"].__len__() == 1
     assert _get(f"{url}/v1/admin/jobs", None)[0] == 401
@@ -237,9 +249,11 @@ def test_admin_endpoint_and_cli_list_jobs(
     assert _get(f"{url}/v1/admin/jobs?state=exploded", key)[0] == 400
 
     assert cli.main(["jobs", "--url", url, "--api-key", key, "--database", database]) == 0
-    header, line = capsys.readouterr().out.strip().splitlines()
+    header, *lines = capsys.readouterr().out.strip().splitlines()
     assert header.split()[:5] == ["id", "state", "kind", "database", "table"]
-    assert line.split()[:5] == [job.id, "succeeded", "optimize_indices", database, "listed"]
+    assert [line.split()[:5] for line in lines] == [
+        [job.id, "succeeded", "optimize_indices", database, "listed"],
+        [created.id, "succeeded", "create_index(id_idx)", database, "listed"]]
 
     config = tmp_path / "settings.yaml"  # no service needed: read the job store on storage
     config.write_text(yaml.safe_dump({
@@ -247,8 +261,8 @@ def test_admin_endpoint_and_cli_list_jobs(
         "agent": {"jobs_directory": live_service.settings["agent"]["jobs_directory"]},
     }))
     assert cli.main(["jobs", "--config", str(config), "--database", database, "--json"]) == 0
-    (printed,) = json.loads(capsys.readouterr().out)
-    assert printed["id"] == job.id and printed["state"] == "succeeded"
+    printed = json.loads(capsys.readouterr().out)
+    assert [(p["id"], p["state"]) for p in printed] == [(job.id, "succeeded"), (created.id, "succeeded")]
 
 
 def test_the_agent_reports_its_state(live_service: LiveService) -> None:
@@ -309,3 +323,30 @@ def test_clients_keep_writing_after_the_agent_compacts_an_indexed_table(
     assert any(_undecodable(dataset, v) for v in range(dataset.version, 0, -1))
     table.add(rows(10, 1000))
     assert table.count_rows() == 190
+
+
+def test_create_index_is_a_job_of_the_agent_and_a_retry_joins_it(live_service: LiveService) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+    from datetime import timedelta
+
+    from lancedb.index import IvfPq
+
+    from tests.support.api import RawClient
+
+    database = new_database()
+    table = live_service.connect(database).create_table("built", rows(600))
+    raw = RawClient(live_service, database)
+    body = {"column": "id", "index_type": "BTREE"}
+    with ThreadPoolExecutor(2) as pool:  # a request and its retry, while the first is still building
+        answers = list(pool.map(lambda _: raw.post("/v1/table/built/create_index/", json_body=body), "ab"))
+    raw.close()
+    assert [answer.status_code for answer in answers] == [200, 200]
+    assert table.index_stats("id_idx").num_unindexed_rows == 0
+    table.create_index("vector", config=IvfPq(distance_type="l2", num_partitions=2, num_sub_vectors=4),
+                       wait_timeout=timedelta(seconds=120))
+    assert table.index_stats("vector_idx").num_unindexed_rows == 0
+
+    built = [job for job in jobs_of(live_service, database, "built") if job.kind is JobKind.CREATE_INDEX]
+    assert sorted((job.index, job.trigger, job.state) for job in built) == [
+        ("id_idx", "request", JobState.SUCCEEDED), ("vector_idx", "request", JobState.SUCCEEDED)]
+    assert all(job.step == "building the index" for job in built)

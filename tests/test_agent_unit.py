@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -18,7 +17,7 @@ from lancedb.index import BTree, IvfPq
 from lancedb_ray.agent.decide import decide, index_segments, still_needed, untrained_share
 from lancedb_ray.agent.jobs import Job, JobKind, JobState
 from lancedb_ray.agent.report import format_jobs
-from lancedb_ray.agent.store import LocalJobStore, expired, open_job_store, select
+from lancedb_ray.agent.store import expired, open_job_store, select
 from lancedb_ray.agent.tables import IndexState, TableState, read_state
 from lancedb_ray.agent.tracking import CheckpointTracker, Debouncer
 from lancedb_ray.events.bus import Delivery
@@ -88,34 +87,6 @@ def test_job_transitions_count_attempts_and_times() -> None:
     assert running.attempt_failed("x", final=True).state is JobState.FAILED
 
 
-def test_local_store_writes_whole_records_and_lists_them(tmp_path: Path) -> None:
-    store = LocalJobStore(tmp_path / "jobs")
-    assert store.list() == []
-    first = Job.new("db", "a", JobKind.COMPACT, 1)
-    second = Job.new("db", "b", JobKind.OPTIMIZE_INDICES, 2)
-    store.put(first)
-    store.put(second)
-    running = first.started()
-    store.put(running)  # replaces the record of the same id
-    assert {job.id: job for job in store.list()} == {first.id: running, second.id: second}
-    assert store.get(first.id) == running
-    assert store.get("missing") is None
-    assert sorted(os.listdir(tmp_path / "jobs")) == sorted([f"{first.id}.json", f"{second.id}.json"])
-    (tmp_path / "jobs" / "garbage.json").write_text("{not json")
-    assert {job.id for job in store.list()} == {first.id, second.id}  # skipped, not fatal
-    store.delete([first.id, "missing"])
-    assert [job.id for job in store.list()] == [second.id]
-
-
-def test_local_store_lock_admits_one_agent(tmp_path: Path) -> None:
-    first, second = LocalJobStore(tmp_path), LocalJobStore(tmp_path)
-    assert first.try_lock() and first.try_lock()
-    assert not second.try_lock()
-    first.unlock()
-    assert second.try_lock()
-    second.unlock()
-
-
 def test_store_location_follows_the_storage_root(tmp_path: Path) -> None:
     local = Settings(storage={"root": {"uri": str(tmp_path / "data")}},
                      agent={"jobs_directory": str(tmp_path / "jobs")})
@@ -144,8 +115,13 @@ def test_format_jobs_prints_one_line_per_job() -> None:
     job = Job.new("db", "t", JobKind.RETRAIN, 3, index="vector_idx").started().succeeded(4, "done")
     lines = format_jobs([job.to_dict()]).splitlines()
     assert lines[0].split() == ["id", "state", "kind", "database", "table", "version", "attempts",
-                                "duration", "result", "error"]
+                                "duration", "result", "progress", "error/waiting"]
     assert lines[1].split()[:7] == [job.id, "succeeded", "retrain(vector_idx)", "db", "t", "3", "1"]
+    waiting = Job.new("db", "t", JobKind.COMPACT, 3).started().progressed(
+        "rewriting fragments", 0.5, "waiting for resources: needs {CPU: 1}, free {CPU: 0.75}")
+    line = format_jobs([waiting.to_dict()]).splitlines()[1]
+    assert "rewriting fragments 50%" in line
+    assert line.endswith("waiting for resources: needs {CPU: 1}, free {CPU: 0.75}")
     assert format_jobs([]) == "no jobs"
 
 
@@ -246,6 +222,29 @@ def test_state_is_read_from_the_table_on_storage(tmp_path: Path) -> None:
     after = read_state("db", "t", lance.dataset(current.uri))
     assert after.unindexed_rows == 0
     assert [n.kind for n in decide(after, AGENT, time.time())] == [JobKind.RETRAIN]  # deltas only
+
+
+def test_state_costs_the_same_however_long_the_history(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Latest manifest, the oldest one and an index's base version only: never every manifest."""
+    table = lancedb.connect(tmp_path).create_table("t", rows(600))
+    table.create_index("vector", config=IvfPq(distance_type="l2", num_partitions=2, num_sub_vectors=2))
+    for i in range(6):
+        table.add(rows(50, 600 + 50 * i))
+    history = lance.dataset(table.to_lance().uri).versions()  # what the whole history says
+    opened: list[int] = []
+    original = lance.LanceDataset.checkout_version
+    monkeypatch.setattr(lance.LanceDataset, "versions", lambda self: pytest.fail("read every manifest"))
+    monkeypatch.setattr(lance.LanceDataset, "checkout_version",
+                        lambda self, version: opened.append(version) or original(self, version))
+
+    current = read_state("db", "t", lance.dataset(table.to_lance().uri))
+    assert current.num_versions == len(history) == table.version
+    assert current.oldest_version_time == history[0]["timestamp"].timestamp()
+    assert current.latest_version_time == history[-1]["timestamp"].timestamp()
+    (index,) = current.indices
+    assert index.trained_rows == 600 and index.num_unindexed_rows == 300
+    assert opened == [1]  # the oldest version, which is also the one the index was trained on
 
 
 # -- debouncing and checkpoints ----------------------------------------------------------------

@@ -149,7 +149,12 @@ def test_index_job_builds_vector_scalar_and_fts_indexes(ray_cluster: None, tmp_p
     assert len(described["vector_idx"].segments) == 2  # agent.index_segments from the settings
     stats = dataset.stats.index_stats("vector_idx")
     assert (stats["num_indexed_rows"], stats["segments"][0]["metric_type"]) == (3000, "cosine")
-    assert "index: 2 segments committed" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "index: 2 segments committed" in printed
+    # Progress while it works (as `ray job logs` shows it), not only at the start and the end.
+    assert "index: training on a CPU (0% done)" in printed
+    for done in ("0%", "50%", "100%"):
+        assert f"index: building 2 segments ({done} done)" in printed
 
     assert index_job.main([*common, "--column", "id", "--index-type", "BTREE", "--segments", "3"]) == 0
     assert index_job.main([*common, "--column", "text", "--index-type", "FTS",

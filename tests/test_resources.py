@@ -25,13 +25,15 @@ def test_on_a_small_node_every_task_that_may_run_at_once_fits_beside_the_service
     if cpus > service_cpus(settings):
         assert 0 < request.num_cpus <= 1
         assert service_cpus(settings) + at_once * request.num_cpus <= cpus
+        # ... but no more of one operation's tasks at once than whole CPUs are left beside the service
+        assert request.parallelism == max(1, int(cpus - service_cpus(settings)))
     else:  # the service alone does not fit: the smallest request, never a whole CPU
         assert request.num_cpus == 0.05
 
 
 def test_a_roomy_node_gets_one_cpu_per_task(monkeypatch: pytest.MonkeyPatch) -> None:
     on_cluster(monkeypatch, 16, 64)
-    assert task_resources(Settings()) == TaskResources(1.0)
+    assert task_resources(Settings()) == TaskResources(1.0)  # no cap: the scheduler places them
 
 
 def test_a_cluster_without_cpus_yet_asks_for_one_for_the_autoscaler(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -28,7 +28,7 @@ from typing import Any
 
 from lancedb_ray.agent.decide import decide
 from lancedb_ray.agent.execute import JobRunner, Outcome
-from lancedb_ray.agent.jobs import Job, JobState
+from lancedb_ray.agent.jobs import Job, JobKind, JobState
 from lancedb_ray.agent.metrics import METRICS
 from lancedb_ray.agent.store import JobStore, expired, open_job_store, root_location
 from lancedb_ray.agent.tables import TableReader, TableState, list_databases, list_tables
@@ -94,6 +94,7 @@ class LanceAgent:
         self._settled: dict[tuple[str, str, str | None], int] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._wake = asyncio.Event()
+        self._submitting = asyncio.Lock()
         self._slots: asyncio.Semaphore | None = None
         self.reconciled = 0  # completed reconciler passes, for tests and status
 
@@ -145,11 +146,39 @@ class LanceAgent:
             "unindexed_rows": {key: rows for key, rows in sorted(self._unindexed.items()) if rows},
         }
 
+    async def submit_index(self, database: str, table: str, request: dict[str, Any]) -> str:
+        """Record a client's create_index as a job ahead of the table's other jobs; its id.
+
+        A retried request (same table, name and body) while that job is active gets the same job,
+        so a client's retry never starts a second build.
+        """
+        name = request.get("name") or f"{request['column']}_idx"
+        key = _key(database, table)
+        async with self._submitting:  # a retry arriving meanwhile sees this job recorded
+            for job in self._records.values():
+                if (job.kind is JobKind.CREATE_INDEX and job.key == key and job.state.active
+                        and job.request == request):
+                    return job.id
+            version = await asyncio.to_thread(self._safe_version, database, table)
+            job = Job.new(database, table, JobKind.CREATE_INDEX, version, trigger="request", index=name,
+                          request=request)
+            await self._put(job)
+        self._enqueue(job, first=True)
+        return job.id
+
+    def job_record(self, job_id: str) -> Job | None:
+        return self._records.get(job_id)
+
+    def _safe_version(self, database: str, table: str) -> int:
+        state = self._safe_inspect(database, table)
+        return state.version if state is not None else 0
+
     async def _resume(self) -> None:
         records = await asyncio.to_thread(self._store.list)
-        self._records = {job.id: job for job in records}
+        queued = {job.id for queue in self._queues.values() for job in queue}  # submitted meanwhile
+        self._records = {**{job.id: job for job in records}, **self._records}
         for job in sorted(records, key=lambda j: (j.created_at, j.id)):
-            if not job.state.active:
+            if not job.state.active or job.id in queued:
                 continue
             if job.state is JobState.RUNNING and job.attempts >= self._agent.max_attempts:
                 await self._put(job.attempt_failed("interrupted on every attempt", final=True))
@@ -214,9 +243,8 @@ class LanceAgent:
             try:
                 state = await asyncio.to_thread(self._reader.inspect, database, table)
             except Exception as exc:
-                self._unreadable(key, deliveries, exc)
+                self._try_later(key, deliveries, f"cannot read {key}", exc)
                 return
-            self._read_failures.pop(key, None)
             if state is None:
                 self._unindexed.pop(key, None)
                 METRICS.set("unindexed_rows", 0, database=database, table=table)
@@ -230,14 +258,20 @@ class LanceAgent:
                         continue
                     job = Job.new(database, table, need.kind, state.version, trigger=trigger,
                                   index=need.index, detail=need.reason)
-                    await self._put(job)  # durable before the events behind it are checkpointed
+                    try:
+                        await self._put(job)  # durable before the events behind it are checkpointed
+                    except Exception as exc:  # the next look records it (jobs recorded so far are pending)
+                        self._try_later(key, deliveries, f"cannot record a job for {key}", exc)
+                        return
                     self._enqueue(job)
+            self._read_failures.pop(key, None)
             self._tracker.handled(deliveries)
         finally:
             self._examining.discard(key)
 
-    def _unreadable(self, key: str, deliveries: list[Delivery], exc: Exception) -> None:
-        """Try a table that cannot be read again later; in the end let its events go.
+    def _try_later(self, key: str, deliveries: list[Delivery], problem: str, exc: Exception) -> None:
+        """Look at a table that could not be read (or its job not recorded) again later; in the end
+        let its events go.
 
         Its events hold back the checkpoint of every later event, so they are not
         kept forever: once released, the reconciler still looks at the table.
@@ -245,13 +279,12 @@ class LanceAgent:
         failures = self._read_failures.get(key, 0) + 1
         if failures >= _INSPECT_ATTEMPTS or not deliveries:
             self._read_failures.pop(key, None)
-            _LOG.error("cannot read %s (%d attempts), leaving it to the reconciler: %s", key,
-                       failures, exc)
+            _LOG.error("%s (%d attempts), leaving it to the reconciler: %s", problem, failures, exc)
             self._tracker.handled(deliveries)
             return
         self._read_failures[key] = failures
         delay = _INSPECT_RETRY_S * 2 ** (failures - 1)
-        _LOG.warning("cannot read %s, trying again in %.0fs: %s", key, delay, exc)
+        _LOG.warning("%s, trying again in %.0fs: %s", problem, delay, exc)
         self._debouncer.defer(key, deliveries, time.monotonic(), delay)
 
     def _pending(self, key: str, need: Any) -> bool:
@@ -270,8 +303,12 @@ class LanceAgent:
 
     # -- jobs ------------------------------------------------------------------------------
 
-    def _enqueue(self, job: Job) -> None:
-        self._queues.setdefault(job.key, deque()).append(job)
+    def _enqueue(self, job: Job, first: bool = False) -> None:
+        queue = self._queues.setdefault(job.key, deque())
+        if first:
+            queue.appendleft(job)
+        else:
+            queue.append(job)
         if job.key not in self._draining:
             self._draining.add(job.key)
             self._spawn(self._drain(job.key))
@@ -345,14 +382,19 @@ class LanceAgent:
                 changed.clear()
                 job = job.progressed(*latest[-1])
                 await self._put(job)
+        if latest:  # the last report, had the work finished before it was saved
+            job = job.progressed(*latest[-1])
         return work.result(), job
 
     async def _failed(self, job: Job, exc: BaseException) -> None:
         cause = exc.__cause__ or exc
         if isinstance(cause, JobStalled):
             METRICS.inc("jobs_stalled_total", kind=job.kind.value)
-        error = f"{type(cause).__name__}: {clean_message(cause)}"[:2000]
-        final = job.attempts >= self._agent.max_attempts
+        name = cause.name if isinstance(cause, LanceDBRayError) else type(cause).__name__
+        error = f"{name}: {clean_message(cause)}"[:2000]
+        # Bad input (a 4xx) fails the same way every time: not retried.
+        permanent = isinstance(cause, LanceDBRayError) and cause.status_code < 500
+        final = permanent or job.attempts >= self._agent.max_attempts
         failed = job.attempt_failed(error, final)
         await self._put(failed)
         _LOG.warning("%s job %s on %s failed (attempt %d): %s", job.kind.value, job.id, job.key,
@@ -412,8 +454,9 @@ class LanceAgent:
         began = time.monotonic()
         tables = await asyncio.to_thread(self._all_tables)
         for key in tables:
-            if key in self._debouncer or key in self._examining or self._queues.get(key):
-                continue  # already on its way
+            if (key in self._debouncer or key in self._examining or key in self._draining
+                    or self._queues.get(key)):
+                continue  # already on its way (a job of it running: its outcome is seen anyway)
             await self._examine(key, [], "reconcile")
         await self._prune()
         self.reconciled += 1

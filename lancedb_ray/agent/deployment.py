@@ -106,6 +106,21 @@ class LanceAgent:
 
         return await asyncio.wrap_future(self._thread.submit(snapshot()))
 
+    async def create_index(self, database: str, table: str, request: dict[str, Any]) -> str:
+        """A client's create_index as a job (see ``AgentLoop.submit_index``); the job's id."""
+        work = self._thread.agent.submit_index(database, table, request)
+        return await asyncio.wrap_future(self._thread.submit(work))
+
+    async def job(self, job_id: str) -> dict[str, Any] | None:
+        """One job's record as the admin endpoint shows it; None if there is none."""
+        agent = self._thread.agent
+
+        async def read() -> dict[str, Any] | None:
+            job = agent.job_record(job_id)
+            return None if job is None else job.to_dict()
+
+        return await asyncio.wrap_future(self._thread.submit(read()))
+
     def replica_actor_name(self) -> str:
         """The Ray actor of this replica (namespace ``serve``), for operators and tests."""
         import ray

@@ -53,6 +53,8 @@ class JobRunner:
         state = self._reader.inspect(job.database, job.table)
         if state is None:
             return Outcome(None, "skipped: the table no longer exists", False, None)
+        if job.kind is JobKind.CREATE_INDEX:  # asked for by a client: built even if one exists
+            return self._create_index(job, state, report)
         need = still_needed(state, self._agent, job.kind, job.index, time.time())
         if need is None:
             return Outcome(state.version, f"no-op: nothing to do at version {state.version}",
@@ -74,7 +76,7 @@ class JobRunner:
             assert job.index is not None
             version = ops.retrain_vector_index(
                 handle, job.index, num_segments=index_segments(state, self._agent),
-                use_gpu=self._gpu(), ctx=ctx,
+                use_gpu=self._gpu(), gpu_wait_seconds=self._agent.gpu_wait_seconds, ctx=ctx,
             )
             return f"retrained {job.index} ({need.reason}) at version {version}"
         if job.kind is JobKind.COMPACT:
@@ -93,7 +95,37 @@ class JobRunner:
             return f"cleaned up ({need.reason}): {removed}"
         raise ValueError(f"unknown job kind {job.kind}")
 
+    def _create_index(self, job: Job, state: TableState, report: ProgressReport | None) -> Outcome:
+        """A large vector index: trained once (on a GPU worker when there is one) and built in
+        segments by the indexers; anything else: lancedb's own build, on a Ray task."""
+        from lancedb_ray.agent.index_requests import build_requested_index, segmented_build_params
+
+        assert job.request is not None
+        ops = self.indexers
+        ctx = ops.JobContext.from_settings(self._settings, report)
+        params = segmented_build_params(job.request)
+        if params is not None and state.num_rows >= self._agent.segment_min_rows:
+            location = self._reader.location(job.database)
+            handle = ops.TableHandle(job.database, job.table, state.uri, dict(location.storage_options))
+            build = ops.run_vector_build(
+                handle, job.request["column"], params.pop("index_type"), params,
+                num_segments=index_segments(state, self._agent), use_gpu=self._gpu(), name=job.index,
+                replace=job.request.get("replace", True), gpu_wait_seconds=self._agent.gpu_wait_seconds,
+                ctx=ctx)
+            version = build.version
+            trained = "" if build.model is None else (
+                f", trained on {build.model.device} (node {build.model.node_id})")
+            detail = f"built index '{job.index}' in {max(1, len(build.segments))} segments{trained}"
+        else:
+            version = build_requested_index(self._settings.storage, job.database, job.table, job.request,
+                                            ctx)
+            detail = f"built index '{job.index}'"
+        after = self._reader.inspect(job.database, job.table)
+        return Outcome(version, f"{detail} at version {version}", True, after)
+
     def _gpu(self) -> bool:
+        """The setting; else whether the cluster has GPUs now (asked each time: the cluster changes)
+        or a GPU group the autoscaler can start (``agent.gpu_group``)."""
         if self._use_gpu is None:
-            self._use_gpu = bool(self.indexers.cluster_has_gpus())
+            return self._agent.gpu_group or bool(self.indexers.cluster_has_gpus())
         return self._use_gpu

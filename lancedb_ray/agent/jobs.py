@@ -20,11 +20,13 @@ class JobKind(str, Enum):
     OPTIMIZE_INDICES = "optimize_indices"  # index newly written rows into every existing index
     RETRAIN = "retrain"  # rebuild one vector index from scratch over all rows
     CLEANUP = "cleanup"  # remove versions older than the retention setting
+    CREATE_INDEX = "create_index"  # a client's create_index, built off the request path
 
 
 # The order in which one table's jobs run: compaction first (it rewrites the
 # fragments the indices would otherwise cover one by one), cleanup last.
-KIND_ORDER = (JobKind.COMPACT, JobKind.RETRAIN, JobKind.OPTIMIZE_INDICES, JobKind.CLEANUP)
+KIND_ORDER = (JobKind.COMPACT, JobKind.RETRAIN, JobKind.OPTIMIZE_INDICES, JobKind.CLEANUP,
+              JobKind.CREATE_INDEX)
 
 
 class JobState(str, Enum):
@@ -58,6 +60,7 @@ class Job:
     step: str | None = None  # what a running job is doing now, e.g. "building 2 segments"
     fraction: float | None = None  # of the current step, 0 to 1
     waiting: str | None = None  # why its tasks cannot start, e.g. "waiting for resources: ..."
+    request: dict[str, Any] | None = None  # CREATE_INDEX: the client's create_index body
 
     @classmethod
     def new(cls, database: str, table: str, kind: JobKind, trigger_version: int, **extra: Any) -> Job:

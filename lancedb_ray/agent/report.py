@@ -11,7 +11,7 @@ from lancedb_ray.agent.store import open_job_store, select
 from lancedb_ray.settings import Settings
 
 COLUMNS = ("id", "state", "kind", "database", "table", "version", "attempts", "duration", "result",
-           "error")
+           "progress", "error/waiting")
 
 
 def read_jobs(settings: Settings, state: str | None = None, database: str | None = None,
@@ -46,7 +46,11 @@ def format_jobs(jobs: list[dict[str, Any]]) -> str:
 
 def _row(job: dict[str, Any]) -> tuple[str, ...]:
     duration = job.get("duration_s")
-    error = (job.get("error") or "").replace("\n", " ")
+    error = (job.get("waiting") or job.get("error") or "").replace("\n", " ")
+    fraction = job.get("fraction")
+    progress = "-"
+    if job["state"] == "running" and job.get("step"):
+        progress = job["step"] + ("" if fraction is None else f" {fraction:.0%}")
     return (
         job["id"],
         job["state"],
@@ -57,5 +61,6 @@ def _row(job: dict[str, Any]) -> tuple[str, ...]:
         str(job["attempts"]),
         "-" if duration is None else f"{duration:.1f}s",
         "-" if job.get("result_version") is None else str(job["result_version"]),
-        error[:80] or "-",
+        progress,
+        error[:100] or "-",
     )

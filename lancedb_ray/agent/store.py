@@ -3,12 +3,13 @@
 Two backends behind one interface, picked by where the storage root is:
 
 * a local root keeps records in ``AgentSettings.jobs_directory`` (by default
-  ``./data/.system/jobs``), each written to a temporary file, fsync'd and
+  ``<root>/.system/jobs``, see ``Settings.state_directory``), each written to a temporary file, fsync'd and
   renamed over the record, so a crash leaves the old record or the new one;
 * an Azure root keeps them under ``<root>/.system/jobs/`` in the root's own
   container: one Put Blob replaces a blob atomically, so a reader never sees
   half a record. (``.system`` can never be a database: names may not start
-  with a dot.)
+  with a dot.) The acting agent holds a renewed lease on ``.agent.lock`` there,
+  as the local store holds an flock, so one agent acts at a time.
 
 Records are named ``<job id>.json``; ids sort by creation time.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -24,15 +26,16 @@ from typing import Any, Protocol
 
 from lancedb_ray.agent.jobs import Job, JobState
 from lancedb_ray.durable_files import try_lock, write_atomically
-from lancedb_ray.settings import Settings, StorageSettings
+from lancedb_ray.settings import SYSTEM_DIR, Settings, StorageSettings
 from lancedb_ray.storage.catalog import DatabaseLocation
 from lancedb_ray.storage.credentials import place_and_options
 
 _LOG = logging.getLogger(__name__)
-SYSTEM_DIR = ".system"
 JOBS_DIR = "jobs"
 _SUFFIX = ".json"
 _LOCK_FILE = "agent.lock"
+_LOCK_BLOB = ".agent.lock"  # a leading dot: never taken for a record
+_LEASE_SECONDS = 60  # the longest finite blob lease
 
 
 class JobStore(Protocol):
@@ -177,6 +180,8 @@ class BlobJobStore:
             paths = sorted(p for p in fs.ls(self._base, detail=False) if _is_record(p.rsplit("/", 1)[-1]))
         except FileNotFoundError:
             return []
+        if not paths:  # only the lease blob, or nothing
+            return []
         jobs = []
         for path, data in fs.cat(paths, on_error="return").items():
             if isinstance(data, FileNotFoundError):
@@ -196,11 +201,59 @@ class BlobJobStore:
             self._fs.rm(paths)
 
     def try_lock(self) -> bool:
-        # One agent replica is deployed; blob leases for overlapping replicas are not used.
+        """A lease on the blob ``.agent.lock`` beside the records, renewed while held.
+
+        One agent acts at a time, also while Serve replaces a replica (the old one
+        holds the lease until it stops); a dead agent's lease runs out after
+        ``_LEASE_SECONDS`` and a standby takes over.
+        """
+        from azure.core.exceptions import HttpResponseError, ResourceExistsError
+
+        if getattr(self, "_lease", None) is not None:
+            return True  # held already
+        blob = self._lock_blob()
+        try:
+            blob.upload_blob(b"", overwrite=False)
+        except (ResourceExistsError, HttpResponseError) as exc:
+            if getattr(exc, "status_code", 409) != 409:
+                raise  # 409: it exists (perhaps leased)
+        try:
+            lease = blob.acquire_lease(lease_duration=_LEASE_SECONDS)
+        except HttpResponseError as exc:
+            if exc.status_code == 409:  # another agent holds it
+                return False
+            raise
+        self._lease = lease
+        self._renewing = threading.Event()
+        threading.Thread(target=self._renew, args=(lease, self._renewing), name="job-store-lease",
+                         daemon=True).start()
         return True
 
     def unlock(self) -> None:
-        pass
+        lease = getattr(self, "_lease", None)
+        if lease is None:
+            return
+        self._renewing.set()
+        self._lease = None
+        try:
+            lease.release()
+        except Exception:  # it runs out by itself
+            _LOG.warning("releasing the job store's lease failed", exc_info=True)
+
+    def _lock_blob(self) -> Any:
+        from lancedb_ray.storage.clients import blob_service_client
+
+        container, _, prefix = self._base.partition("/")
+        name = f"{prefix}/{_LOCK_BLOB}" if prefix else _LOCK_BLOB
+        return blob_service_client(self._root.storage_options).get_blob_client(container, name)
+
+    @staticmethod
+    def _renew(lease: Any, stop: threading.Event) -> None:
+        while not stop.wait(_LEASE_SECONDS / 3):
+            try:
+                lease.renew()
+            except Exception:  # a missed renewal is retried; the lease outlives two of them
+                _LOG.warning("renewing the job store's lease failed", exc_info=True)
 
 
 def _is_record(name: str) -> bool:

@@ -15,12 +15,13 @@ from typing import Any
 from lance.dataset import LanceDataset
 
 from lancedb_ray.errors import Forbidden, InvalidInput, NotFound
+from lancedb_ray.service.paging import all_names
 from lancedb_ray.settings import StorageSettings
 from lancedb_ray.storage.catalog import DatabaseLocation
 from lancedb_ray.storage.connections import Connections
 from lancedb_ray.storage.lance_errors import lance_errors
 from lancedb_ray.storage.names import validate_name
-from lancedb_ray.types import TableRef
+from lancedb_ray.types import NAMESPACE_SEPARATOR, TableRef
 
 # Index statistics would otherwise carry every centroid of a vector index.
 os.environ.setdefault("LANCE_INCLUDE_VECTOR_CENTROIDS", "false")
@@ -101,9 +102,11 @@ def read_state(database: str, table: str, dataset: LanceDataset) -> TableState:
         fragment_rows.append(rows)
         fragment_deleted.append(deletion.num_deleted_rows if deletion is not None else 0)
         physical[fragment.fragment_id] = rows
-    versions = dataset.versions()
-    rows_at = {v["version"]: _int(v.get("metadata", {}).get("total_rows")) for v in versions}
-    times = [v["timestamp"].timestamp() for v in versions if v.get("timestamp") is not None]
+    # Cost independent of history: the version numbers are one listing; only the latest
+    # manifest (loaded already), the oldest one and an index's base version are read.
+    numbers = sorted(ref["version"] for ref in dataset.version_refs())
+    rows_at = _RowsAt(dataset, set(numbers))
+    oldest = rows_at.summary(numbers[0]) if numbers else dataset.get_version()
     return TableState(
         database=database,
         table=table,
@@ -113,14 +116,38 @@ def read_state(database: str, table: str, dataset: LanceDataset) -> TableState:
         fragment_rows=tuple(fragment_rows),
         fragment_deleted=tuple(fragment_deleted),
         indices=tuple(_indices(dataset, rows_at, physical)),
-        num_versions=len(versions),
-        oldest_version_time=min(times) if times else None,
-        latest_version_time=max(times) if times else None,
+        num_versions=len(numbers),
+        oldest_version_time=_time(oldest),
+        latest_version_time=_time(dataset.get_version()),
     )
 
 
+class _RowsAt:
+    """Rows of a version, read from that version's manifest on demand (None if it is gone)."""
+
+    def __init__(self, dataset: LanceDataset, versions: set[int]) -> None:
+        self._dataset = dataset
+        self._versions = versions
+        self._summaries: dict[int, dict[str, Any]] = {dataset.version: dataset.get_version()}
+
+    def summary(self, version: int) -> dict[str, Any]:
+        if version not in self._summaries:
+            self._summaries[version] = self._dataset.checkout_version(version).get_version()
+        return self._summaries[version]
+
+    def get(self, version: int) -> int | None:
+        if version not in self._versions:
+            return None
+        return _int(self.summary(version).get("metadata", {}).get("total_rows"))
+
+
+def _time(summary: dict[str, Any]) -> float | None:
+    timestamp = summary.get("timestamp")
+    return timestamp.timestamp() if timestamp is not None else None
+
+
 def _indices(
-    dataset: LanceDataset, rows_at: dict[int, int | None], physical: dict[int, int]
+    dataset: LanceDataset, rows_at: _RowsAt, physical: dict[int, int]
 ) -> Iterator[IndexState]:
     for description in dataset.describe_indices():
         if not description.field_names:
@@ -137,7 +164,7 @@ def _indices(
 
 
 def _trained_rows(
-    segments: list[Any], rows_at: dict[int, int | None], physical: dict[int, int]
+    segments: list[Any], rows_at: _RowsAt, physical: dict[int, int]
 ) -> int | None:
     """Rows the index was trained on: those of the version its oldest segments were built on.
 
@@ -191,14 +218,15 @@ def list_databases(storage: StorageSettings, root: DatabaseLocation) -> list[str
 
 
 def list_tables(connections: Connections, database: str) -> list[str]:
-    """The tables of ``database``'s root namespace; [] when it cannot be opened."""
+    """Every table of ``database``, in every namespace (``ns1$ns2$name``); [] when it cannot be opened."""
     db = connections.database(database)
-    names: list[str] = []
-    token: str | None = None
     with lance_errors(f"database '{database}'", database):
-        while True:
-            page = db.list_tables(page_token=token)
-            names.extend(page.tables)
-            token = page.page_token
-            if not token or not page.tables:
-                return names
+        return list(_walk(db, []))
+
+
+def _walk(db: Any, path: list[str]) -> Iterator[str]:
+    tables = all_names(lambda token: db.list_tables(namespace_path=path or None, page_token=token), "tables")
+    yield from (NAMESPACE_SEPARATOR.join((*path, name)) for name in tables)
+    children = all_names(lambda token: db.list_namespaces(path or None, page_token=token), "namespaces")
+    for child in children:
+        yield from _walk(db, [*path, child])

@@ -15,6 +15,7 @@ from lancedb_ray import logging_setup
 from lancedb_ray.agent.deployment import LanceAgent, agent_options
 from lancedb_ray.api.context import install_services
 from lancedb_ray.api.http import create_app
+from lancedb_ray.errors import Unavailable
 from lancedb_ray.events.outbox import ChangePublisher
 from lancedb_ray.execution.base import QueryExecutor
 from lancedb_ray.execution.distributed import DistributedExecutor, ExecutorPool
@@ -25,6 +26,7 @@ from lancedb_ray.settings import Settings
 from lancedb_ray.storage.connections import Connections
 from lancedb_ray.storage.versions import start_registry
 
+_AGENT_CALL_S = 60.0
 # One FastAPI app per replica process; each replica gives it its services on start.
 fastapi_app = create_app()
 
@@ -40,8 +42,10 @@ class QueryNode:
         self._agent = agent  # the LanceAgent's handle: bound here so Serve deploys it in this app
         self._publisher = ChangePublisher(self._settings.events)
         registry = start_registry(self._settings.ray.namespace)
+        index_jobs = AgentIndexJobs(agent) if agent is not None else None
         install_services(
-            Services.build(self._settings, self._publisher.emit, self._executor_factory, registry)
+            Services.build(self._settings, self._publisher.emit, self._executor_factory, registry,
+                           index_jobs)
         )
 
     def _executor_factory(self, connections: Connections) -> QueryExecutor:
@@ -61,6 +65,25 @@ class QueryNode:
 
     def __del__(self) -> None:
         self._publisher.close()
+
+
+class AgentIndexJobs:
+    """Index builds as jobs of the agent deployment, through its handle (``service.indexes.IndexJobs``)."""
+
+    def __init__(self, handle: Any) -> None:
+        self._handle = handle
+
+    def create_index(self, database: str, table: str, request: dict[str, Any]) -> str:
+        return self._call("create_index", database, table, request)
+
+    def job(self, job_id: str) -> dict[str, Any] | None:
+        return self._call("job", job_id)
+
+    def _call(self, method: str, *args: Any) -> Any:
+        try:
+            return getattr(self._handle, method).remote(*args).result(timeout_s=_AGENT_CALL_S)
+        except Exception as exc:  # the agent replica is restarting or overloaded: the client retries
+            raise Unavailable(f"the agent (it builds indexes) did not answer: {type(exc).__name__}") from exc
 
 
 def deployment_options(settings: Settings) -> dict[str, Any]:

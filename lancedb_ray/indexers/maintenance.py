@@ -90,7 +90,8 @@ def compact(handle: TableHandle, *, target_rows_per_fragment: int, parallelism: 
         rewrites = gather(
             [functools.partial(_compact_task.options(**options).remote, handle, read_version, task)
              for task in plan.tasks],
-            "compact", ctx, step="rewriting fragments", limit=parallelism,
+            "compact", ctx, step="rewriting fragments",
+            limit=min(parallelism, ctx.resources.parallelism or parallelism),
         )
         METRICS.inc("tasks_total", len(rewrites), kind="compact", device="cpu")
         base = handle.open(read_version)

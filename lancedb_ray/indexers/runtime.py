@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 import ray
 from ray import ObjectRefGenerator
+from ray.exceptions import RayTaskError
 
 from lancedb_ray.errors import JobStalled
 from lancedb_ray.metrics import Metric, MetricSet
@@ -121,20 +122,20 @@ def context(ctx: JobContext | None) -> JobContext:
 
 
 def gather(calls: Sequence[Callable[[], ObjectRefGenerator]], kind: str, ctx: JobContext, *,
-           step: str | None = None, limit: int | None = None, num_gpus: float = 0,
-           on_result: Callable[[int, Any], None] | None = None) -> list[Any]:
+           step: str | None = None, limit: int | None = None, num_gpus: float = 0) -> list[Any]:
     """Run ``calls`` (each starts one :func:`watched` task), at most ``limit`` at once; results in order.
 
-    The first failure cancels the others and is raised. While no task has
-    started, the reason is reported; past ``ctx.stall_seconds`` the tasks are
-    cancelled and :class:`JobStalled` is raised.
+    The first failure cancels the others and is raised. While no task runs
+    (none started yet, or the nodes of those that had started died and Ray is
+    to run them again), the reason is reported; past ``ctx.stall_seconds`` the
+    tasks are cancelled and :class:`JobStalled` is raised.
     """
     step = step or kind
     limit = max(1, limit or len(calls))
     results: list[Any] = [None] * len(calls)
     queue = list(enumerate(calls))
     in_flight: dict[ObjectRefGenerator, int] = {}
-    started: set[int] = set()
+    started: dict[int, str] = {}  # task -> the node it started on
     finished = 0
     quiet_since = time.monotonic()  # last time a task started or finished
     demand = ctx.resources.demand(num_gpus)
@@ -145,6 +146,8 @@ def gather(calls: Sequence[Callable[[], ObjectRefGenerator]], kind: str, ctx: Jo
                 in_flight[call()] = i
             ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=_WATCH_SECONDS)
             if not ready:
+                if _forget_lost(started):
+                    quiet_since = time.monotonic()  # the stall clock starts at the loss
                 running = any(i in started for i in in_flight.values())
                 waiting = None if running else waiting_reason(demand)
                 ctx.note(step, finished / len(calls), waiting)
@@ -153,18 +156,16 @@ def gather(calls: Sequence[Callable[[], ObjectRefGenerator]], kind: str, ctx: Jo
                 continue
             generator = ready[0]
             i = in_flight[generator]
-            value = ray.get(next(generator))
+            value = _result(next(generator), kind)
             quiet_since = time.monotonic()
-            if value == _STARTED:
-                started.add(i)
+            if isinstance(value, tuple) and value[:1] == (_STARTED,):
+                started[i] = value[1]
                 ctx.note(step, finished / len(calls), None)
                 continue
             del in_flight[generator]
             results[i] = value
             finished += 1
             ctx.note(step, finished / len(calls), None)
-            if on_result is not None:
-                on_result(i, value)
     except BaseException:
         METRICS.inc("task_failures_total", kind=kind)
         for generator in in_flight:
@@ -173,10 +174,33 @@ def gather(calls: Sequence[Callable[[], ObjectRefGenerator]], kind: str, ctx: Jo
     return results
 
 
+def _result(ref: ray.ObjectRef, kind: str) -> Any:
+    """The task's value; a task's own error is raised as itself (its remote traceback logged)."""
+    try:
+        return ray.get(ref)
+    except RayTaskError as exc:
+        cause = getattr(exc, "cause", None)
+        if not isinstance(cause, Exception):
+            raise
+        _LOG.warning("%s task failed: %s", kind, exc)
+        raise cause from None
+
+
 def run_one(call: Callable[[], ObjectRefGenerator], kind: str, ctx: JobContext, *,
             step: str | None = None, num_gpus: float = 0) -> Any:
     """One :func:`watched` task's result, watched like :func:`gather`."""
     return gather([call], kind, ctx, step=step, num_gpus=num_gpus)[0]
+
+
+def _forget_lost(started: dict[int, str]) -> bool:
+    """Tasks whose node died are not running: Ray runs them again once a node has room. Any?"""
+    if not started:
+        return False
+    alive = {node["NodeID"] for node in ray.nodes() if node.get("Alive")}
+    lost = [i for i, node in started.items() if node not in alive]
+    for i in lost:
+        del started[i]
+    return bool(lost)
 
 
 def waiting_reason(demand: dict[str, float]) -> str | None:
@@ -204,7 +228,7 @@ def watched(fn: Callable[..., T]) -> Any:
 
     @functools.wraps(fn)
     def task(*args: Any, **kwargs: Any) -> Iterator[Any]:
-        yield _STARTED
+        yield _STARTED, node_id()
         yield fn(*args, **kwargs)
 
     return ray.remote(num_returns="streaming")(task)

@@ -73,7 +73,8 @@ def build_scalar_index(handle: TableHandle, column: str, index_type: str, params
         options = ctx.resources.options()
         calls = [functools.partial(_build_segment.options(**options).remote, handle, version, column, kind,
                                    name, params, group) for group in groups]
-        segments = gather(calls, "scalar_segment", ctx, step=f"building {len(calls)} segments")
+        segments = gather(calls, "scalar_segment", ctx, step=f"building {len(calls)} segments",
+                          limit=ctx.resources.parallelism)
         METRICS.inc("tasks_total", len(segments), kind="scalar_segment", device="cpu")
         new_version = run_one(lambda: _merge_and_commit.options(**options).remote(
             handle, version, column, name, segments), "scalar_merge", ctx, step="merging segments")

@@ -216,7 +216,8 @@ def run_vector_build(handle: TableHandle, column: str, index_type: str, params: 
         options = ctx.resources.options()
         calls = [functools.partial(_build_segment.options(**options).remote, handle, version, spec,
                                    model_ref, group) for group in groups]
-        built = gather(calls, "vector_segment", ctx, step=f"building {len(calls)} segments")
+        built = gather(calls, "vector_segment", ctx, step=f"building {len(calls)} segments",
+                       limit=ctx.resources.parallelism)
         METRICS.inc("tasks_total", len(built), kind="vector_segment", device="cpu")
         ctx.note("committing the segments", 1.0)
         committed = handle.open(version).commit_existing_index_segments(

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from lancedb_ray.execution.base import QueryExecutor
 from lancedb_ray.execution.local import LocalExecutor
-from lancedb_ray.service.indexes import IndexService
+from lancedb_ray.service.indexes import IndexJobs, IndexService
 from lancedb_ray.service.namespaces import NamespaceService
 from lancedb_ray.service.tables import ChangeSink, TableService
 from lancedb_ray.service.versions import VersionService
@@ -34,6 +34,7 @@ class Services:
         on_change: ChangeSink,
         executor_factory: Callable[[Connections], QueryExecutor] = LocalExecutor,
         registry: Registry | None = None,
+        index_jobs: IndexJobs | None = None,
     ) -> Services:
         """``registry``: the deployment's shared version registry (None: this process alone)."""
         seconds = settings.server.read_consistency_seconds
@@ -44,7 +45,7 @@ class Services:
             settings=settings,
             connections=connections,
             tables=tables,
-            indexes=IndexService(connections, tables),
+            indexes=IndexService(connections, tables, index_jobs, settings.server.index_wait_seconds),
             versions=VersionService(connections, tables),
             namespaces=NamespaceService(connections, tables),
             executor=executor_factory(connections),

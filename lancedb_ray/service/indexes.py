@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+import time
+from typing import Any, Protocol
 
-from lancedb_ray.errors import InvalidInput, NotFound
+from lancedb_ray.errors import AlreadyExists, InvalidInput, LanceDBRayError, NotFound, Unavailable
 from lancedb_ray.protocol import CreateIndexRequest
 from lancedb_ray.service.tables import TableService
 from lancedb_ray.storage.connections import Connections
@@ -18,64 +19,55 @@ VECTOR_INDEX_TYPES = {
 }
 SCALAR_INDEX_TYPES = {"BTREE", "BITMAP", "LABEL_LIST"}
 FTS_INDEX_TYPES = {"FTS", "INVERTED"}
+_POLL_SECONDS = 0.2
 _VECTOR_OPTIONS = (
     "num_partitions", "num_sub_vectors", "num_bits", "sample_rate", "max_iterations",
     "m", "ef_construction", "target_partition_size",
 )
 
 
+class IndexJobs(Protocol):
+    """Where index builds run off the request path: the Lance agent (``agent.deployment``)."""
+
+    def create_index(self, database: str, table: str, request: dict[str, Any]) -> str:
+        """Record a build job (or find the same one already active); its id."""
+
+    def job(self, job_id: str) -> dict[str, Any] | None:
+        """The job's record as ``Job.to_dict`` gives it; None once it is gone."""
+
+
 class IndexService:
-    def __init__(self, connections: Connections, tables: TableService) -> None:
+    def __init__(self, connections: Connections, tables: TableService, jobs: IndexJobs | None = None,
+                 wait_seconds: float = 0.0) -> None:
         self._connections = connections
         self._tables = tables
+        self._jobs = jobs
+        self._wait_seconds = wait_seconds
 
     def create(self, ref: TableRef, body: CreateIndexRequest, request_id: str | None) -> None:
+        """Validate, then build: as a job of the agent when there is one (returning once it is done,
+        or after ``wait_seconds`` while it goes on, as LanceDB Cloud does), else in this request."""
         if body.name is not None:
             validate_name("index", body.name)
-        index_type = (body.index_type or ("IVF_PQ" if body.metric_type else "")).upper()
         table = self._connections.table(ref)
-        if body.column not in table.schema.names:
-            raise InvalidInput(
-                f"cannot index column '{body.column}': the table's columns are {table.schema.names}"
-            )
-        with lance_errors(f"create_index on '{ref.qualified_name}'", ref.database):
-            if index_type in VECTOR_INDEX_TYPES:
-                options = {k: getattr(body, k) for k in _VECTOR_OPTIONS if getattr(body, k) is not None}
-                table.create_index(
-                    metric=body.metric_type or "l2",
-                    vector_column_name=body.column,
-                    index_type=index_type,
-                    replace=body.replace,
-                    name=body.name,
-                    **options,
-                )
-            elif index_type in SCALAR_INDEX_TYPES:
-                table.create_scalar_index(
-                    body.column, index_type=index_type, replace=body.replace, name=body.name
-                )
-            elif index_type in FTS_INDEX_TYPES:
-                table.create_fts_index(
-                    body.column,
-                    replace=body.replace,
-                    with_position=body.with_position,
-                    base_tokenizer=body.base_tokenizer,
-                    language=body.language,
-                    max_token_length=body.max_token_length,
-                    lower_case=body.lower_case,
-                    stem=body.stem,
-                    remove_stop_words=body.remove_stop_words,
-                    custom_stop_words=body.custom_stop_words,
-                    ascii_folding=body.ascii_folding,
-                    ngram_min_length=body.min_ngram_length,
-                    ngram_max_length=body.max_ngram_length,
-                    prefix_only=body.prefix_only,
-                    block_size=body.block_size,
-                    name=body.name,
-                )
-            else:
-                known = sorted(VECTOR_INDEX_TYPES | SCALAR_INDEX_TYPES | FTS_INDEX_TYPES)
-                raise InvalidInput(f"unknown index type '{body.index_type}': use one of {known}")
-        self._tables.notify(ref, table.version, "create_index", request_id)
+        index_type = check_create_index(table.schema, body)
+        if self._jobs is None:
+            with lance_errors(f"create_index on '{ref.qualified_name}'", ref.database):
+                apply_create_index(table, index_type, body)
+            self._tables.notify(ref, table.version, "create_index", request_id)
+            return
+        job_id = self._jobs.create_index(ref.database, ref.qualified_name, body.model_dump())
+        deadline = time.monotonic() + self._wait_seconds
+        while time.monotonic() < deadline:
+            job = self._jobs.job(job_id)
+            if job is None:
+                return
+            if job["state"] == "succeeded":
+                self._tables.notify(ref, job["result_version"], "create_index", request_id)
+                return
+            if job["state"] == "failed":
+                raise job_error(job["error"] or "the index build failed")
+            time.sleep(_POLL_SECONDS)
 
     def list(self, ref: TableRef, version: int | None) -> dict[str, Any]:
         table = self._connections.table(ref, version)
@@ -124,3 +116,59 @@ def _described(index: Any) -> dict[str, Any]:
     if index.index_details is not None:
         described["index_details"] = json.dumps(index.index_details)
     return described
+
+
+def check_create_index(schema: Any, body: CreateIndexRequest) -> str:
+    """The index type ``body`` asks for, once the column and the type are known to be valid."""
+    index_type = (body.index_type or ("IVF_PQ" if body.metric_type else "")).upper()
+    if body.column not in schema.names:
+        raise InvalidInput(f"cannot index column '{body.column}': the table's columns are {schema.names}")
+    if index_type not in VECTOR_INDEX_TYPES | SCALAR_INDEX_TYPES | FTS_INDEX_TYPES:
+        known = sorted(VECTOR_INDEX_TYPES | SCALAR_INDEX_TYPES | FTS_INDEX_TYPES)
+        raise InvalidInput(f"unknown index type '{body.index_type}': use one of {known}")
+    return index_type
+
+
+def apply_create_index(table: Any, index_type: str, body: CreateIndexRequest) -> None:
+    """lancedb's own build of the index ``body`` asks for on ``table`` (a lancedb table)."""
+    if index_type in VECTOR_INDEX_TYPES:
+        options = {k: getattr(body, k) for k in _VECTOR_OPTIONS if getattr(body, k) is not None}
+        table.create_index(
+            metric=body.metric_type or "l2",
+            vector_column_name=body.column,
+            index_type=index_type,
+            replace=body.replace,
+            name=body.name,
+            **options,
+        )
+    elif index_type in SCALAR_INDEX_TYPES:
+        table.create_scalar_index(body.column, index_type=index_type, replace=body.replace, name=body.name)
+    else:
+        table.create_fts_index(
+            body.column,
+            replace=body.replace,
+            with_position=body.with_position,
+            base_tokenizer=body.base_tokenizer,
+            language=body.language,
+            max_token_length=body.max_token_length,
+            lower_case=body.lower_case,
+            stem=body.stem,
+            remove_stop_words=body.remove_stop_words,
+            custom_stop_words=body.custom_stop_words,
+            ascii_folding=body.ascii_folding,
+            ngram_min_length=body.min_ngram_length,
+            ngram_max_length=body.max_ngram_length,
+            prefix_only=body.prefix_only,
+            block_size=body.block_size,
+            name=body.name,
+        )
+
+
+def job_error(error: str) -> LanceDBRayError:
+    """The error a failed build job recorded (``"<Name>: message"``), as the error class of that name."""
+    name, _, message = error.partition(": ")
+    for cls in (InvalidInput, AlreadyExists, NotFound):
+        if cls.name == name:
+            return cls(message)
+    return Unavailable(f"the index build failed: {error}")
+

@@ -1,0 +1,124 @@
+"""A client's large vector index, built as an agent job, trains on a GPU worker, else on a CPU.
+
+Runs in a process of its own (``python -m tests.test_agent_gpu_builds``) on a
+local multi-node cluster (``ray.cluster_utils.Cluster``): a CPU-only head and a
+node that *declares* one GPU. The job goes through the agent's runner as a
+``create_index`` job does. Then the GPU node is removed and the settings say
+the cluster has a GPU group (``agent.gpu_group``): the build asks the
+autoscaler (there is none here), waits ``gpu_wait_seconds`` and trains on a CPU.
+This machine has no CUDA device, so the GPU node's task trains on its CPU (see
+``test_indexers_gpu_scheduling``); what is checked here is where it was placed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.ray
+
+
+def test_large_index_requests_train_on_the_gpu_node_then_fall_back_to_cpu(tmp_path: Path) -> None:
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    process = subprocess.run([sys.executable, "-m", "tests.test_agent_gpu_builds", str(tmp_path)],
+                             cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+    assert process.returncode == 0, process.stdout[-3000:] + process.stderr[-5000:]
+    result = json.loads(process.stdout.strip().splitlines()[-1])
+
+    with_gpu = result["with_gpu_node"]
+    assert with_gpu["state"] == "succeeded" and with_gpu["segments"] == 2, with_gpu
+    assert f"trained on cpu (node {result['gpu_node_id']})" in with_gpu["detail"]  # no CUDA here
+
+    without = result["gpu_group_scaled_to_zero"]
+    assert without["state"] == "succeeded" and without["segments"] == 2, without
+    assert f"trained on cpu (node {result['head_node_id']})" in without["detail"]
+    assert any("cluster has no GPU" in w for w in without["warnings"])
+
+
+def _scenario(workdir: Path) -> dict:
+    import lancedb
+    import numpy as np
+    import pyarrow as pa
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from lancedb_ray.agent.execute import JobRunner
+    from lancedb_ray.agent.jobs import Job, JobKind
+    from lancedb_ray.agent.tables import TableReader
+    from lancedb_ray.settings import Settings
+    from lancedb_ray.storage.catalog import StorageCatalog
+    from lancedb_ray.storage.connections import Connections
+    from tests.support.service import free_port
+
+    class Warnings(logging.Handler):
+        def __init__(self) -> None:
+            super().__init__(logging.WARNING)
+            self.messages: list[str] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.messages.append(record.getMessage())
+
+    def ports() -> dict:  # its own, not Ray's defaults, which the shared cluster may hold
+        return {"dashboard_agent_listen_port": free_port(), "metrics_export_port": free_port(),
+                "runtime_env_agent_port": free_port()}
+
+    rng = np.random.default_rng(0)
+    table = None
+    for start in range(0, 4000, 1000):  # 4 fragments, so 2 segments
+        vectors = rng.normal(size=(1000, 16)).astype(np.float32)
+        data = pa.table({"id": np.arange(start, start + 1000),
+                         "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), 16)})
+        if table is None:
+            table = lancedb.connect(workdir / "data" / "db").create_table("t", data)
+        else:
+            table.add(data)
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False,
+                                                            **ports()})
+    gpu_node = cluster.add_node(num_cpus=2, num_gpus=1, **ports())
+    ray.init(address=cluster.address, log_to_driver=False)
+    cluster.wait_for_nodes()
+    warnings = Warnings()
+    logging.getLogger("lancedb_ray").addHandler(warnings)
+    request = {"column": "vector", "index_type": "IVF_PQ", "metric_type": "l2", "num_partitions": 8,
+               "num_sub_vectors": 4, "replace": True}
+
+    def build(**agent: object) -> dict:
+        settings = Settings(storage={"root": {"uri": str(workdir / "data")}},
+                            agent={"segment_min_rows": 1000, "index_segments": 2, **agent})
+        reader = TableReader(Connections(StorageCatalog(settings.storage), 0.0))
+        job = Job.new("db", "t", JobKind.CREATE_INDEX, 4, trigger="request", index="vector_idx",
+                      request=request).started()
+        warnings.messages.clear()
+        try:
+            outcome = JobRunner(settings, reader).run(job)
+        except Exception as exc:  # reported, for the assertion message
+            return {"state": "failed", "error": repr(exc)}
+        described = next(d for d in reader.dataset("db", "t").describe_indices() if d.name == "vector_idx")
+        return {"state": "succeeded", "detail": outcome.detail, "segments": len(described.segments),
+                "warnings": list(warnings.messages)}
+
+    result: dict = {"head_node_id": cluster.head_node.node_id, "gpu_node_id": gpu_node.node_id}
+    try:
+        result["with_gpu_node"] = build()
+        cluster.remove_node(gpu_node)
+        deadline = time.monotonic() + 60
+        while ray.cluster_resources().get("GPU") and time.monotonic() < deadline:
+            time.sleep(0.2)  # until the cluster knows the node is gone
+        result["gpu_group_scaled_to_zero"] = build(gpu_group=True, gpu_wait_seconds=2)
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    return result
+
+
+if __name__ == "__main__":
+    print(json.dumps(_scenario(Path(sys.argv[1]))))
