@@ -141,7 +141,6 @@ class SubPlan:
     index_segment: str | None = None
     local_limit: int | None = None  # rows this sub-plan returns (offset included)
     cache_key: str | None = None  # content key of the bucket's (or index segment's) cached copy
-    metric: str | None = None  # an index segment's distance metric (its re-ranking uses it)
 
 
 def bucket_partition(uri: str, bucket: int) -> str:
@@ -183,16 +182,16 @@ def _plan_vector(
 ) -> list[SubPlan]:
     vector = query.query_vectors[0]
     column = resolve_vector_column(snapshot.dataset.schema, query.vector_column, [vector])
-    query = replace_query(query, vector_column=column)
+    indexed = snapshot.index_segments(column)
+    query = replace_query(query, vector_column=column, distance_type=query_metric(query, indexed))
     wanted = (query.limit or 10) + (query.offset or 0)
     plans: list[SubPlan] = []
-    segments = [] if query.bypass_vector_index else snapshot.index_segments(column)
+    segments = [] if query.bypass_vector_index else indexed
     for segment in segments:
         plans.append(
             SubPlan(SubPlanKind.INDEX_SEGMENT, target, f"{target.uri}#segment/{segment['uuid']}",
                     query, vector=vector, index_segment=segment["uuid"], local_limit=wanted,
-                    fragment_ids=tuple(segment["fragment_ids"]), cache_key=segment["key"],
-                    metric=segment["metric"])
+                    fragment_ids=tuple(segment["fragment_ids"]), cache_key=segment["key"])
         )
     if segments and query.fast_search:
         return plans  # fast_search: indexed data only, as in lance
@@ -204,6 +203,20 @@ def _plan_vector(
     plans += _bucket_plans(SubPlanKind.FLAT, snapshot, target, query, vector, wanted, name,
                            unindexed, group_size)
     return plans
+
+
+def query_metric(query: QueryRequest, segments: list[dict]) -> str | None:
+    """The one distance metric of a vector query, for all of its sub-plans.
+
+    As in lance: the request's ``distance_type``; else the vector index's metric when the
+    query may use the index (lance then ranks the unindexed rows by it too); else None,
+    lance's default (l2). Sub-plans decide nothing, or flat and index results would mix metrics.
+    """
+    if query.distance_type:
+        return query.distance_type
+    if query.bypass_vector_index:
+        return None
+    return next((segment["metric"] for segment in segments if segment["metric"]), None)
 
 
 def _bucket_plans(

@@ -206,9 +206,8 @@ def _index_segment_refined_from_cache(plan: SubPlan, source: LanceDataset, cache
     ranked = lance.write_dataset(rows, f"memory://rerank-{uuid.uuid4().hex}")
     exact: dict[str, Any] = {"column": column, "q": plan.vector, "k": plan.local_limit,
                              "use_index": False}
-    metric = query.distance_type or plan.metric
-    if metric:
-        exact["metric"] = metric
+    if query.distance_type:  # decided once for the whole query by the planner
+        exact["metric"] = query.distance_type
     rowid = SOURCE_ROWID if query.with_row_id else None
     result = ranked.scanner(
         nearest=exact, columns=_projection(query, copy.schema.names, rowid, None),
