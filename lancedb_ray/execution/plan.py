@@ -10,7 +10,6 @@ so appending fragments never moves existing ones to another partition.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
@@ -20,6 +19,7 @@ from typing import TypeVar
 from lance.dataset import LanceDataset
 
 from lancedb_ray.execution.cache import content_key
+from lancedb_ray.execution.sql import filter_columns, lance_query, lance_sql
 from lancedb_ray.execution.vectors import resolve_vector_column
 from lancedb_ray.protocol import QueryRequest
 from lancedb_ray.types import TableRef
@@ -29,8 +29,6 @@ SOURCE_ROWID = "__lancedb_ray_rowid"  # a cached copy's record of the source row
 T = TypeVar("T")
 # Scalar indices lance uses to answer SQL filters (full-text and vector indices do not).
 SCALAR_FILTER_INDEXES = frozenset({"BTREE", "BITMAP", "LABELLIST", "LABEL_LIST"})
-_QUOTED = re.compile(r"'(?:[^']|'')*'")
-_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 class SubPlanKind(str, Enum):
@@ -151,6 +149,7 @@ def plan_query(
     snapshot: Snapshot, target: DatasetRef, query: QueryRequest, group_size: int
 ) -> list[SubPlan]:
     """Split ``query`` (at most one query vector) into sub-plans."""
+    query = lance_query(query)
     if query.full_text_query is not None or _needs_row_ids_in_filter(query):
         return [SubPlan(SubPlanKind.WHOLE_QUERY, target, f"{target.uri}#whole", query)]
     if query.vector:
@@ -164,6 +163,7 @@ def plan_query(
 
 def plan_count(snapshot: Snapshot, target: DatasetRef, predicate: str | None,
                group_size: int) -> list[SubPlan]:
+    predicate = lance_sql(predicate) if predicate else predicate
     query = QueryRequest(filter=predicate)
     if snapshot.answers_from_scalar_index(predicate):
         return [_on_source(SubPlanKind.COUNT, target, query, None)]
@@ -248,12 +248,6 @@ def vector_index_segments(dataset: LanceDataset, column: str) -> list[dict]:
                           "metric": metric}
                          for segment in index.segments]
     return segments
-
-
-def filter_columns(predicate: str, columns: list[str]) -> set[str]:
-    """The table's columns that ``predicate`` names (quoted literals aside)."""
-    unquoted = _QUOTED.sub(" ", predicate)
-    return set(_IDENTIFIER.findall(unquoted)) & set(columns)
 
 
 def replace_query(query: QueryRequest, **changes: object) -> QueryRequest:

@@ -23,8 +23,8 @@ from lancedb_ray.execution.plan import (
     SOURCE_ROWID,
     SubPlan,
     SubPlanKind,
-    filter_columns,
 )
+from lancedb_ray.execution.sql import filter_columns
 from lancedb_ray.protocol import QueryRequest
 
 OpenDataset = Callable[[SubPlan], LanceDataset]
@@ -85,8 +85,8 @@ def _read_columns(plan: SubPlan, names: list[str]) -> list[str] | None:
         projected = []
     else:
         return None
-    if not set(projected) <= set(names) or any(q in text for text in texts for q in "`\""):
-        return None  # unknown or quoted names: let lance read (and name) them on the whole copy
+    if not set(projected) <= set(names):
+        return None  # unknown names: let lance read (and name) them on the whole copy
     needed = set(projected).union(*(filter_columns(text, names) for text in texts))
     if plan.kind is SubPlanKind.FLAT and query.vector_column:
         needed.add(query.vector_column)
