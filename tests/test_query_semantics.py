@@ -60,6 +60,8 @@ def test_a_query_without_metric_uses_the_index_metric_for_unindexed_rows_too(db,
     _same(remote_top, local_top)
     _same(exact(remote, 40).to_arrow(), exact(local, 40).to_arrow())
     for build in (lambda t: exact(t).distance_type("cosine"),
+                  lambda t: exact(t).distance_type("l2"),  # not the index's metric: brute force in lance
+                  lambda t: exact(t).distance_type("dot"),
                   lambda t: t.search(QUERY).bypass_vector_index().limit(12),  # no index: l2, as lance
                   lambda t: t.search(QUERY).where("id >= 1000").bypass_vector_index().limit(12)):
         _same(build(remote).to_arrow(), build(local).to_arrow())

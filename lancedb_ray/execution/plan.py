@@ -186,7 +186,10 @@ def _plan_vector(
     query = replace_query(query, vector_column=column, distance_type=query_metric(query, indexed))
     wanted = (query.limit or 10) + (query.offset or 0)
     plans: list[SubPlan] = []
-    segments = [] if query.bypass_vector_index else indexed
+    # Lance searches by brute force when the index was built for another metric.
+    usable = not query.bypass_vector_index and all(
+        segment["metric"] in (None, query.distance_type) for segment in indexed)
+    segments = indexed if usable else []
     for segment in segments:
         plans.append(
             SubPlan(SubPlanKind.INDEX_SEGMENT, target, f"{target.uri}#segment/{segment['uuid']}",
