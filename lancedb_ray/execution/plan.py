@@ -10,7 +10,6 @@ so appending fragments never moves existing ones to another partition.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
@@ -20,6 +19,7 @@ from typing import TypeVar
 from lance.dataset import LanceDataset
 
 from lancedb_ray.execution.cache import content_key
+from lancedb_ray.execution.sql import filter_columns, lance_query, lance_sql
 from lancedb_ray.execution.vectors import resolve_vector_column
 from lancedb_ray.protocol import QueryRequest
 from lancedb_ray.types import TableRef
@@ -30,8 +30,6 @@ ORDER_COLUMN = "__lancedb_ray_order_"  # + key position: an order_by key carried
 T = TypeVar("T")
 # Scalar indices lance uses to answer SQL filters (full-text and vector indices do not).
 SCALAR_FILTER_INDEXES = frozenset({"BTREE", "BITMAP", "LABELLIST", "LABEL_LIST"})
-_QUOTED = re.compile(r"'(?:[^']|'')*'")
-_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 class SubPlanKind(str, Enum):
@@ -142,7 +140,6 @@ class SubPlan:
     index_segment: str | None = None
     local_limit: int | None = None  # rows this sub-plan returns (offset included)
     cache_key: str | None = None  # content key of the bucket's (or index segment's) cached copy
-    metric: str | None = None  # an index segment's distance metric (its re-ranking uses it)
 
 
 def bucket_partition(uri: str, bucket: int) -> str:
@@ -153,6 +150,7 @@ def plan_query(
     snapshot: Snapshot, target: DatasetRef, query: QueryRequest, group_size: int
 ) -> list[SubPlan]:
     """Split ``query`` (at most one query vector) into sub-plans."""
+    query = lance_query(query)
     if query.full_text_query is not None or _needs_row_ids_in_filter(query):
         return [SubPlan(SubPlanKind.WHOLE_QUERY, target, f"{target.uri}#whole", query)]
     if query.vector:
@@ -166,6 +164,7 @@ def plan_query(
 
 def plan_count(snapshot: Snapshot, target: DatasetRef, predicate: str | None,
                group_size: int) -> list[SubPlan]:
+    predicate = lance_sql(predicate) if predicate else predicate
     query = QueryRequest(filter=predicate)
     if snapshot.answers_from_scalar_index(predicate):
         return [_on_source(SubPlanKind.COUNT, target, query, None)]
@@ -184,16 +183,19 @@ def _plan_vector(
 ) -> list[SubPlan]:
     vector = query.query_vectors[0]
     column = resolve_vector_column(snapshot.dataset.schema, query.vector_column, [vector])
-    query = replace_query(query, vector_column=column)
+    indexed = snapshot.index_segments(column)
+    query = replace_query(query, vector_column=column, distance_type=query_metric(query, indexed))
     wanted = (query.limit or 10) + (query.offset or 0)
     plans: list[SubPlan] = []
-    segments = [] if query.bypass_vector_index else snapshot.index_segments(column)
+    # Lance searches by brute force when the index was built for another metric.
+    usable = not query.bypass_vector_index and all(
+        segment["metric"] in (None, query.distance_type) for segment in indexed)
+    segments = indexed if usable else []
     for segment in segments:
         plans.append(
             SubPlan(SubPlanKind.INDEX_SEGMENT, target, f"{target.uri}#segment/{segment['uuid']}",
                     query, vector=vector, index_segment=segment["uuid"], local_limit=wanted,
-                    fragment_ids=tuple(segment["fragment_ids"]), cache_key=segment["key"],
-                    metric=segment["metric"])
+                    fragment_ids=tuple(segment["fragment_ids"]), cache_key=segment["key"])
         )
     if segments and query.fast_search:
         return plans  # fast_search: indexed data only, as in lance
@@ -205,6 +207,20 @@ def _plan_vector(
     plans += _bucket_plans(SubPlanKind.FLAT, snapshot, target, query, vector, wanted, name,
                            unindexed, group_size)
     return plans
+
+
+def query_metric(query: QueryRequest, segments: list[dict]) -> str | None:
+    """The one distance metric of a vector query, for all of its sub-plans.
+
+    As in lance: the request's ``distance_type``; else the vector index's metric when the
+    query may use the index (lance then ranks the unindexed rows by it too); else None,
+    lance's default (l2). Sub-plans decide nothing, or flat and index results would mix metrics.
+    """
+    if query.distance_type:
+        return query.distance_type
+    if query.bypass_vector_index:
+        return None
+    return next((segment["metric"] for segment in segments if segment["metric"]), None)
 
 
 def _bucket_plans(
@@ -238,12 +254,6 @@ def vector_index_segments(dataset: LanceDataset, column: str) -> list[dict]:
                           "metric": metric}
                          for segment in index.segments if segment.fragment_ids]
     return segments
-
-
-def filter_columns(predicate: str, columns: list[str]) -> set[str]:
-    """The table's columns that ``predicate`` names (quoted literals aside)."""
-    unquoted = _QUOTED.sub(" ", predicate)
-    return set(_IDENTIFIER.findall(unquoted)) & set(columns)
 
 
 def replace_query(query: QueryRequest, **changes: object) -> QueryRequest:

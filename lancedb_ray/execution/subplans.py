@@ -24,8 +24,8 @@ from lancedb_ray.execution.plan import (
     SOURCE_ROWID,
     SubPlan,
     SubPlanKind,
-    filter_columns,
 )
+from lancedb_ray.execution.sql import filter_columns
 from lancedb_ray.protocol import QueryRequest
 
 OpenDataset = Callable[[SubPlan], LanceDataset]
@@ -87,8 +87,8 @@ def _read_columns(plan: SubPlan, names: list[str]) -> list[str] | None:
     else:
         return None
     ordered = [o.column_name for o in query.order_by or []]  # the merge sorts on these
-    if not set(projected + ordered) <= set(names) or any(q in text for text in texts for q in "`\""):
-        return None  # unknown or quoted names: let lance read (and name) them on the whole copy
+    if not set(projected + ordered) <= set(names):
+        return None  # unknown names: let lance read (and name) them on the whole copy
     needed = set(projected + ordered).union(*(filter_columns(text, names) for text in texts))
     if plan.kind is SubPlanKind.FLAT and query.vector_column:
         needed.add(query.vector_column)
@@ -211,9 +211,8 @@ def _index_segment_refined_from_cache(plan: SubPlan, source: LanceDataset, cache
     ranked = lance.write_dataset(rows, f"memory://rerank-{uuid.uuid4().hex}")
     exact: dict[str, Any] = {"column": column, "q": plan.vector, "k": plan.local_limit,
                              "use_index": False}
-    metric = query.distance_type or plan.metric
-    if metric:
-        exact["metric"] = metric
+    if query.distance_type:  # decided once for the whole query by the planner
+        exact["metric"] = query.distance_type
     rowid = SOURCE_ROWID if query.with_row_id else None
     result = ranked.scanner(
         nearest=exact, columns=_projection(query, copy.schema.names, rowid, None),
