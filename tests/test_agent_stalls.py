@@ -56,7 +56,7 @@ def test_the_agent_shows_why_a_job_waits_then_retries_and_fails_it(
     store = LocalJobStore(settings.agent.jobs_directory)
     stalled: list[dict[str, Any]] = []
     monkeypatch.setattr(core.METRICS, "inc", lambda name, value=1, **tags: stalled.append(
-        {"name": name, **tags}) if name == "jobs_stalled" else None)
+        {"name": name, **tags}) if name == "jobs_stalled_total" else None)
     seen_waiting: list[Job] = []
 
     def failed() -> bool:
@@ -72,7 +72,7 @@ def test_the_agent_shows_why_a_job_waits_then_retries_and_fails_it(
     assert job.error.startswith(f"JobStalled: {REASON}") and job.waiting is None
     assert seen_waiting and seen_waiting[0].waiting.startswith(REASON)  # shown while it waited
     assert seen_waiting[0].step == "indexing new rows"
-    assert stalled == [{"name": "jobs_stalled", "kind": "optimize_indices"}] * 2
+    assert stalled == [{"name": "jobs_stalled_total", "kind": "optimize_indices"}] * 2
     assert unindexed(tmp_path / "data") == 50
 
     config = tmp_path / "settings.yaml"
