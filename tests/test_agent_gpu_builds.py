@@ -14,24 +14,19 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.support.processes import run_scenario
+
 pytestmark = pytest.mark.ray
 
 
 def test_large_index_requests_train_on_the_gpu_node_then_fall_back_to_cpu(tmp_path: Path) -> None:
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
-    process = subprocess.run([sys.executable, "-m", "tests.test_agent_gpu_builds", str(tmp_path)],
-                             cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
-    assert process.returncode == 0, process.stdout[-3000:] + process.stderr[-5000:]
-    result = json.loads(process.stdout.strip().splitlines()[-1])
+    result = run_scenario("tests.test_agent_gpu_builds", tmp_path, timeout_s=400)
 
     with_gpu = result["with_gpu_node"]
     assert with_gpu["state"] == "succeeded" and with_gpu["segments"] == 2, with_gpu

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import threading
 import time
@@ -22,16 +21,13 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.support.processes import run_scenario
+
 pytestmark = pytest.mark.ray
 
 
 def test_killing_the_indexer_node_mid_job_leaves_one_whole_index(tmp_path: Path) -> None:
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
-    process = subprocess.run([sys.executable, "-m", "tests.test_agent_node_loss", str(tmp_path)],
-                             cwd=REPO, env=env, capture_output=True, text=True, timeout=500)
-    assert process.returncode == 0, process.stdout[-3000:] + process.stderr[-5000:]
-    result = json.loads(process.stdout.strip().splitlines()[-1])
+    result = run_scenario("tests.test_agent_node_loss", tmp_path, timeout_s=500)
     assert result["killed_during"].startswith("building"), result
     assert result["waiting"].startswith("cannot be scheduled: needs {CPU: "), result
     assert "indexer: 1}" in result["waiting"], result

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import subprocess
 import sys
 import time
 import types
@@ -24,19 +22,13 @@ from pathlib import Path
 import pytest
 
 from lancedb_ray.indexers.accelerator import choose_accelerator, cuda_status
+from tests.support.processes import run_scenario
 
-REPO = Path(__file__).resolve().parents[1]
 PARAMS = {"num_partitions": 8, "num_sub_vectors": 4}
 
 
 def test_training_lands_on_the_gpu_node_and_falls_back_to_cpu_without_cuda(tmp_path: Path) -> None:
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
-    process = subprocess.run(
-        [sys.executable, "-m", "tests.test_indexers_gpu_scheduling", str(tmp_path)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=400,
-    )
-    assert process.returncode == 0, process.stdout[-3000:] + process.stderr[-5000:]
-    result = json.loads(process.stdout.strip().splitlines()[-1])
+    result = run_scenario("tests.test_indexers_gpu_scheduling", tmp_path, timeout_s=400)
 
     # With a GPU node: the training task asked for num_gpus=1 and ran there.
     assert result["with_gpu_node"]["cluster_has_gpus"] is True
