@@ -12,6 +12,12 @@ NAMESPACE_SEPARATOR = "$"
 ProgressReport = Callable[[str, "float | None", "str | None"], None]
 
 
+def is_vector_index(index_type: str) -> bool:
+    """Whether lance's name for an index type (``IVF_PQ``, ``IvfHnswSq``, ...) is a vector index."""
+    kind = index_type.upper()
+    return "IVF" in kind or "HNSW" in kind
+
+
 @dataclass(frozen=True)
 class TableRef:
     """A table as the protocol names it: database, namespace path and table name."""

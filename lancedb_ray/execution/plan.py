@@ -22,7 +22,7 @@ from lancedb_ray.execution.cache import content_key
 from lancedb_ray.execution.sql import filter_columns, lance_query, lance_sql
 from lancedb_ray.execution.vectors import resolve_vector_column
 from lancedb_ray.protocol import QueryRequest
-from lancedb_ray.types import TableRef
+from lancedb_ray.types import TableRef, is_vector_index
 
 MATCH_COLUMN = "__lancedb_ray_match"  # post-filter verdict carried to the merge
 SOURCE_ROWID = "__lancedb_ray_rowid"  # a cached copy's record of the source row id
@@ -245,8 +245,7 @@ def vector_index_segments(dataset: LanceDataset, column: str) -> list[dict]:
     """The segments of the vector index on ``column``, each with the fragments it covers."""
     segments = []
     for index in dataset.describe_indices():
-        kind = str(index.index_type).upper()
-        if list(index.field_names) == [column] and ("IVF" in kind or "HNSW" in kind):
+        if list(index.field_names) == [column] and is_vector_index(str(index.index_type)):
             metric = str((index.details or {}).get("metric_type") or "").lower() or None
             # A segment covering no fragments has no files (lance writes such an empty index
             # when there were too few rows to train): nothing to search, its fragments stay flat.

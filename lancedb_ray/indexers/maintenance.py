@@ -31,15 +31,11 @@ from lancedb_ray.indexers.runtime import (
     run_one,
     watched,
 )
+from lancedb_ray.types import is_vector_index
 
 _LOG = logging.getLogger(__name__)
 _CLEANUP_STATS = ("old_versions", "bytes_removed", "data_files_removed", "index_files_removed",
                   "deletion_files_removed", "transaction_files_removed", "failed_deletes")
-
-
-def is_vector_index(index_type: str) -> bool:
-    kind = index_type.upper()
-    return "IVF" in kind or "HNSW" in kind
 
 
 def unindexed_rows(handle: TableHandle) -> dict[str, int]:
