@@ -88,3 +88,11 @@ class Unsupported(LanceDBRayError):
 
     status_code = 501
     name = "Unsupported"
+
+
+class Gone(LanceDBRayError):
+    """Something the request names existed and is no more (an aborted or expired upload): 410,
+    which the client neither retries nor reports as "table not found"."""
+
+    status_code = 410
+    name = "Gone"

@@ -166,6 +166,9 @@ class ServerSettings(StrictModel):
     # storage per request; >0 trusts the registry that long (no storage request per query).
     read_consistency_seconds: float = 0.0
     idempotency_window: int = 20  # recent versions searched for a retried write's request id
+    # A multipart upload not completed within this is expired by the agent (its staged data
+    # deleted). Below lance's 7 days, after which version cleanup deletes unreferenced data files.
+    multipart_upload_ttl_seconds: float = Field(default=24 * 3600, gt=0, le=6 * 24 * 3600)
     # What one request may make a replica decode, checked before decoding (4xx beyond).
     max_body_rows: int = 10_000_000  # rows an Arrow body may declare
     max_decoded_bytes: int = 512 * 1024 * 1024  # bytes an Arrow body may decode to

@@ -68,7 +68,7 @@ def test_clone_refuses_a_source_outside_the_database(db, live_service) -> None:
 
 
 @pytest.mark.parametrize("path", [
-    "/v1/table/items/branches/list/", "/v1/table/items/multipart_write/create",
+    "/v1/table/items/branches/list/",
     "/v1/table/items/backfill_column", "/v1/table/items/get_lsm_stats/",
     "/v1/table/ghost/fetch_blobs/", "/v1/jobs/describe", "/v1/functions/get",
 ])

@@ -39,6 +39,8 @@ from lancedb_ray.settings import Settings
 from lancedb_ray.storage.catalog import StorageCatalog
 from lancedb_ray.storage.connections import Connections, registry_key
 from lancedb_ray.storage.lance_errors import clean_message
+from lancedb_ray.storage.uploads import TableUploads
+from lancedb_ray.storage.uploads import expire as expire_uploads
 from lancedb_ray.storage.versions import announce
 from lancedb_ray.types import TableRef
 
@@ -458,6 +460,7 @@ class LanceAgent:
                     or self._queues.get(key)):
                 continue  # already on its way (a job of it running: its outcome is seen anyway)
             await self._examine(key, [], "reconcile")
+        await asyncio.to_thread(self.expire_uploads, tables)
         await self._prune()
         self.reconciled += 1
         METRICS.observe("reconcile_seconds", time.monotonic() - began)
@@ -471,6 +474,20 @@ class LanceAgent:
             except Exception as exc:
                 _LOG.warning("reconciler cannot list the tables of %s: %s", database, exc)
         return keys
+
+    def expire_uploads(self, keys: list[str], now: float | None = None) -> None:
+        """Clean up the multipart uploads of these tables past their expiry at ``now`` (default:
+        the clock), as every reconciler pass does (``storage.uploads.expire``)."""
+        now = time.time() if now is None else now
+        for key in keys:
+            database, table = key.split("/", 1)
+            try:
+                opened = self._connections.table(TableRef.parse(database, table))
+                uploads = TableUploads(self._connections.location(database), opened.uri)
+                if uploads.upload_ids():
+                    expire_uploads(uploads, opened.to_lance(), now)
+            except Exception as exc:  # the next pass tries again
+                _LOG.warning("cannot expire the uploads of %s: %s", key, exc)
 
     async def _prune(self) -> None:
         old = expired(self._records.values(), self._agent.job_retention_seconds)

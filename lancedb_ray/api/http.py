@@ -19,8 +19,8 @@ from lancedb_ray.api.observability import install_observability
 from lancedb_ray.service.container import Services
 
 # The protocol level this server implements: several query vectors per request
-# (0.2.0) and structured full-text queries (0.3.0); not multipart writes (0.4.0).
-PHALANX_VERSION = "0.3.0"
+# (0.2.0), structured full-text queries (0.3.0) and multipart writes (0.4.0); not blobs (0.5.0).
+PHALANX_VERSION = "0.4.0"
 
 
 class _CollapseLeadingSlashes:

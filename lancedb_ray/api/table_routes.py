@@ -84,6 +84,13 @@ async def _query_body(request: Request, model: type[Body]) -> Body:
     return body
 
 
+def _required_param(request: Request, name: str) -> str:
+    value = request.query_params.get(name)
+    if not value:
+        raise InvalidInput(f"missing query parameter '{name}'")
+    return value
+
+
 def _flag(request: Request, name: str) -> bool:
     return request.query_params.get(name, "false").lower() in ("true", "1")
 
@@ -166,14 +173,41 @@ async def table_stats(request: Request, table_id: str) -> dict[str, Any]:
 
 @router.post("/{table_id}/insert/")
 async def insert(request: Request, table_id: str) -> dict[str, Any]:
+    """One write, or with ``upload_id`` one part of a multipart upload (staged, not committed)."""
     ref = _ref(request, table_id)
-    data = await arrow_body(request)
     mode = request.query_params.get("mode", "append")
     if mode not in ("append", "overwrite"):
         raise InvalidInput(f"unknown insert mode '{mode}': use append or overwrite")
+    data = await arrow_body(request)
+    upload_id = request.query_params.get("upload_id")
+    if upload_id is not None:
+        return await run_in_threadpool(
+            services(request).uploads.put_part, ref, upload_id,
+            request.query_params.get("upload_part_id"), data, mode == "overwrite",
+        )
     return await run_in_threadpool(
         services(request).tables.insert, ref, data, mode == "overwrite", request_id(request)
     )
+
+
+# The client spells the multipart routes without a trailing slash (remote/table.rs).
+@router.post("/{table_id}/multipart_write/create")
+async def create_upload(request: Request, table_id: str) -> dict[str, Any]:
+    return await run_in_threadpool(services(request).uploads.create, _ref(request, table_id))
+
+
+@router.post("/{table_id}/multipart_write/complete")
+async def complete_upload(request: Request, table_id: str) -> dict[str, Any]:
+    ref = _ref(request, table_id)
+    upload_id = _required_param(request, "upload_id")
+    return await run_in_threadpool(services(request).uploads.complete, ref, upload_id)
+
+
+@router.post("/{table_id}/multipart_write/abort")
+async def abort_upload(request: Request, table_id: str) -> dict[str, Any]:
+    ref = _ref(request, table_id)
+    upload_id = _required_param(request, "upload_id")
+    return await run_in_threadpool(services(request).uploads.abort, ref, upload_id)
 
 
 @router.post("/{table_id}/merge_insert/")

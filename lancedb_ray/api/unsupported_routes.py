@@ -18,7 +18,7 @@ _METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
 # First path segment of the table operations lancedb 0.40 / @lancedb/lancedb 0.31-0.39 send
 # that this server does not implement (rust/lancedb/src/remote/table.rs).
 UNSUPPORTED_TABLE_OPERATIONS = frozenset({
-    "multipart_write", "branches", "backfill_column", "fetch_blobs", "blob", "get_lsm_stats",
+    "branches", "backfill_column", "fetch_blobs", "blob", "get_lsm_stats",
     "get_lsm_write_spec", "set_lsm_write_spec", "unset_lsm_write_spec", "flush_lsm", "compact_lsm",
 })
 UNSUPPORTED_AREAS = frozenset({"jobs", "functions"})

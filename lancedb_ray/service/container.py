@@ -10,6 +10,7 @@ from lancedb_ray.execution.local import LocalExecutor
 from lancedb_ray.service.indexes import IndexJobs, IndexService
 from lancedb_ray.service.namespaces import NamespaceService
 from lancedb_ray.service.tables import ChangeSink, TableService
+from lancedb_ray.service.uploads import UploadService
 from lancedb_ray.service.versions import VersionService
 from lancedb_ray.settings import Settings
 from lancedb_ray.storage.catalog import StorageCatalog
@@ -26,6 +27,7 @@ class Services:
     versions: VersionService
     namespaces: NamespaceService
     executor: QueryExecutor
+    uploads: UploadService
 
     @classmethod
     def build(
@@ -49,4 +51,6 @@ class Services:
             versions=VersionService(connections, tables),
             namespaces=NamespaceService(connections, tables),
             executor=executor_factory(connections),
+            uploads=UploadService(connections, tables, settings.server.multipart_upload_ttl_seconds,
+                                  settings.server.idempotency_window),
         )

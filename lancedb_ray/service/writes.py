@@ -10,12 +10,16 @@ its result instead of writing the rows a second time.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 
 import lance
 import pyarrow as pa
+from lance import LanceOperation
 from lance.dataset import LanceDataset
+from lance.fragment import FragmentMetadata
 
 from lancedb_ray.errors import InvalidInput
+from lancedb_ray.storage.uploads import transaction_properties
 
 REQUEST_ID = "lancedb-ray.request-id"
 _COUNTS = ("num_inserted_rows", "num_updated_rows", "num_deleted_rows")
@@ -36,24 +40,11 @@ def find_committed(dataset: LanceDataset, request_id: str | None, window: int) -
         return None
     latest = dataset.version
     for version in range(latest, max(0, latest - window), -1):
-        props = _properties_of(dataset, version)
+        props = transaction_properties(dataset, version)
         if props.get(REQUEST_ID) == request_id:
             counts = {name: int(props.get(name, 0)) for name in _COUNTS}
             return WriteResult(version=version, replayed=True, **counts)
     return None
-
-
-def _properties_of(dataset: LanceDataset, version: int) -> dict[str, str]:
-    """A commit's transaction properties; {} where lance cannot decode the transaction.
-
-    Read one version at a time: pylance 14 cannot decode some transactions (a
-    compaction that remapped an index), and one such commit must not hide the rest.
-    """
-    try:
-        transaction = dataset.read_transaction(version)
-    except (OSError, ValueError, RuntimeError, TypeError):
-        return {}
-    return dict(transaction.transaction_properties or {}) if transaction else {}
 
 
 def conform(data: pa.Table, schema: pa.Schema, partial: bool = False) -> pa.Table:
@@ -116,6 +107,43 @@ def append(
         transaction_properties=_properties(request_id, num_inserted_rows=data.num_rows),
     )
     return WriteResult(version=written.version, num_inserted_rows=data.num_rows)
+
+
+def stage(
+    dataset: LanceDataset, data: pa.Table, overwrite: bool, storage_options: dict[str, str]
+) -> tuple[list[FragmentMetadata], pa.Schema]:
+    """Write ``data`` as fragments of ``dataset`` that no version references yet (a part of a
+    multipart upload), and the schema they have: the table's unless they are to replace it."""
+    if not overwrite:
+        data = conform(data, dataset.schema)
+    fragments = lance.fragment.write_fragments(
+        data, dataset, mode="overwrite" if overwrite else "append",
+        storage_options=storage_options or None,
+    )
+    return fragments, data.schema
+
+
+def commit_staged(
+    dataset: LanceDataset,
+    fragments: list[FragmentMetadata],
+    schema: pa.Schema | None,
+    properties: dict[str, str],
+    storage_options: dict[str, str],
+    timeout: timedelta,
+) -> int:
+    """Commit staged fragments in one version: appended, or replacing the table when ``schema``
+    is given; ``properties`` travel in the same atomic commit. Gives up after ``timeout``."""
+    operation = (
+        LanceOperation.Append(fragments) if schema is None
+        else LanceOperation.Overwrite(schema, fragments)
+    )
+    transaction = lance.Transaction(
+        read_version=dataset.version, operation=operation, transaction_properties=properties
+    )
+    committed = LanceDataset.commit(
+        dataset, transaction, storage_options=storage_options or None, commit_timeout=timeout
+    )
+    return committed.version
 
 
 @dataclass(frozen=True)
