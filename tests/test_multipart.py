@@ -12,6 +12,7 @@ the table must hold.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
@@ -358,3 +359,41 @@ def test_upload_records_live_under_the_table(table, node: Node) -> None:
     fs.invalidate_cache()
     assert not fs.exists(record)  # dropped with the table
 
+
+
+def test_a_complete_that_died_after_its_commit_is_not_committed_again(table, node: Node) -> None:
+    """A request that committed and died before recording it leaves an open record and its
+    claim: while the claim is fresh others are told to retry; once stale, the next complete
+    finds the commit by its upload id and answers its version."""
+    raw, database = table
+    upload_id = _create(raw, "items")
+    assert _part(raw, "items", upload_id, make_rows(30, start=100)).status_code == 200
+    version = _finish(raw, "items", upload_id).json()["version"]
+    uploads = _uploads(node, database, "items")
+    record = uploads.get(upload_id)
+    record.state, record.version = "open", None
+    uploads.put(record)  # as if the request died right after its commit
+    busy = _finish(raw, "items", upload_id)
+    assert busy.status_code == 503 and "being completed" in busy.text
+    location = StorageCatalog(node.settings.storage).resolve(database)
+    claim = location.fs_path("items.lance", UPLOADS_DIR, upload_id, "claim.json")
+    fs = location.filesystem()
+    fs.pipe_file(claim, json.dumps({"since": version - 1, "at": 0.0, "by": "dead"}).encode())
+    again = _finish(raw, "items", upload_id)
+    assert again.status_code == 200 and again.json()["version"] == version
+    assert _dataset(node, database, "items").version == version
+    assert node.service.connect(database).open_table("items").count_rows() == 50
+
+
+@pytest.mark.ray
+def test_a_parallel_add_through_the_deployed_service_on_defaults(db, embedded) -> None:
+    """The Serve deployment (two replicas, executors on, default limits): the next read, on
+    whichever replica, sees the upload's commit, as it sees any write's."""
+    remote = db.create_table("items", make_rows(10))
+    local = embedded.create_table("items", make_rows(10))
+    data = _rows(2000, start=10, seed=3)
+    remote.add(data, write_parallelism=4)
+    local.add(data)
+    for _ in range(4):  # reads spread over the replicas
+        assert remote.count_rows() == local.count_rows()
+    _same(remote, local)
