@@ -482,10 +482,13 @@ class LanceAgent:
         for key in keys:
             database, table = key.split("/", 1)
             try:
-                opened = self._connections.table(TableRef.parse(database, table))
-                uploads = TableUploads(self._connections.location(database), opened.uri)
+                ref = TableRef.parse(database, table)
+                location = self._connections.location(database)
+                # A listing first: most tables have no uploads and need not be opened.
+                uri = self._connections.table(ref).uri if ref.namespace else location.table_uri(table)
+                uploads = TableUploads(location, uri)
                 if uploads.upload_ids():
-                    expire_uploads(uploads, opened.to_lance(), now)
+                    expire_uploads(uploads, self._connections.table(ref).to_lance(), now)
             except Exception as exc:  # the next pass tries again
                 _LOG.warning("cannot expire the uploads of %s: %s", key, exc)
 
