@@ -39,6 +39,7 @@ from tests.support.api import ARROW_STREAM, RawClient, all_rows, arrow_stream, m
 from tests.support.azurite import PROVIDER, Azurite
 from tests.support.processes import free_port
 from tests.support.service import API_KEY, LiveService, service_settings, wait_healthy
+from tests.support.tenants import ONE_WRITER
 
 # What one request may carry here: ~600 rows of make_rows. The tables below are several times that.
 MAX_BODY_BYTES = 64 * 1024
@@ -199,6 +200,24 @@ def test_overwrite_in_parts_replaces_the_table(
     remote.add(data, mode="overwrite", write_parallelism=4)
     local.add(data, mode="overwrite")
     assert node.faults.armed == 0
+    _same(remote, local)
+
+
+
+def test_parallel_parts_do_not_count_as_concurrent_writes(
+    node: Node, embedded: lancedb.DBConnection, client_parts: None
+) -> None:
+    """A key allowed one write at a time per table: the parts commit nothing, so they run in
+    parallel; the one commit (complete) is the write."""
+    db = lancedb.connect(f"db://limited{uuid.uuid4().hex[:8]}", api_key=ONE_WRITER,
+                         host_override=node.service.url)
+    remote = db.create_table("items", make_rows(10))
+    local = embedded.create_table("items", make_rows(10))
+    data = _rows(ROWS, start=10, seed=4)
+    completes = node.faults.completes
+    remote.add(data, write_parallelism=4)
+    local.add(data)
+    assert node.faults.completes - completes == 1  # one upload: no part was refused
     _same(remote, local)
 
 

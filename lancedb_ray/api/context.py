@@ -57,11 +57,17 @@ def authenticate(request: Request) -> Iterator[ApiKey]:
     quotas = quotas_of(key, settings)
     GUARD.admit(key, quotas)
     table = request.path_params.get("table_id")
-    if role is Role.WRITE and database and table:
+    if role is Role.WRITE and database and table and not _stages_a_part(request):
         with GUARD.write_slot(key, quotas, database, table):
             yield key
     else:
         yield key
+
+
+def _stages_a_part(request: Request) -> bool:
+    """A part of a multipart write commits nothing (its ``complete`` does), so it takes no write
+    slot: the client sends its parts in parallel and restarts the whole upload if one is refused."""
+    return "upload_id" in request.query_params and request.url.path.endswith("/insert/")
 
 
 def key_quotas(request: Request) -> Quotas:
