@@ -31,6 +31,7 @@ import uvicorn
 from lancedb_ray.agent.core import LanceAgent
 from lancedb_ray.api.http import create_app
 from lancedb_ray.execution.local import LocalExecutor
+from lancedb_ray.service import writes
 from lancedb_ray.service.container import Services
 from lancedb_ray.settings import Settings
 from lancedb_ray.storage.catalog import StorageCatalog
@@ -402,6 +403,36 @@ def test_a_complete_that_died_after_its_commit_is_not_committed_again(table, nod
     assert again.status_code == 200 and again.json()["version"] == version
     assert _dataset(node, database, "items").version == version
     assert node.service.connect(database).open_table("items").count_rows() == 50
+
+
+
+def test_a_commit_that_raised_is_answered_by_what_landed(
+    table, node: Node, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Storage fails a commit before it lands (503, and the retry commits) or after (the upload's
+    own commit is found: success, nothing committed twice)."""
+    raw, database = table
+    real = writes.commit_staged
+
+    def lost_after(*args: Any, **kwargs: Any) -> int:
+        real(*args, **kwargs)
+        raise OSError("injected: the storage's answer was lost")
+
+    def failed_before(*args: Any, **kwargs: Any) -> int:
+        raise OSError("injected: storage is down")
+
+    for fault, start in ((failed_before, 100), (lost_after, 200)):
+        upload_id = _create(raw, "items")
+        assert _part(raw, "items", upload_id, make_rows(30, start=start)).status_code == 200
+        monkeypatch.setattr(writes, "commit_staged", fault)
+        first = _finish(raw, "items", upload_id)
+        monkeypatch.setattr(writes, "commit_staged", real)
+        if fault is failed_before:
+            assert first.status_code == 503, first.text
+            first = _finish(raw, "items", upload_id)  # the client's retry
+        assert first.status_code == 200, first.text
+        assert first.json()["version"] == _dataset(node, database, "items").version
+    assert node.service.connect(database).open_table("items").count_rows() == 80
 
 
 @pytest.mark.ray

@@ -53,20 +53,22 @@ class UploadService:
         self._ttl = ttl_seconds
         self._window = idempotency_window
 
+    # Storage faults anywhere below (records, claims, lance) answer as any write's do (503).
+
     def create(self, ref: TableRef) -> dict[str, Any]:
-        uploads, _ = self._open(ref)
         with lance_errors(f"upload to '{ref.qualified_name}'", ref.database):
+            uploads, _ = self._open(ref)
             return {"upload_id": uploads.create(self._ttl).upload_id}
 
     def put_part(self, ref: TableRef, upload_id: str, part_id: str | None, data: pa.Table,
                  overwrite: bool) -> dict[str, Any]:
         """Stage one part; a part sent again under the same part id replaces the earlier one."""
         part_id = check_id("upload_part_id", part_id)
-        uploads, dataset = self._open(ref)
-        upload = self._upload(uploads, upload_id, ref)
-        if upload.state != "open" or uploads.claimed(upload_id):
-            raise InvalidInput(f"upload '{upload_id}' is {_state(upload)}: it takes no more parts")
         with lance_errors(f"upload to '{ref.qualified_name}'", ref.database):
+            uploads, dataset = self._open(ref)
+            upload = self._upload(uploads, upload_id, ref)
+            if upload.state != "open" or uploads.claimed(upload_id):
+                raise InvalidInput(f"upload '{upload_id}' is {_state(upload)}: it takes no more parts")
             fragments, schema = writes.stage(dataset, data, overwrite, self._options(ref))
             uploads.put_part(upload_id, Part(
                 part_id, overwrite, data.num_rows, schema.serialize().to_pybytes().hex(),
@@ -75,6 +77,17 @@ class UploadService:
 
     def complete(self, ref: TableRef, upload_id: str) -> dict[str, Any]:
         """Commit every part in one version, once: a retry answers the same version."""
+        with lance_errors(f"completing upload '{upload_id}' to '{ref.qualified_name}'", ref.database):
+            return self._complete(ref, upload_id)
+
+    def abort(self, ref: TableRef, upload_id: str) -> dict[str, Any]:
+        """Delete the staged parts; aborting an aborted upload again is a no-op."""
+        with lance_errors(f"aborting upload '{upload_id}' to '{ref.qualified_name}'", ref.database):
+            return self._abort(ref, upload_id)
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _complete(self, ref: TableRef, upload_id: str) -> dict[str, Any]:
         uploads, dataset = self._open(ref, fresh=True)
         upload = uploads.get(check_id("upload_id", upload_id))
         if upload is None:  # its record expired: a late retry still finds its commit
@@ -97,16 +110,24 @@ class UploadService:
         rows, operation = 0, "insert"
         if version is None:
             try:
-                version, rows, operation = self._commit(ref, dataset, uploads, upload_id)
+                fragments, schema, rows = self._staged(dataset, uploads, upload_id)
             except BaseException:
                 uploads.release(upload_id)
                 raise
+            operation = "insert" if schema is None else "overwrite"
+            properties = {UPLOAD_ID: upload_id, "num_inserted_rows": str(rows)}
+            try:
+                version = writes.commit_staged(dataset, fragments, schema, properties,
+                                               self._options(ref), COMMIT_TIMEOUT)
+            except BaseException:
+                version = self._survived(ref, uploads, upload_id, claim.since)
+                if version is None:
+                    raise
         self._committed(uploads, upload, version)
         self._tables.notify(ref, version, operation, upload_id, rows)
         return {"version": version}
 
-    def abort(self, ref: TableRef, upload_id: str) -> dict[str, Any]:
-        """Delete the staged parts; aborting an aborted upload again is a no-op."""
+    def _abort(self, ref: TableRef, upload_id: str) -> dict[str, Any]:
         uploads, dataset = self._open(ref, fresh=True)
         upload = self._upload(uploads, upload_id, ref)
         if upload.state == ABORTED:
@@ -124,38 +145,46 @@ class UploadService:
         if version is not None:
             self._committed(uploads, upload, version)
             raise InvalidInput(_completed(upload))
-        with lance_errors(f"abort of upload '{upload_id}'", ref.database):
-            upload.state = ABORTED
-            uploads.put(upload)  # first: no complete may commit what is being deleted
-            uploads.discard_parts(upload_id)
-            uploads.release(upload_id)
+        upload.state = ABORTED
+        uploads.put(upload)  # first: no complete may commit what is being deleted
+        uploads.discard_parts(upload_id)
+        uploads.release(upload_id)
         return {}
 
-    # -- helpers ---------------------------------------------------------------------------
-
-    def _commit(self, ref: TableRef, dataset: LanceDataset, uploads: TableUploads,
-                upload_id: str) -> tuple[int, int, str]:
+    @staticmethod
+    def _staged(dataset: LanceDataset, uploads: TableUploads, upload_id: str
+                ) -> tuple[list[FragmentMetadata], pa.Schema | None, int]:
+        """The parts' fragments, the schema to replace the table with (None: append), and rows."""
         parts = uploads.parts(upload_id)
         overwrite = {part.overwrite for part in parts}
         if len(overwrite) > 1:
             raise InvalidInput(f"upload '{upload_id}' mixes parts that append and parts that overwrite")
-        overwrite_table = overwrite == {True}
         schemas = {part.schema for part in parts}
         if len(schemas) > 1:
             raise InvalidInput(f"the parts of upload '{upload_id}' have different schemas")
         schema = pa.ipc.read_schema(pa.py_buffer(bytes.fromhex(schemas.pop()))) if schemas else None
-        if not overwrite_table and schema is not None and not schema.equals(dataset.schema):
+        if overwrite != {True} and schema is not None and not schema.equals(dataset.schema):
             raise InvalidInput(
                 f"the table's schema changed since the parts of upload '{upload_id}' were sent: "
                 "send them again in a new upload")
         fragments = [FragmentMetadata.from_json(json.dumps(fragment))
                      for part in parts for fragment in part.fragments]
-        rows = sum(part.rows for part in parts)
-        properties = {UPLOAD_ID: upload_id, "num_inserted_rows": str(rows)}
-        with lance_errors(f"write to '{ref.qualified_name}'", ref.database):
-            version = writes.commit_staged(dataset, fragments, schema if overwrite_table else None,
-                                           properties, self._options(ref), COMMIT_TIMEOUT)
-        return version, rows, "overwrite" if overwrite_table else "insert"
+        return fragments, schema if overwrite == {True} else None, sum(part.rows for part in parts)
+
+    def _survived(self, ref: TableRef, uploads: TableUploads, upload_id: str, since: int) -> int | None:
+        """After a commit raised: its version if it landed all the same, else None with the claim
+        released. Where that cannot be told (storage down), the claim stays: the request that
+        takes it over once it is stale looks again."""
+        try:
+            _, dataset = self._open(ref, fresh=True)
+            version = committed_version(dataset, upload_id, since)
+        except Exception:  # noqa: BLE001 - the commit's own error is the one to answer
+            _LOG.warning("cannot tell whether upload %s committed; its claim stays", upload_id,
+                         exc_info=True)
+            return None
+        if version is None:
+            uploads.release(upload_id)
+        return version
 
     @staticmethod
     def _committed(uploads: TableUploads, upload: Upload, version: int) -> None:
@@ -171,9 +200,8 @@ class UploadService:
         may lag another replica's commit: complete and abort look for the upload's commit)."""
         table = self._connections.table(ref)  # 404 when the table is missing
         location = self._connections.location(ref.database)
-        with lance_errors(f"table '{ref.qualified_name}'", ref.database):
-            dataset = (lance.dataset(table.uri, storage_options=location.storage_options or None)
-                       if fresh else table.to_lance())
+        dataset = (lance.dataset(table.uri, storage_options=location.storage_options or None)
+                   if fresh else table.to_lance())
         return TableUploads(location, table.uri), dataset
 
     def _options(self, ref: TableRef) -> dict[str, str]:
