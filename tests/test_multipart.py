@@ -435,6 +435,22 @@ def test_a_commit_that_raised_is_answered_by_what_landed(
     assert node.service.connect(database).open_table("items").count_rows() == 80
 
 
+
+def test_a_stale_claim_is_taken_over_by_one_request_only(table, node: Node) -> None:
+    raw, database = table
+    upload_id = _create(raw, "items")
+    uploads = _uploads(node, database, "items")
+    assert uploads.claim(upload_id, since=5, stale_after=300) is not None
+    assert uploads.claim(upload_id, since=9, stale_after=300) is None  # held, fresh
+    location = StorageCatalog(node.settings.storage).resolve(database)
+    claim = location.fs_path("items.lance", UPLOADS_DIR, upload_id, "claim.json")
+    location.filesystem().pipe_file(claim, json.dumps({"since": 5, "at": 0.0, "by": "dead"}).encode())
+    with ThreadPoolExecutor(4) as pool:
+        takers = list(pool.map(lambda _: uploads.claim(upload_id, since=9, stale_after=300), range(4)))
+    winners = [taker for taker in takers if taker is not None]
+    assert len(winners) == 1 and winners[0].since == 5  # the dead request's commit stays findable
+
+
 @pytest.mark.ray
 def test_a_parallel_add_through_the_deployed_service_on_defaults(db, embedded) -> None:
     """The Serve deployment (two replicas, executors on, default limits): the next read, on

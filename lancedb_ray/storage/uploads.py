@@ -27,11 +27,11 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from lance.dataset import LanceDataset
 
-from lancedb_ray.durable_files import write_atomically
+from lancedb_ray.durable_files import try_lock, write_atomically
 from lancedb_ray.errors import InvalidInput
 from lancedb_ray.storage.catalog import DatabaseLocation
 
@@ -89,8 +89,7 @@ class TableUploads:
     """The uploads of one table (``table_uri``: the lance dataset's URI)."""
 
     def __init__(self, location: DatabaseLocation, table_uri: str) -> None:
-        self._location = location
-        self._local = not location.is_azure
+        self._files: _Files = _BlobFiles(location) if location.is_azure else _LocalFiles()
         self._table = table_uri.removeprefix("az://").rstrip("/")
         self._root = f"{self._table}/{UPLOADS_DIR}"
 
@@ -99,30 +98,27 @@ class TableUploads:
     def create(self, ttl_seconds: float) -> Upload:
         now = time.time()
         upload = Upload(uuid.uuid4().hex, now, now + ttl_seconds)
-        self._put(self._path(upload.upload_id, "upload.json"), asdict(upload))
+        self.put(upload)
         return upload
 
     def get(self, upload_id: str) -> Upload | None:
-        data = self._get(self._path(upload_id, "upload.json"))
-        return None if data is None else Upload(**data)
+        raw = self._files.get(self._path(upload_id, "upload.json"))
+        return None if raw is None else Upload(**json.loads(raw))
 
     def put(self, upload: Upload) -> None:
-        self._put(self._path(upload.upload_id, "upload.json"), asdict(upload))
+        self._files.put(self._path(upload.upload_id, "upload.json"), _json(upload))
 
     def put_part(self, upload_id: str, part: Part) -> None:
         """Record a staged part; a part sent again under the same id replaces the earlier one."""
-        self._put(self._path(upload_id, "parts", f"{part.part_id}.json"), asdict(part))
+        self._files.put(self._path(upload_id, "parts", f"{part.part_id}.json"), _json(part))
 
     def parts(self, upload_id: str) -> list[Part]:
-        parts = []
-        for path in self._list(self._path(upload_id, "parts")):
-            data = self._get(path)
-            if data is not None:
-                parts.append(Part(**data))
+        raws = (self._files.get(path) for path in self._files.list(self._path(upload_id, "parts")))
+        parts = [Part(**json.loads(raw)) for raw in raws if raw is not None]
         return sorted(parts, key=lambda part: part.part_id)
 
     def upload_ids(self) -> list[str]:
-        return [path.rsplit("/", 1)[-1] for path in self._list(self._root)]
+        return [path.rsplit("/", 1)[-1] for path in self._files.list(self._root)]
 
     # -- claims ----------------------------------------------------------------------------
 
@@ -134,103 +130,156 @@ class TableUploads:
         """
         path = self._path(upload_id, "claim.json")
         mine = Claim(since, time.time())
-        if self._create(path, asdict(mine)):
+        if self._files.create(path, _json(mine)):
             return mine
-        held = self._get(path)
-        if held is not None and time.time() - held["at"] < stale_after:
+        raw = self._files.get(path)
+        if raw is None:  # released meanwhile
+            return mine if self._files.create(path, _json(mine)) else None
+        held = Claim(**json.loads(raw))
+        if mine.at - held.at < stale_after:
             return None
-        mine.since = min(since, held["since"]) if held is not None else since
-        if not self._replace_stale(path, held):
-            return None  # another request took it over first
-        return mine if self._create(path, asdict(mine)) else None
+        mine.since = min(since, held.since)
+        return mine if self._files.swap(path, raw, _json(mine)) else None
 
     def claimed(self, upload_id: str) -> bool:
-        return self._get(self._path(upload_id, "claim.json")) is not None
+        return self._files.get(self._path(upload_id, "claim.json")) is not None
 
     def release(self, upload_id: str) -> None:
-        self._remove([self._path(upload_id, "claim.json")])
+        self._files.remove([self._path(upload_id, "claim.json")])
 
     # -- clean-up --------------------------------------------------------------------------
 
     def discard_parts(self, upload_id: str) -> None:
         """Delete the parts' data files (never committed), then their records."""
         parts = self.parts(upload_id)
-        self._remove([f"{self._table}/data/{name}" for part in parts for name in part.data_files])
-        self._remove([self._path(upload_id, "parts", f"{part.part_id}.json") for part in parts])
+        self._files.remove([f"{self._table}/data/{name}" for part in parts for name in part.data_files])
+        self._files.remove([self._path(upload_id, "parts", f"{part.part_id}.json") for part in parts])
 
     def forget(self, upload_id: str) -> None:
         """Delete every record of ``upload_id`` (its data files stay: committed, or discarded)."""
-        directory = self._path(upload_id)
-        if self._local:
-            shutil.rmtree(directory, ignore_errors=True)
-            return
-        try:
-            self._fs.rm(directory, recursive=True)
-        except FileNotFoundError:
-            pass
-
-    # -- the storage -----------------------------------------------------------------------
+        self._files.remove_tree(self._path(upload_id))
 
     def _path(self, upload_id: str, *parts: str) -> str:
         return "/".join([self._root, check_id("upload id", upload_id), *parts])
+
+
+def _json(record: Any) -> bytes:
+    return json.dumps(asdict(record)).encode()
+
+
+class _Files(Protocol):
+    """Small files on a table's storage, each written whole."""
+
+    def put(self, path: str, payload: bytes) -> None: ...
+
+    def get(self, path: str) -> bytes | None: ...
+
+    def list(self, directory: str) -> list[str]: ...
+
+    def remove(self, paths: list[str]) -> None: ...
+
+    def remove_tree(self, directory: str) -> None: ...
+
+    def create(self, path: str, payload: bytes) -> bool:
+        """Write ``path`` only if it does not exist; False if it does."""
+
+    def swap(self, path: str, expected: bytes, payload: bytes) -> bool:
+        """Replace ``path`` only if it still holds ``expected``; False if it does not."""
+
+
+class _LocalFiles:
+    """A local directory: atomic renames, a hard link to create only if absent."""
+
+    def put(self, path: str, payload: bytes) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(Path(path), [payload])
+
+    def get(self, path: str) -> bytes | None:
+        try:
+            return Path(path).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def list(self, directory: str) -> list[str]:
+        try:
+            names = sorted(os.listdir(directory))
+        except FileNotFoundError:
+            return []
+        return [f"{directory}/{name}" for name in names if not name.startswith(".")]
+
+    def remove(self, paths: list[str]) -> None:
+        for path in paths:
+            Path(path).unlink(missing_ok=True)
+
+    def remove_tree(self, directory: str) -> None:
+        shutil.rmtree(directory, ignore_errors=True)
+
+    def create(self, path: str, payload: bytes) -> bool:
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temp = target.with_name(f".{target.name}.{uuid.uuid4().hex}")
+        write_atomically(temp, [payload])
+        try:
+            os.link(temp, target)  # fails if the target exists: created whole, or not at all
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            temp.unlink(missing_ok=True)
+
+    def swap(self, path: str, expected: bytes, payload: bytes) -> bool:
+        lock = try_lock(Path(path).with_name(f".{Path(path).name}.lock"))
+        if lock is None:
+            return False  # another request is swapping it
+        try:
+            if self.get(path) != expected:
+                return False
+            write_atomically(Path(path), [payload])
+            return True
+        finally:
+            os.close(lock)
+
+
+class _BlobFiles:
+    """Azure Blob Storage: one Put Blob replaces a blob whole; conditions on ETags."""
+
+    def __init__(self, location: DatabaseLocation) -> None:
+        self._location = location
 
     @property
     def _fs(self) -> Any:
         return self._location.filesystem()
 
-    def _put(self, path: str, data: dict[str, Any]) -> None:
-        payload = json.dumps(data).encode()
-        if self._local:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            write_atomically(Path(path), [payload])
-        else:
-            self._fs.pipe_file(path, payload)  # one Put Blob: replaced whole
+    def put(self, path: str, payload: bytes) -> None:
+        self._fs.pipe_file(path, payload)
 
-    def _get(self, path: str) -> dict[str, Any] | None:
+    def get(self, path: str) -> bytes | None:
         try:
-            raw = Path(path).read_bytes() if self._local else self._fs.cat_file(path)
+            return self._fs.cat_file(path)
         except FileNotFoundError:
             return None
-        return json.loads(raw)
 
-    def _list(self, directory: str) -> list[str]:
+    def list(self, directory: str) -> list[str]:
+        self._fs.invalidate_cache(directory)
         try:
-            if self._local:
-                return [f"{directory}/{name}" for name in sorted(os.listdir(directory))
-                        if not name.startswith(".")]
-            self._fs.invalidate_cache(directory)
             return sorted(p.rstrip("/") for p in self._fs.ls(directory, detail=False))
         except FileNotFoundError:
             return []
 
-    def _remove(self, paths: list[str]) -> None:
-        if not paths:
-            return
-        if self._local:
-            for path in paths:
-                Path(path).unlink(missing_ok=True)
-            return
+    def remove(self, paths: list[str]) -> None:
         for path in paths:
             try:
                 self._fs.rm_file(path)
             except FileNotFoundError:
                 continue
 
-    def _create(self, path: str, data: dict[str, Any]) -> bool:
-        """Write ``path`` only if it does not exist; False if it does."""
-        payload = json.dumps(data).encode()
-        if self._local:
-            target = Path(path)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            temp = target.with_name(f".{target.name}.{uuid.uuid4().hex}")
-            write_atomically(temp, [payload])
-            try:
-                os.link(temp, target)  # fails if the target exists: create-if-absent, whole
-                return True
-            except FileExistsError:
-                return False
-            finally:
-                temp.unlink(missing_ok=True)
+    def remove_tree(self, directory: str) -> None:
+        try:
+            self._fs.rm(directory, recursive=True)
+        except FileNotFoundError:
+            pass
+
+    def create(self, path: str, payload: bytes) -> bool:
         from azure.core.exceptions import ResourceExistsError
 
         try:
@@ -239,30 +288,19 @@ class TableUploads:
         except ResourceExistsError:
             return False
 
-    def _replace_stale(self, path: str, held: dict[str, Any] | None) -> bool:
-        """Remove the stale claim at ``path`` unless another request replaced it meanwhile."""
-        if self._local:
-            try:
-                os.rename(path, f"{path}.{uuid.uuid4().hex}.stale")  # only one renamer wins
-            except FileNotFoundError:
-                return held is None
-            for name in os.listdir(Path(path).parent):
-                if name.endswith(".stale"):
-                    Path(path).parent.joinpath(name).unlink(missing_ok=True)
-            return True
+    def swap(self, path: str, expected: bytes, payload: bytes) -> bool:
         from azure.core import MatchConditions
         from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
 
         blob = self._blob(path)
         try:
-            etag = blob.get_blob_properties().etag
-            if self._get(path) != held:
+            current = blob.download_blob()
+            if current.readall() != expected:
                 return False
-            blob.delete_blob(etag=etag, match_condition=MatchConditions.IfNotModified)
+            blob.upload_blob(payload, overwrite=True, etag=current.properties.etag,
+                             match_condition=MatchConditions.IfNotModified)
             return True
-        except ResourceNotFoundError:
-            return held is None
-        except ResourceModifiedError:
+        except (ResourceNotFoundError, ResourceModifiedError):
             return False
 
     def _blob(self, path: str) -> Any:
