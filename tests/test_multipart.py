@@ -451,6 +451,18 @@ def test_a_stale_claim_is_taken_over_by_one_request_only(table, node: Node) -> N
     assert len(winners) == 1 and winners[0].since == 5  # the dead request's commit stays findable
 
 
+
+def test_parts_that_mix_append_and_overwrite_are_refused(table, node: Node) -> None:
+    raw, database = table
+    upload_id = _create(raw, "items")
+    assert _part(raw, "items", upload_id, make_rows(5, start=100)).status_code == 200
+    assert _part(raw, "items", upload_id, make_rows(5, start=200), mode="overwrite").status_code == 200
+    response = _finish(raw, "items", upload_id)
+    assert response.status_code == 400 and "overwrite" in response.text
+    assert _finish(raw, "items", upload_id, "abort").status_code == 200  # not left claimed
+    assert node.service.connect(database).open_table("items").count_rows() == 20
+
+
 @pytest.mark.ray
 def test_a_parallel_add_through_the_deployed_service_on_defaults(db, embedded) -> None:
     """The Serve deployment (two replicas, executors on, default limits): the next read, on
