@@ -12,6 +12,7 @@ the table must hold.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -35,7 +36,7 @@ from lancedb_ray.service import writes
 from lancedb_ray.service.container import Services
 from lancedb_ray.settings import Settings
 from lancedb_ray.storage.catalog import StorageCatalog
-from lancedb_ray.storage.uploads import UPLOADS_DIR, TableUploads
+from lancedb_ray.storage.uploads import UPLOADS_DIR, Part, TableUploads
 from tests.support.api import ARROW_STREAM, RawClient, all_rows, arrow_stream, make_rows
 from tests.support.azurite import PROVIDER, Azurite
 from tests.support.processes import free_port
@@ -461,6 +462,44 @@ def test_parts_that_mix_append_and_overwrite_are_refused(table, node: Node) -> N
     assert response.status_code == 400 and "overwrite" in response.text
     assert _finish(raw, "items", upload_id, "abort").status_code == 200  # not left claimed
     assert node.service.connect(database).open_table("items").count_rows() == 20
+
+
+
+def test_the_agents_reconciler_expires_uploads(tmp_path: Path) -> None:
+    """The running agent, on a timer: an upload past its expiry goes, with its staged data."""
+    settings = Settings(
+        storage={"root": {"uri": str(tmp_path / "data")}},
+        events={"embedded": {"directory": str(tmp_path / "events")},
+                "outbox_directory": str(tmp_path / "outbox")},
+        agent={"jobs_directory": str(tmp_path / "jobs"), "reconcile_interval_seconds": 0.2,
+               "debounce_seconds": 0.1},
+    ).with_absolute_paths()
+    lancedb.connect(tmp_path / "data" / "db").create_table("t", make_rows(10))
+    location = StorageCatalog(settings.storage).resolve("db")
+    uploads = TableUploads(location, location.table_uri("t"))
+    upload = uploads.create(ttl_seconds=0.0)  # expired at once
+    dataset = lance.dataset(location.table_uri("t"))
+    fragments, schema = writes.stage(dataset, make_rows(5, start=100), False, {})
+    uploads.put_part(upload.upload_id, Part("p1", False, 5, schema.serialize().to_pybytes().hex(),
+                                            [fragment.to_json() for fragment in fragments]))
+    staged = tmp_path / "data" / "db" / "t.lance" / "data" / fragments[0].files[0].path
+    assert staged.exists()
+
+    async def run_agent_until_expired() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(LanceAgent(settings).run(stop))
+        deadline = time.monotonic() + 30
+        try:
+            while uploads.upload_ids():
+                assert not task.done() and time.monotonic() < deadline, "the upload was never expired"
+                await asyncio.sleep(0.05)
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 30)
+
+    asyncio.run(run_agent_until_expired())
+    assert not staged.exists()
+    assert lance.dataset(location.table_uri("t")).count_rows() == 10
 
 
 @pytest.mark.ray
