@@ -32,6 +32,7 @@ from lancedb_ray.storage.uploads import (
     ABORTED,
     COMMIT_TIMEOUT,
     COMMITTED,
+    METRICS,
     STALE_CLAIM_SECONDS,
     UPLOAD_ID,
     Part,
@@ -58,7 +59,9 @@ class UploadService:
     def create(self, ref: TableRef) -> dict[str, Any]:
         with lance_errors(f"upload to '{ref.qualified_name}'", ref.database):
             uploads, _ = self._open(ref)
-            return {"upload_id": uploads.create(self._ttl).upload_id}
+            upload = uploads.create(self._ttl)
+        METRICS.inc("uploads_total", outcome="created")
+        return {"upload_id": upload.upload_id}
 
     def put_part(self, ref: TableRef, upload_id: str, part_id: str | None, data: pa.Table,
                  overwrite: bool) -> dict[str, Any]:
@@ -78,36 +81,41 @@ class UploadService:
     def complete(self, ref: TableRef, upload_id: str) -> dict[str, Any]:
         """Commit every part in one version, once: a retry answers the same version."""
         with lance_errors(f"completing upload '{upload_id}' to '{ref.qualified_name}'", ref.database):
-            return self._complete(ref, upload_id)
+            version, committed_here = self._complete(ref, upload_id)
+        METRICS.inc("uploads_total", outcome="completed" if committed_here else "replayed")
+        return {"version": version}
 
     def abort(self, ref: TableRef, upload_id: str) -> dict[str, Any]:
         """Delete the staged parts; aborting an aborted upload again is a no-op."""
         with lance_errors(f"aborting upload '{upload_id}' to '{ref.qualified_name}'", ref.database):
-            return self._abort(ref, upload_id)
+            if self._abort(ref, upload_id):
+                METRICS.inc("uploads_total", outcome="aborted")
+        return {}
 
     # -- helpers ---------------------------------------------------------------------------
 
-    def _complete(self, ref: TableRef, upload_id: str) -> dict[str, Any]:
+    def _complete(self, ref: TableRef, upload_id: str) -> tuple[int, bool]:
+        """The upload's version, and whether this request committed it."""
         uploads, dataset = self._open(ref, fresh=True)
         upload = uploads.get(check_id("upload_id", upload_id))
         if upload is None:  # its record expired: a late retry still finds its commit
             version = committed_version(dataset, upload_id, dataset.version - self._window)
             if version is None:
                 raise Gone(_unknown(upload_id, ref))
-            return {"version": version}
+            return version, False
         if upload.state == COMMITTED:
-            return {"version": upload.version}
+            return upload.version, False
         claim = uploads.claim(upload_id, dataset.version, STALE_CLAIM_SECONDS)
         if claim is None:
             raise Unavailable(f"upload '{upload_id}' is being completed or aborted by another request")
         upload = self._upload(uploads, upload_id, ref)  # as it is now that no one else may change it
         if upload.state == COMMITTED:
-            return {"version": upload.version}
+            return upload.version, False
         if upload.state == ABORTED:
             uploads.release(upload_id)
             raise Gone(f"upload '{upload_id}' was aborted: start a new one")
         version = committed_version(dataset, upload_id, claim.since)  # by a request that died
-        rows, operation = 0, "insert"
+        rows, operation, committed_here = 0, "insert", version is None
         if version is None:
             try:
                 fragments, schema, rows = self._staged(dataset, uploads, upload_id)
@@ -125,21 +133,23 @@ class UploadService:
                     raise
         self._committed(uploads, upload, version)
         self._tables.notify(ref, version, operation, upload_id, rows)
-        return {"version": version}
+        return version, committed_here
 
-    def _abort(self, ref: TableRef, upload_id: str) -> dict[str, Any]:
+    def _abort(self, ref: TableRef, upload_id: str) -> bool:
+        """Whether this request aborted it (False: it was already)."""
         uploads, dataset = self._open(ref, fresh=True)
         upload = self._upload(uploads, upload_id, ref)
         if upload.state == ABORTED:
-            return {}
+            return False
         if upload.state == COMMITTED:
             raise InvalidInput(_completed(upload))
         claim = uploads.claim(upload_id, dataset.version, STALE_CLAIM_SECONDS)
         if claim is None:
             raise Unavailable(f"upload '{upload_id}' is being completed or aborted by another request")
         upload = self._upload(uploads, upload_id, ref)
-        if upload.state == ABORTED:
-            return {}
+        if upload.state == ABORTED:  # by the request that held the claim before
+            uploads.release(upload_id)
+            return False
         version = upload.version if upload.state == COMMITTED else committed_version(
             dataset, upload_id, claim.since)
         if version is not None:
@@ -149,7 +159,7 @@ class UploadService:
         uploads.put(upload)  # first: no complete may commit what is being deleted
         uploads.discard_parts(upload_id)
         uploads.release(upload_id)
-        return {}
+        return True
 
     @staticmethod
     def _staged(dataset: LanceDataset, uploads: TableUploads, upload_id: str

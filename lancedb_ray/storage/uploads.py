@@ -33,6 +33,7 @@ from lance.dataset import LanceDataset
 
 from lancedb_ray.durable_files import try_lock, write_atomically
 from lancedb_ray.errors import InvalidInput
+from lancedb_ray.metrics import Metric, MetricSet
 from lancedb_ray.storage.catalog import DatabaseLocation
 
 _LOG = logging.getLogger(__name__)
@@ -43,6 +44,12 @@ OPEN, COMMITTED, ABORTED = "open", "committed", "aborted"
 # a request that died: another may take it over without risking a second commit.
 COMMIT_TIMEOUT = timedelta(seconds=60)
 STALE_CLAIM_SECONDS = 300.0
+METRICS = MetricSet(
+    "multipart",
+    {"uploads_total": Metric(
+        "Counter", "Multipart uploads by outcome: created, completed, replayed (a retried complete "
+        "answered again), aborted, expired.", ("outcome",))},
+)
 _ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
 
 
@@ -351,6 +358,7 @@ def expire(uploads: TableUploads, dataset: LanceDataset, now: float) -> int:
             if committed_version(dataset, upload_id, claim.since) is None:
                 uploads.discard_parts(upload_id)
         uploads.forget(upload_id)
+        METRICS.inc("uploads_total", outcome="expired")
         cleaned += 1
         _LOG.info("expired upload %s of %s (%s)", upload_id, dataset.uri,
                   "no record" if upload is None else upload.state)
