@@ -11,7 +11,10 @@ sample rate) is built on it:
 - by ``lancedb_ray.indexers.build_vector_index``: training once in one Ray task,
   then ``N`` segments built in parallel Ray tasks and committed together, for
   each ``N`` in ``--segments``, on a local Ray instance of ``--cpus`` CPUs
-  (``N=1`` separates the effect of training once from that of parallel segments).
+  (``N=1`` separates the effect of training once from that of parallel segments);
+- by ``lance_ray.create_index`` (unless ``--no-lance-ray``), with the largest
+  ``N``: lance-ray's own segmented build, which trains in the calling process
+  and cannot take centroids trained elsewhere (why the indexers keep theirs).
 
 Each build is timed end to end (Ray start-up excluded, task dispatch included)
 and its recall@10 is measured against exact search over ``--queries`` queries
@@ -31,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import lance
+import lance_ray
 import lancedb
 import numpy as np
 import pyarrow as pa
@@ -162,6 +166,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--nprobes", type=int, default=20)
     parser.add_argument("--refine-factor", type=int, default=10, help="0: rank by PQ codes alone")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--no-lance-ray", dest="lance_ray", action="store_false",
+                        help="leave out lance_ray.create_index")
     args = parser.parse_args()
     args.partitions = args.partitions or max(1, round(args.rows ** 0.5))
     args.sub_vectors = args.sub_vectors or max(1, args.dim // 16)
@@ -206,6 +212,17 @@ def main() -> None:
             results.append(Result("lancedb-ray indexers", segments, seconds, args.rows,
                                   measure_recall(uri, queries, truth, 10, args.nprobes, args.refine_factor)))
             print(f"indexers, {segments} segments: {seconds:.1f} s", flush=True)
+        if args.lance_ray:
+            segments = max(int(s) for s in args.segments.split(","))
+            start = time.perf_counter()
+            lance_ray.create_index(uri, "vector", "IVF_PQ", name="vector_idx", replace=True,
+                                   num_segments=segments, num_workers=min(segments, args.cpus),
+                                   ray_remote_args={"num_cpus": 1}, metric="l2",
+                                   num_partitions=args.partitions, num_sub_vectors=args.sub_vectors)
+            seconds = time.perf_counter() - start
+            results.append(Result("lance-ray create_index", segments, seconds, args.rows,
+                                  measure_recall(uri, queries, truth, 10, args.nprobes, args.refine_factor)))
+            print(f"lance-ray, {segments} segments: {seconds:.1f} s", flush=True)
         ray.shutdown()
     finally:
         shutil.rmtree(work, ignore_errors=True)
