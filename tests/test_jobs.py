@@ -141,6 +141,28 @@ def test_ingest_modes_refuse_what_they_cannot_do(ray_cluster: None, config: Path
 
 
 @pytest.mark.ray
+def test_ingest_conforms_the_source_as_lancedb_add_does(ray_cluster: None, tmp_path: Path, config: Path,
+                                                         source: Path) -> None:
+    """A missing nullable column is filled with nulls; a column the table lacks fails the job."""
+    ingest(config, "items", source / "part-0.parquet", "create", "--no-event")
+    oracle = lancedb.connect(tmp_path / "oracle").create_table("items", rows(0, 1000, seed=0))
+    partial = rows(1000, 10, seed=5).drop_columns(["text"])
+    pq.write_table(partial, tmp_path / "partial.parquet")
+    ingest(config, "items", tmp_path / "partial.parquet", "append", "--no-event")
+    oracle.add(partial)
+    table = lancedb.connect(tmp_path / "data" / "jobs").open_table("items")
+    assert table.to_arrow().sort_by("id").equals(oracle.to_arrow().sort_by("id"))
+
+    pq.write_table(rows(2000, 10, seed=6).append_column("extra", pa.array(range(10))),
+                   tmp_path / "extra.parquet")
+    with pytest.raises(Exception, match=r"unexpected columns \['extra'\]"):
+        ingest(config, "items", tmp_path / "extra.parquet", "append", "--no-event")
+    with pytest.raises(ValueError, match="extra"):
+        oracle.add(pq.read_table(tmp_path / "extra.parquet"))
+    assert lance.dataset(str(tmp_path / "data" / "jobs" / "items.lance")).count_rows() == 1010
+
+
+@pytest.mark.ray
 def test_ingest_csv_and_lance_sources(ray_cluster: None, tmp_path: Path, config: Path) -> None:
     table = pa.table({"id": np.arange(2000), "name": [f"n{i}" for i in range(2000)]})
     pacsv.write_csv(table, tmp_path / "people.csv")

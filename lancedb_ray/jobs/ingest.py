@@ -51,6 +51,7 @@ from lancedb_ray.jobs.common import (
     setup_logging,
 )
 from lancedb_ray.resources import TaskResources, task_resources
+from lancedb_ray.service.writes import conform
 from lancedb_ray.settings import Settings
 from lancedb_ray.storage.catalog import DatabaseLocation
 from lancedb_ray.types import TableRef
@@ -109,7 +110,7 @@ def ingest(location: DatabaseLocation, table: str, source: str, *, fmt: str | No
         uri, base_version = location.table_uri(table), None
         schema = data.schema().base_schema
     writer = LanceFragmentWriter(
-        uri, transform=functools.partial(_conform, schema=schema), schema=schema,
+        uri, transform=functools.partial(conform, schema=schema), schema=schema,
         max_rows_per_file=rows_per_fragment, storage_options=dict(location.storage_options) or None,
         retry_params=_RETRY_WRITES, use_legacy_format=None)
     written = data.map_batches(writer, batch_size=rows_per_fragment, batch_format="pyarrow",
@@ -176,16 +177,6 @@ def _create_namespaced(location: DatabaseLocation, table: str, schema: pa.Schema
     db = lancedb.connect(location.uri, storage_options=location.storage_options or None)
     created = db.create_table(ref.name, schema=schema, namespace_path=list(ref.namespace))
     return TableHandle(location.database, table, created.to_lance().uri, dict(location.storage_options))
-
-
-def _conform(batch: pa.Table, schema: pa.Schema) -> pa.Table:
-    missing = [name for name in schema.names if name not in batch.schema.names]
-    if missing:
-        raise InvalidInput(f"the source lacks the table's columns {missing}")
-    extra = [name for name in batch.schema.names if name not in schema.names]
-    if extra:
-        raise InvalidInput(f"the source has columns the table lacks: {extra}")
-    return batch.select(schema.names).cast(schema)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
