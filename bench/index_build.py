@@ -168,6 +168,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--no-lance-ray", dest="lance_ray", action="store_false",
                         help="leave out lance_ray.create_index")
+    parser.add_argument("--lance-ray-first", action="store_true",
+                        help="build with lance-ray before the indexers (load on a shared machine drifts)")
     args = parser.parse_args()
     args.partitions = args.partitions or max(1, round(args.rows ** 0.5))
     args.sub_vectors = args.sub_vectors or max(1, args.dim // 16)
@@ -202,27 +204,31 @@ def main() -> None:
         ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
         handle = TableHandle("bench", "bench", uri, {})
         params = {"num_partitions": args.partitions, "num_sub_vectors": args.sub_vectors}
-        for segments in [int(s) for s in args.segments.split(",")]:
-            start = time.perf_counter()
+        counts = [int(s) for s in args.segments.split(",")]
+
+        def indexers(segments: int) -> None:
             # No service shares this Ray instance: one CPU per task (the derived default keeps
             # room for the service's actors and would run every segment at once on 2 cores).
             build_vector_index(handle, "vector", "IVF_PQ", params, num_segments=segments, use_gpu=False,
                                ctx=JobContext(TaskResources(1.0)))
-            seconds = time.perf_counter() - start
-            results.append(Result("lancedb-ray indexers", segments, seconds, args.rows,
-                                  measure_recall(uri, queries, truth, 10, args.nprobes, args.refine_factor)))
-            print(f"indexers, {segments} segments: {seconds:.1f} s", flush=True)
-        if args.lance_ray:
-            segments = max(int(s) for s in args.segments.split(","))
-            start = time.perf_counter()
+
+        def lance_ray_build(segments: int) -> None:
             lance_ray.create_index(uri, "vector", "IVF_PQ", name="vector_idx", replace=True,
                                    num_segments=segments, num_workers=min(segments, args.cpus),
                                    ray_remote_args={"num_cpus": 1}, metric="l2",
                                    num_partitions=args.partitions, num_sub_vectors=args.sub_vectors)
+
+        builds = [("lancedb-ray indexers", n, indexers) for n in counts]
+        if args.lance_ray:
+            lance_ray_run = ("lance-ray create_index", max(counts), lance_ray_build)
+            builds = [lance_ray_run, *builds] if args.lance_ray_first else [*builds, lance_ray_run]
+        for method, segments, build in builds:
+            start = time.perf_counter()
+            build(segments)
             seconds = time.perf_counter() - start
-            results.append(Result("lance-ray create_index", segments, seconds, args.rows,
+            results.append(Result(method, segments, seconds, args.rows,
                                   measure_recall(uri, queries, truth, 10, args.nprobes, args.refine_factor)))
-            print(f"lance-ray, {segments} segments: {seconds:.1f} s", flush=True)
+            print(f"{method}, {segments} segments: {seconds:.1f} s", flush=True)
         ray.shutdown()
     finally:
         shutil.rmtree(work, ignore_errors=True)
