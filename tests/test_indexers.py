@@ -257,6 +257,23 @@ def test_scalar_indexes_are_built_in_segments_by_lance_ray_and_search_as_lancedb
 
 
 @pytest.mark.ray
+def test_a_label_list_index_is_one_lance_build(ray_cluster: None, tmp_path: Path) -> None:
+    """lance-ray does not distribute LABEL_LIST: one build on one task, still on every fragment."""
+    uri = str(tmp_path / "tags.lance")
+    tags = pa.table({"id": range(3000), "tags": [[f"t{i % 7}", f"u{i % 3}"] for i in range(3000)]})
+    lance.write_dataset(tags, uri, max_rows_per_file=1000)
+    handle = TableHandle("db", "tags", uri, {})
+    version = build_scalar_index(handle, "tags", "LABEL_LIST", num_segments=2)
+    dataset = handle.open()
+    assert dataset.version == version
+    (index,) = dataset.describe_indices()
+    assert (index.name, len(index.segments)) == ("tags_idx", 1)
+    assert unindexed_rows(handle) == {"tags_idx": 0}
+    found = dataset.to_table(filter="array_has_any(tags, ['t3'])", columns=["id"])["id"].to_pylist()
+    assert sorted(found) == [i for i in range(3000) if i % 7 == 3]
+
+
+@pytest.mark.ray
 def test_optimize_indexes_appended_rows_into_every_index(ray_cluster: None, tmp_path: Path) -> None:
     handle = make_table(tmp_path)
     build_vector_index(handle, "vector", "IVF_PQ", PQ, num_segments=2, use_gpu=False)
