@@ -11,7 +11,10 @@ sample rate) is built on it:
 - by ``lancedb_ray.indexers.build_vector_index``: training once in one Ray task,
   then ``N`` segments built in parallel Ray tasks and committed together, for
   each ``N`` in ``--segments``, on a local Ray instance of ``--cpus`` CPUs
-  (``N=1`` separates the effect of training once from that of parallel segments).
+  (``N=1`` separates the effect of training once from that of parallel segments);
+- by ``lance_ray.create_index`` (unless ``--no-lance-ray``), with the largest
+  ``N``: lance-ray's own segmented build, which trains in the calling process
+  and cannot take centroids trained elsewhere (why the indexers keep theirs).
 
 Each build is timed end to end (Ray start-up excluded, task dispatch included)
 and its recall@10 is measured against exact search over ``--queries`` queries
@@ -31,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import lance
+import lance_ray
 import lancedb
 import numpy as np
 import pyarrow as pa
@@ -162,6 +166,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--nprobes", type=int, default=20)
     parser.add_argument("--refine-factor", type=int, default=10, help="0: rank by PQ codes alone")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--no-lance-ray", dest="lance_ray", action="store_false",
+                        help="leave out lance_ray.create_index")
+    parser.add_argument("--lance-ray-first", action="store_true",
+                        help="build with lance-ray before the indexers (load on a shared machine drifts)")
     args = parser.parse_args()
     args.partitions = args.partitions or max(1, round(args.rows ** 0.5))
     args.sub_vectors = args.sub_vectors or max(1, args.dim // 16)
@@ -196,16 +204,31 @@ def main() -> None:
         ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
         handle = TableHandle("bench", "bench", uri, {})
         params = {"num_partitions": args.partitions, "num_sub_vectors": args.sub_vectors}
-        for segments in [int(s) for s in args.segments.split(",")]:
-            start = time.perf_counter()
+        counts = [int(s) for s in args.segments.split(",")]
+
+        def indexers(segments: int) -> None:
             # No service shares this Ray instance: one CPU per task (the derived default keeps
             # room for the service's actors and would run every segment at once on 2 cores).
             build_vector_index(handle, "vector", "IVF_PQ", params, num_segments=segments, use_gpu=False,
                                ctx=JobContext(TaskResources(1.0)))
+
+        def lance_ray_build(segments: int) -> None:
+            lance_ray.create_index(uri, "vector", "IVF_PQ", name="vector_idx", replace=True,
+                                   num_segments=segments, num_workers=min(segments, args.cpus),
+                                   ray_remote_args={"num_cpus": 1}, metric="l2",
+                                   num_partitions=args.partitions, num_sub_vectors=args.sub_vectors)
+
+        builds = [("lancedb-ray indexers", n, indexers) for n in counts]
+        if args.lance_ray:
+            lance_ray_run = ("lance-ray create_index", max(counts), lance_ray_build)
+            builds = [lance_ray_run, *builds] if args.lance_ray_first else [*builds, lance_ray_run]
+        for method, segments, build in builds:
+            start = time.perf_counter()
+            build(segments)
             seconds = time.perf_counter() - start
-            results.append(Result("lancedb-ray indexers", segments, seconds, args.rows,
+            results.append(Result(method, segments, seconds, args.rows,
                                   measure_recall(uri, queries, truth, 10, args.nprobes, args.refine_factor)))
-            print(f"indexers, {segments} segments: {seconds:.1f} s", flush=True)
+            print(f"{method}, {segments} segments: {seconds:.1f} s", flush=True)
         ray.shutdown()
     finally:
         shutil.rmtree(work, ignore_errors=True)

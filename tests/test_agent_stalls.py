@@ -18,7 +18,7 @@ from lancedb_ray.agent.core import LanceAgent
 from lancedb_ray.agent.jobs import Job, JobKind, JobState
 from lancedb_ray.agent.store import LocalJobStore
 from lancedb_ray.errors import JobStalled
-from lancedb_ray.indexers import TableHandle, optimize_indices
+from lancedb_ray.indexers import TableHandle, compact, optimize_indices
 from lancedb_ray.indexers.runtime import JobContext
 from lancedb_ray.resources import TaskResources
 from tests.test_agent_core import event, indexed_table, make_settings, publish, rows, run_until, unindexed
@@ -44,6 +44,26 @@ def test_a_task_that_cannot_start_is_reported_then_stops_the_work(ray_cluster: N
     assert waiting and waiting[0].startswith(REASON) and "the largest node has {CPU: 8" in waiting[0]
     assert lance.dataset(handle.uri).version == before  # nothing half done
     assert unindexed(tmp_path / "data") == 50
+
+
+def test_a_lance_ray_operation_waits_for_room_before_the_hand_over(ray_cluster: None,
+                                                                   tmp_path: Path) -> None:
+    """lance-ray's pool would wait for its actors without a word; the wait happens (and stalls) first."""
+    table = indexed_table(tmp_path / "data")
+    for start in range(300, 600, 100):
+        table.add(rows(100, start))
+    before = table.version
+    reports: list[tuple[str, float | None, str | None]] = []
+    ctx = JobContext(TaskResources(0.1, MISSING), stall_seconds=2.0,
+                     report=lambda *progress: reports.append(progress))
+    handle = TableHandle("db", "t", str(tmp_path / "data" / "db" / "t.lance"))
+
+    with pytest.raises(JobStalled, match=REASON.replace("{", r"\{").replace("}", r"\}")):
+        compact(handle, target_rows_per_fragment=10_000, parallelism=2, ctx=ctx)
+
+    assert reports and all(step == "rewriting fragments" and why.startswith(REASON)
+                           for step, _, why in reports)
+    assert lance.dataset(handle.uri).version == before
 
 
 def test_the_agent_shows_why_a_job_waits_then_retries_and_fails_it(

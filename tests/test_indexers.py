@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import os
 import pickle
+import shutil
 from pathlib import Path
+from typing import Any
 
 import lance
+import lancedb
 import numpy as np
 import pyarrow as pa
 import pytest
 import ray
+from lance_ray import compact_files, create_scalar_index
 
 from lancedb_ray.errors import AlreadyExists, InvalidInput
 from lancedb_ray.execution.plan import vector_index_segments
@@ -22,15 +26,18 @@ from lancedb_ray.indexers import (
     cleanup,
     cluster_has_gpus,
     compact,
+    maintenance,
     optimize_indices,
     resolve_use_gpu,
     retrain_vector_index,
     run_vector_build,
+    scalar,
     unindexed_rows,
     vector_index_description,
 )
-from lancedb_ray.indexers.runtime import METRICS
+from lancedb_ray.indexers.runtime import METRICS, JobContext
 from lancedb_ray.indexers.vector import VectorIndexSpec, split_fragments
+from lancedb_ray.resources import TaskResources
 
 os.environ.setdefault("LANCE_INCLUDE_VECTOR_CENTROIDS", "false")  # quiet statistics
 
@@ -210,6 +217,63 @@ def test_tiny_table_falls_back_to_one_lance_build(ray_cluster: None, tmp_path: P
 
 
 @pytest.mark.ray
+def test_scalar_indexes_are_built_in_segments_by_lance_ray_and_search_as_lancedb_s(
+        ray_cluster: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    handle = make_table(tmp_path, rows=6000)
+    shutil.copytree(handle.uri, tmp_path / "oracle.lance")
+    calls: list[dict[str, Any]] = []
+
+    def recorded(*args: Any, **kwargs: Any) -> Any:
+        calls.append(kwargs)
+        return create_scalar_index(*args, **kwargs)
+
+    monkeypatch.setattr(scalar.lance_ray, "create_scalar_index", recorded)
+    ctx = JobContext(TaskResources(0.1, parallelism=2))
+    build_scalar_index(handle, "text", "FTS", {"with_position": False}, num_segments=3, ctx=ctx)
+    build_scalar_index(handle, "id", "BTREE", num_segments=2, ctx=ctx)
+    build_scalar_index(handle, "id", "BITMAP", name="labels", ctx=ctx)
+
+    assert [(c["index_type"], c["num_segments"], c["num_workers"], c["ray_remote_args"]["num_cpus"])
+            for c in calls] == [("INVERTED", 3, 2, 0.1), ("BTREE", 2, 2, 0.1), ("BITMAP", 1, 1, 0.1)]
+    dataset = handle.open()
+    indexes = {index.name: index for index in dataset.describe_indices()}
+    assert {name: len(index.segments) for name, index in indexes.items()} == {
+        "text_idx": 3, "id_idx": 2, "labels": 1}
+    assert sorted(f for s in indexes["text_idx"].segments for f in s.fragment_ids) == list(range(6))
+    assert unindexed_rows(handle) == {"text_idx": 0, "id_idx": 0, "labels": 0}
+
+    # Embedded lancedb, its own index on the same rows, is the oracle: same hits, same BM25 scores.
+    ours = lancedb.connect(tmp_path).open_table("t")
+    oracle = lancedb.connect(tmp_path).open_table("oracle")
+    oracle.create_fts_index("text", with_position=False)
+    oracle.create_scalar_index("id")
+    for query in ("rare", "word3 rare", "common word7"):
+        found = [ours.search(query, query_type="fts").limit(10_000).to_arrow(),  # all hits: no ties cut
+                 oracle.search(query, query_type="fts").limit(10_000).to_arrow()]
+        ranked = [sorted(zip(t["id"].to_pylist(), np.round(t["_score"].to_numpy(), 4).tolist(),
+                             strict=True)) for t in found]
+        assert ranked[0] == ranked[1], query
+    assert ours.search().where("id >= 5990").to_arrow()["id"].to_pylist() == list(range(5990, 6000))
+
+
+@pytest.mark.ray
+def test_a_label_list_index_is_one_lance_build(ray_cluster: None, tmp_path: Path) -> None:
+    """lance-ray does not distribute LABEL_LIST: one build on one task, still on every fragment."""
+    uri = str(tmp_path / "tags.lance")
+    tags = pa.table({"id": range(3000), "tags": [[f"t{i % 7}", f"u{i % 3}"] for i in range(3000)]})
+    lance.write_dataset(tags, uri, max_rows_per_file=1000)
+    handle = TableHandle("db", "tags", uri, {})
+    version = build_scalar_index(handle, "tags", "LABEL_LIST", num_segments=2)
+    dataset = handle.open()
+    assert dataset.version == version
+    (index,) = dataset.describe_indices()
+    assert (index.name, len(index.segments)) == ("tags_idx", 1)
+    assert unindexed_rows(handle) == {"tags_idx": 0}
+    found = dataset.to_table(filter="array_has_any(tags, ['t3'])", columns=["id"])["id"].to_pylist()
+    assert sorted(found) == [i for i in range(3000) if i % 7 == 3]
+
+
+@pytest.mark.ray
 def test_optimize_indexes_appended_rows_into_every_index(ray_cluster: None, tmp_path: Path) -> None:
     handle = make_table(tmp_path)
     build_vector_index(handle, "vector", "IVF_PQ", PQ, num_segments=2, use_gpu=False)
@@ -259,7 +323,8 @@ def test_retrain_rebuilds_with_the_same_type_and_params(ray_cluster: None, tmp_p
 
 
 @pytest.mark.ray
-def test_parallel_compaction_keeps_rows_and_indexes(ray_cluster: None, tmp_path: Path) -> None:
+def test_parallel_compaction_keeps_rows_and_indexes(ray_cluster: None, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     uri = str(tmp_path / "small.lance")
     for i in range(12):
         lance.write_dataset(clustered(500, seed=i, start=500 * i), uri, mode="append" if i else "create")
@@ -269,8 +334,19 @@ def test_parallel_compaction_keeps_rows_and_indexes(ray_cluster: None, tmp_path:
     content = before.to_table().sort_by("id")
     assert len(before.get_fragments()) == 12
 
-    version = compact(handle, target_rows_per_fragment=2000, parallelism=3)
+    calls: list[dict[str, Any]] = []
+
+    def recorded(*args: Any, **kwargs: Any) -> Any:
+        calls.append(kwargs)
+        return compact_files(*args, **kwargs)
+
+    monkeypatch.setattr(maintenance.lance_ray, "compact_files", recorded)
+    ctx = JobContext(TaskResources(0.1, parallelism=2))
+    version = compact(handle, target_rows_per_fragment=2000, parallelism=3, ctx=ctx)
     assert version is not None and version > before.version
+    # lance-ray did the work, on at most `parallelism` pool workers asking for the derived request.
+    (call,) = calls
+    assert call["num_workers"] == 2 and call["ray_remote_args"]["num_cpus"] == 0.1
     after = handle.open()
     assert after.version == version
     assert len(after.get_fragments()) == 3

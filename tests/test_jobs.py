@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import os
+import uuid
 from pathlib import Path
+from typing import Any
 
 import lance
 import lancedb
@@ -13,6 +16,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from lance_ray import LanceFragmentWriter
 
 from lancedb_ray.errors import AlreadyExists, NotFound
 from lancedb_ray.events.model import ChangeEvent
@@ -97,6 +101,36 @@ def test_ingest_commits_one_version_per_run(ray_cluster: None, tmp_path: Path, c
         ("items", 1, "create", 3000), ("items", 2, "insert", 3000), ("items", 3, "overwrite", 1000)]
 
 
+class RecordingWriter(LanceFragmentWriter):
+    """lance-ray's fragment writer, noting each call's process and fragments in a directory."""
+
+    def __init__(self, *args: Any, log: Path, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.log = log
+
+    def __call__(self, batch: Any) -> pa.Table:
+        written = super().__call__(batch)
+        (self.log / uuid.uuid4().hex).write_text(f"{os.getpid()} {written.num_rows}")
+        return written
+
+
+@pytest.mark.ray
+def test_ingest_fragments_are_written_by_lance_ray_tasks_and_committed_once(
+        ray_cluster: None, tmp_path: Path, config: Path, source: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    log = tmp_path / "writes"
+    log.mkdir()
+    monkeypatch.setattr(ingest_job, "LanceFragmentWriter", functools.partial(RecordingWriter, log=log))
+    assert ingest(config, "items", source, "create", "--rows-per-fragment", "500", "--no-event") == 0
+
+    calls = [tuple(map(int, path.read_text().split())) for path in log.iterdir()]
+    assert len(calls) == 6 and sum(n for _, n in calls) == 6  # one writer call per 500-row batch
+    assert os.getpid() not in {pid for pid, _ in calls}  # all in Ray worker processes
+    dataset = lance.dataset(str(tmp_path / "data" / "jobs" / "items.lance"))
+    assert [v["version"] for v in dataset.versions()] == [1]  # one commit of every fragment
+    assert len(dataset.get_fragments()) == 6 and dataset.count_rows() == 3000
+
+
 @pytest.mark.ray
 def test_ingest_modes_refuse_what_they_cannot_do(ray_cluster: None, config: Path, source: Path) -> None:
     with pytest.raises(NotFound, match="--mode create"):
@@ -104,6 +138,28 @@ def test_ingest_modes_refuse_what_they_cannot_do(ray_cluster: None, config: Path
     ingest(config, "once", source / "part-1.parquet", "create", "--no-event")
     with pytest.raises(AlreadyExists):
         ingest(config, "once", source / "part-1.parquet", "create")
+
+
+@pytest.mark.ray
+def test_ingest_conforms_the_source_as_lancedb_add_does(ray_cluster: None, tmp_path: Path, config: Path,
+                                                         source: Path) -> None:
+    """A missing nullable column is filled with nulls; a column the table lacks fails the job."""
+    ingest(config, "items", source / "part-0.parquet", "create", "--no-event")
+    oracle = lancedb.connect(tmp_path / "oracle").create_table("items", rows(0, 1000, seed=0))
+    partial = rows(1000, 10, seed=5).drop_columns(["text"])
+    pq.write_table(partial, tmp_path / "partial.parquet")
+    ingest(config, "items", tmp_path / "partial.parquet", "append", "--no-event")
+    oracle.add(partial)
+    table = lancedb.connect(tmp_path / "data" / "jobs").open_table("items")
+    assert table.to_arrow().sort_by("id").equals(oracle.to_arrow().sort_by("id"))
+
+    pq.write_table(rows(2000, 10, seed=6).append_column("extra", pa.array(range(10))),
+                   tmp_path / "extra.parquet")
+    with pytest.raises(Exception, match=r"unexpected columns \['extra'\]"):
+        ingest(config, "items", tmp_path / "extra.parquet", "append", "--no-event")
+    with pytest.raises(ValueError, match="extra"):
+        oracle.add(pq.read_table(tmp_path / "extra.parquet"))
+    assert lance.dataset(str(tmp_path / "data" / "jobs" / "items.lance")).count_rows() == 1010
 
 
 @pytest.mark.ray

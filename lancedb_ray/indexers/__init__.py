@@ -1,8 +1,9 @@
 """Indexers: index builds, index refresh, compaction and version cleanup as Ray tasks.
 
 The Lance agent calls these; the bulk ``index`` job calls them too. Every
-function that does real work runs it as Ray tasks with resource requests, so
-it goes to GPU workers (training) or CPU workers (segments, compaction) of
+function that does real work runs it as Ray tasks (or, where lance-ray does
+the work, on lance-ray's pool of Ray actors) with resource requests, so it
+goes to GPU workers (training) or CPU workers (segments, compaction) of
 whatever cluster the caller is connected to, and raises ``RayNotInitialized``
 in a process without Ray.
 """

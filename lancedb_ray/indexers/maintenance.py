@@ -4,29 +4,33 @@
   full-text) with lance's ``optimize_indices``. A vector index gets a new delta
   segment over the new fragments (``num_indices_to_merge=0``) instead of being
   merged into one segment, so a segmented index keeps its parallel layout.
-- ``compact``: ``lance.optimize.Compaction.plan`` on the driver, one Ray task
-  per ``CompactionTask.execute``, ``Compaction.commit`` of all rewrites as one
-  version (lance remaps the indexes to the new fragments in that commit).
+- ``compact``: lance-ray's ``compact_files``: the plan on the driver, its tasks
+  on a pool of Ray actors, one commit of all rewrites (lance remaps the indexes
+  to the new fragments in that commit).
 - ``cleanup``: ``cleanup_old_versions`` on a Ray task.
+
+``optimize_indices`` and ``cleanup`` stay this module's own Ray tasks:
+lance-ray's ``optimize_indices`` runs lance's call in the calling process (the
+agent's replica, or a job's driver), and lance-ray has no cleanup.
 - ``unindexed_rows``: read from the manifest alone, so it runs anywhere.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 from datetime import timedelta
 from typing import Any
 
-from lance.optimize import Compaction, CompactionTask, RewriteResult
+import lance_ray
 
 from lancedb_ray.indexers.handle import TableHandle
 from lancedb_ray.indexers.runtime import (
     METRICS,
     JobContext,
     context,
-    gather,
+    hand_over,
     operation,
+    pool_arguments,
     require_ray,
     run_one,
     watched,
@@ -69,33 +73,24 @@ def compact(handle: TableHandle, *, target_rows_per_fragment: int, parallelism: 
             ctx: JobContext | None = None, **options: Any) -> int | None:
     """Rewrite small fragments into ones of about ``target_rows_per_fragment`` rows, in parallel.
 
-    The new version, or None if lance planned nothing to do. ``options`` are
-    further ``lance.optimize.CompactionOptions`` (``materialize_deletions`` ...).
+    The table's version once the rewrite is committed, or None if lance planned
+    nothing to do. ``options`` are further ``lance.optimize.CompactionOptions``
+    (``materialize_deletions`` ...). ``parallelism``: at most this many pool workers.
     """
     require_ray("compact")
     ctx = context(ctx)
     with operation("compact"):
-        dataset = handle.open()
-        plan = Compaction.plan(dataset, {"target_rows_per_fragment": target_rows_per_fragment, **options})
-        if plan.num_tasks() == 0:
+        metrics = hand_over(lambda: lance_ray.compact_files(
+            handle.uri, storage_options=handle.storage_options or None,
+            compaction_options={"target_rows_per_fragment": target_rows_per_fragment, **options},
+            **pool_arguments(ctx, parallelism)), "compact", ctx, step="rewriting fragments")
+        if metrics is None:
             return None
-        read_version = plan.read_version
-        _LOG.info("%s: compacting %d groups of fragments at version %d, %d at a time",
-                  handle.table, plan.num_tasks(), read_version, parallelism)
-        options = ctx.resources.options()
-        rewrites = gather(
-            [functools.partial(_compact_task.options(**options).remote, handle, read_version, task)
-             for task in plan.tasks],
-            "compact", ctx, step="rewriting fragments",
-            limit=min(parallelism, ctx.resources.parallelism or parallelism),
-        )
-        METRICS.inc("tasks_total", len(rewrites), kind="compact", device="cpu")
-        base = handle.open(read_version)
-        metrics = Compaction.commit(base, rewrites)
+        version = handle.open().version
         METRICS.inc("fragments_compacted_total", metrics.fragments_removed)
-        _LOG.info("%s: compaction replaced %d fragments with %d as version %d", handle.table,
-                  metrics.fragments_removed, metrics.fragments_added, base.version)
-        return base.version
+        _LOG.info("%s: compaction replaced %d fragments with %d (version %d)", handle.table,
+                  metrics.fragments_removed, metrics.fragments_added, version)
+        return version
 
 
 def cleanup(handle: TableHandle, *, older_than_seconds: float,
@@ -126,11 +121,6 @@ def _optimize(handle: TableHandle, merge_vector_segments: bool) -> int:
         dataset = handle.open()
         dataset.optimize.optimize_indices(index_names=other)
     return handle.open().version
-
-
-@watched
-def _compact_task(handle: TableHandle, read_version: int, task: CompactionTask) -> RewriteResult:
-    return task.execute(handle.open(read_version))
 
 
 @watched

@@ -192,6 +192,45 @@ def run_one(call: Callable[[], ObjectRefGenerator], kind: str, ctx: JobContext, 
     return gather([call], kind, ctx, step=step, num_gpus=num_gpus)[0]
 
 
+def hand_over(call: Callable[[], T], kind: str, ctx: JobContext, *, step: str) -> T:
+    """Run ``call``, a lance-ray operation, once one of its tasks' requests fits the cluster.
+
+    lance-ray runs its tasks on a ``ray.util.multiprocessing.Pool``, whose
+    constructor waits, without a timeout, for every actor to start, and reports
+    nothing while the work goes on. So the wait for room happens here first,
+    reported and stalled as :func:`gather`'s (``ctx.stall_seconds``); from the
+    hand-over on, only the step is reported (no fraction).
+    """
+    demand = ctx.resources.demand()
+    waiting_since = time.monotonic()
+    while (waiting := waiting_reason(demand)) is not None:
+        ctx.note(step, None, waiting)
+        if time.monotonic() - waiting_since > ctx.stall_seconds:
+            METRICS.inc("task_failures_total", kind=kind)
+            raise JobStalled(f"{waiting} (for {time.monotonic() - waiting_since:.0f} s)")
+        time.sleep(_WATCH_SECONDS)
+    ctx.note(step, None, None)
+    try:
+        return call()
+    except BaseException:
+        METRICS.inc("task_failures_total", kind=kind)
+        raise
+
+
+def pool_arguments(ctx: JobContext, workers: int) -> dict[str, Any]:
+    """``num_workers`` and ``ray_remote_args`` for a lance-ray call that runs a pool of actors.
+
+    The actors ask for what the project's tasks ask for (fractional CPUs on a
+    small cluster, custom resources from settings). ``ray.util.multiprocessing.Pool``
+    refuses more workers than the cluster has whole CPUs. Unlike a Ray task, a
+    pool actor's work is not run again when its node dies: lance-ray then
+    fails the whole operation before its commit, and the agent retries the job.
+    """
+    cpus = int(ray.cluster_resources().get("CPU", 0))
+    workers = max(1, min(workers, ctx.resources.parallelism or workers, cpus or 1))
+    return {"num_workers": workers, "ray_remote_args": ctx.resources.options()}
+
+
 def _forget_lost(started: dict[int, str]) -> bool:
     """Tasks whose node died are not running: Ray runs them again once a node has room. Any?"""
     if not started:

@@ -1,17 +1,21 @@
-"""Scalar and full-text indexes built from segments on Ray tasks.
+"""Scalar and full-text indexes built from segments, by lance-ray.
 
-Each task runs ``LanceDataset.create_index_uncommitted(fragment_ids=...)`` on
-its group of fragments; one more task merges the segments into one with
-``merge_existing_index_segments`` (a full-text index needs whole-table
-statistics for its BM25 scores) and publishes it with
-``commit_existing_index_segments`` as one new version.
+``lance_ray.create_scalar_index`` cuts the table's fragments into
+``num_segments`` groups, builds one segment per group on a pool of Ray actors
+(``create_index_uncommitted(fragment_ids=...)``) and commits them together as
+one index in one new version. A full-text index of several segments scores as
+one built whole: lance searches its segments with the whole table's BM25
+statistics.
+
+LABEL_LIST stays one lance build on one Ray task of this module: lance-ray
+refuses to distribute it.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
-from typing import Any
+
+import lance_ray
 
 from lancedb_ray.errors import AlreadyExists, InvalidInput
 from lancedb_ray.indexers.handle import TableHandle
@@ -19,18 +23,19 @@ from lancedb_ray.indexers.runtime import (
     METRICS,
     JobContext,
     context,
-    gather,
+    hand_over,
     operation,
+    pool_arguments,
     require_ray,
     run_one,
     watched,
 )
-from lancedb_ray.indexers.vector import split_fragments
 
 _LOG = logging.getLogger(__name__)
 
 SCALAR_INDEX_TYPES = ("BTREE", "BITMAP", "LABEL_LIST", "INVERTED")
 _ALIASES = {"FTS": "INVERTED"}
+_NOT_DISTRIBUTED = frozenset({"LABEL_LIST"})  # lance-ray 0.5 builds these only in one piece
 FTS_PARAMS = frozenset({
     "with_position", "base_tokenizer", "language", "max_token_length", "lower_case", "stem",
     "remove_stop_words", "custom_stop_words", "ascii_folding", "ngram_min_length", "ngram_max_length",
@@ -65,35 +70,31 @@ def build_scalar_index(handle: TableHandle, column: str, index_type: str, params
                                f"{dataset.schema.names}")
         if not replace and any(index.name == name for index in dataset.describe_indices()):
             raise AlreadyExists(f"index '{name}' already exists")
-        version = dataset.version
-        groups = split_fragments([(f.fragment_id, f.count_rows()) for f in dataset.get_fragments()],
-                                 num_segments)
-        if not groups:
+        if not dataset.get_fragments():
             raise InvalidInput(f"cannot build a {kind} index on an empty table")
-        options = ctx.resources.options()
-        calls = [functools.partial(_build_segment.options(**options).remote, handle, version, column, kind,
-                                   name, params, group) for group in groups]
-        segments = gather(calls, "scalar_segment", ctx, step=f"building {len(calls)} segments",
-                          limit=ctx.resources.parallelism)
-        METRICS.inc("tasks_total", len(segments), kind="scalar_segment", device="cpu")
-        new_version = run_one(lambda: _merge_and_commit.options(**options).remote(
-            handle, version, column, name, segments), "scalar_merge", ctx, step="merging segments")
-        METRICS.inc("segments_total", len(segments), kind=kind.lower())
+        if kind in _NOT_DISTRIBUTED:
+            version = run_one(lambda: _whole_build.options(**ctx.resources.options()).remote(
+                handle, dataset.version, column, kind, name), "scalar_index", ctx,
+                step="building the index")
+            _LOG.info("%s: committed %s index '%s' as version %d", handle.table, kind, name, version)
+            return version
+        segments = min(max(1, num_segments), len(dataset.get_fragments()))
+        try:
+            built = hand_over(lambda: lance_ray.create_scalar_index(
+                handle.uri, column=column, index_type=kind, name=name, replace=True,
+                num_segments=segments, storage_options=handle.storage_options or None,
+                **pool_arguments(ctx, segments), **params),
+                "scalar_index", ctx, step=f"building {segments} segments")
+        except (TypeError, ValueError) as exc:  # lance-ray's checks of the column and the request
+            raise InvalidInput(f"cannot build a {kind} index on column '{column}': {exc}") from exc
+        METRICS.inc("segments_total", segments, kind=kind.lower())
         _LOG.info("%s: committed %s index '%s' from %d segments as version %d", handle.table, kind,
-                  name, len(segments), new_version)
-        return new_version
+                  name, segments, built.version)
+        return built.version
 
 
 @watched
-def _build_segment(handle: TableHandle, version: int, column: str, kind: str, name: str,
-                   params: dict[str, Any], fragment_ids: list[int]) -> Any:
-    return handle.open(version).create_index_uncommitted(
-        column, kind, name=name, replace=True, fragment_ids=fragment_ids, **params)
-
-
-@watched
-def _merge_and_commit(handle: TableHandle, version: int, column: str, name: str,
-                      segments: list[Any]) -> int:
+def _whole_build(handle: TableHandle, version: int, column: str, kind: str, name: str) -> int:
     dataset = handle.open(version)
-    merged = dataset.merge_existing_index_segments(segments) if len(segments) > 1 else segments[0]
-    return dataset.commit_existing_index_segments(name, column, [merged]).version
+    dataset.create_scalar_index(column, kind, name=name, replace=True)
+    return handle.open().version

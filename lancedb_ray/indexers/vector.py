@@ -16,6 +16,16 @@ A build has three steps:
    every segment as one logical index in one new dataset version; each segment
    keeps its own entry (uuid, fragment_ids) in ``list_indices()``, which is
    what the plan executors search segment by segment.
+
+This is lance-ray's ``create_index`` workflow, kept here because lance-ray 0.5
+cannot do step 1 as the project needs: its ``create_index`` always trains the
+IVF centroids and the PQ codebook itself, in the calling process (the agent's
+replica or a job's driver, never a GPU worker, and without lance's
+``accelerator``), and trains over any ``ivf_centroids`` / ``pq_codebook`` it is
+given. Steps 2 and 3 stay with step 1 so that the segments are Ray tasks the
+job watches (progress per segment, a stall reported with its reason) and that
+Ray runs again when their node dies, which lance-ray's actor pool does not.
+``bench/index_build.py`` times both builds.
 """
 
 from __future__ import annotations

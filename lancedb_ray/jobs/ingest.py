@@ -5,12 +5,18 @@
         [--rows-per-fragment N] [--config settings.yaml]
 
 Ray Data reads the source in parallel; each batch of ``--rows-per-fragment``
-rows becomes one Lance fragment, written by a Ray task with
-``lance.fragment.write_fragments`` under the table's directory but not yet part
-of any version. When every fragment is written, the driver commits them all
-with one ``LanceDataset.commit`` (an ``Append`` or an ``Overwrite``): readers
-see all the new rows or none, and a failed job leaves the table as it was
-(the unreferenced files go with the next version cleanup).
+rows becomes one Lance fragment, written by a Ray task with lance-ray's
+``LanceFragmentWriter`` (its distributed fragment writer, which retries
+transient storage errors) under the table's directory but not yet part of any
+version. When every fragment is written, the driver commits them all with one
+``LanceDataset.commit`` (an ``Append`` or an ``Overwrite``): readers see all the
+new rows or none, and a failed job leaves the table as it was (the
+unreferenced files go with the next version cleanup).
+
+The commit is this module's rather than ``lance_ray.write_lance``'s: that one
+returns nothing (the job needs the version it committed, for its change event),
+its ``create`` mode commits an ``Overwrite`` that would silently replace a table
+created by someone else while the job ran, and it reports no progress.
 
 A new table at the root of a database is created by that one commit. A new
 namespaced table is first created empty by lancedb (which owns the namespace
@@ -20,8 +26,9 @@ layout), so it starts with that empty version and then the ingest's commit.
 from __future__ import annotations
 
 import argparse
-import json
+import functools
 import logging
+import pickle
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +38,8 @@ import lance
 import pyarrow as pa
 import ray
 from lance.fragment import FragmentMetadata
+from lance_ray import LanceFragmentWriter
+from lance_ray.datasink import LanceDatasink
 
 from lancedb_ray.errors import AlreadyExists, InvalidInput, NotFound
 from lancedb_ray.indexers.handle import TableHandle, table_handle
@@ -42,6 +51,7 @@ from lancedb_ray.jobs.common import (
     setup_logging,
 )
 from lancedb_ray.resources import TaskResources, task_resources
+from lancedb_ray.service.writes import conform
 from lancedb_ray.settings import Settings
 from lancedb_ray.storage.catalog import DatabaseLocation
 from lancedb_ray.types import TableRef
@@ -51,6 +61,13 @@ FORMATS = ("parquet", "lance", "csv")
 MODES = ("append", "create", "overwrite")
 DEFAULT_ROWS_PER_FRAGMENT = 1024 * 1024  # lance's own default file size
 _AZURE_SCHEMES = ("az://", "abfs://", "abfss://")
+# lance-ray's own policy for retrying a fragment write (what its write_lance datasink uses).
+_RETRY_WRITES = {
+    "description": "write lance fragments",
+    "match": list(LanceDatasink.WRITE_FRAGMENTS_ERRORS_TO_RETRY),
+    "max_attempts": LanceDatasink.WRITE_FRAGMENTS_MAX_ATTEMPTS,
+    "max_backoff_s": LanceDatasink.WRITE_FRAGMENTS_RETRY_MAX_BACKOFF_SECONDS,
+}
 
 
 @dataclass(frozen=True)
@@ -92,24 +109,18 @@ def ingest(location: DatabaseLocation, table: str, source: str, *, fmt: str | No
     else:
         uri, base_version = location.table_uri(table), None
         schema = data.schema().base_schema
-    write_mode = "append" if mode == "append" else "create"
-    if existing is not None and mode == "overwrite":
-        write_mode = "overwrite"
-    written = data.map_batches(
-        _write_fragments, batch_size=rows_per_fragment, batch_format="pyarrow",
-        **resources.options(),
-        fn_kwargs={"uri": uri, "schema": schema, "mode": write_mode, "rows_per_fragment": rows_per_fragment,
-                   "storage_options": dict(location.storage_options)},
-    )
+    writer = LanceFragmentWriter(
+        uri, transform=functools.partial(conform, schema=schema), schema=schema,
+        max_rows_per_file=rows_per_fragment, storage_options=dict(location.storage_options) or None,
+        retry_params=_RETRY_WRITES, use_legacy_format=None)
+    written = data.map_batches(writer, batch_size=rows_per_fragment, batch_format="pyarrow",
+                               **resources.options())
     fragments: list[FragmentMetadata] = []
-    rows = 0
     for batch in written.iter_batches(batch_size=None, batch_format="pyarrow"):
-        texts, counts = batch.column("fragment").to_pylist(), batch.column("rows").to_pylist()
-        for text, count in zip(texts, counts, strict=True):
-            fragments.append(FragmentMetadata.from_json(text))
-            rows += count
-        print(f"ingest: {len(fragments)} fragments, {rows:,} rows written "
-              f"({time.monotonic() - start:.1f} s)", flush=True)
+        fragments.extend(pickle.loads(blob) for blob in batch.column("fragment").to_pylist())
+        print(f"ingest: {len(fragments)} fragments, {sum(f.num_rows for f in fragments):,} rows "
+              f"written ({time.monotonic() - start:.1f} s)", flush=True)
+    rows = sum(f.num_rows for f in fragments)
     if mode == "append":
         operation: Any = lance.LanceOperation.Append(fragments)
     else:
@@ -166,27 +177,6 @@ def _create_namespaced(location: DatabaseLocation, table: str, schema: pa.Schema
     db = lancedb.connect(location.uri, storage_options=location.storage_options or None)
     created = db.create_table(ref.name, schema=schema, namespace_path=list(ref.namespace))
     return TableHandle(location.database, table, created.to_lance().uri, dict(location.storage_options))
-
-
-def _write_fragments(batch: pa.Table, *, uri: str, schema: pa.Schema, mode: str, rows_per_fragment: int,
-                     storage_options: dict[str, str]) -> pa.Table:
-    from lance.fragment import write_fragments
-
-    batch = _conform(batch, schema)
-    fragments = write_fragments(batch, uri, schema=schema, mode=mode, max_rows_per_file=rows_per_fragment,
-                                storage_options=storage_options or None)
-    return pa.table({"fragment": [json.dumps(f.to_json()) for f in fragments],
-                     "rows": [f.num_rows for f in fragments]})
-
-
-def _conform(batch: pa.Table, schema: pa.Schema) -> pa.Table:
-    missing = [name for name in schema.names if name not in batch.schema.names]
-    if missing:
-        raise InvalidInput(f"the source lacks the table's columns {missing}")
-    extra = [name for name in batch.schema.names if name not in schema.names]
-    if extra:
-        raise InvalidInput(f"the source has columns the table lacks: {extra}")
-    return batch.select(schema.names).cast(schema)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
