@@ -65,6 +65,23 @@ class StorageLocation(StrictModel):
     client_id: str | None = None  # user-assigned managed identity for workload identity
     options: dict[str, str] = Field(default_factory=dict)  # extra lance options (timeouts, retries)
 
+    @field_validator("options")
+    @classmethod
+    def _no_credentials(cls, options: dict[str, str]) -> dict[str, str]:
+        """Credentials have fields of their own, which never travel through Ray; options would."""
+        for name in options:
+            if _CREDENTIAL_OPTION.fullmatch(name.lower()):
+                raise ValueError(f"options.{name} is a credential: give it as account_key, sas_token or "
+                                 "connection_string, or use workload identity")
+        return options
+
+
+# object_store's Azure credential options and their aliases (options are for timeouts and retries).
+_CREDENTIAL_OPTION = re.compile(
+    r"(azure_storage_)?(account_key|access_key|master_key|sas_key|sas_token|client_secret|token)|"
+    r"azure_client_secret|bearer_token|azure_storage_key"
+)
+
 
 class UnknownDatabasePolicy(str, Enum):
     CREATE = "create"  # place it under the default location

@@ -194,3 +194,13 @@ def test_the_secrets_file_fills_only_the_sections_settings_have(
     secrets.write_text(yaml.safe_dump({"storage": {"root": {"uri": "/elsewhere"}}}))
     with pytest.raises(ValueError, match="storage.root.uri is not a secret"):
         Settings.load(None)
+
+
+def test_storage_options_carry_no_credential() -> None:
+    """Options would travel to every process as they are: credentials have fields of their own."""
+    from lancedb_ray.settings import StorageLocation
+
+    StorageLocation(account="a", container="c", options={"timeout": "30s", "client_max_retries": "2"})
+    for name in ("azure_storage_account_key", "ACCESS_KEY", "azure_storage_sas_token", "azure_client_secret"):
+        with pytest.raises(ValidationError, match="is a credential"):
+            StorageLocation(account="a", container="c", options={name: "c2VjcmV0"})
