@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from typing import Any
 
 from lancedb_ray import keys, logging_setup, preflight
@@ -34,6 +35,15 @@ def _serve_settings(args: argparse.Namespace) -> Settings:
     settings = preflight.load_settings(args.config, **overrides)
     preflight.check(settings)
     return settings
+
+
+def _or_report(load: Callable[[], Settings]) -> Settings | None:
+    """The settings, or None once the reason they are unusable is printed (one line, no traceback)."""
+    try:
+        return load()
+    except preflight.PreflightError as exc:
+        print(f"lancedb-ray: {exc}", file=sys.stderr, flush=True)
+        return None
 
 
 def _wait_healthy(url: str, timeout_s: float) -> None:
@@ -96,10 +106,8 @@ def _shutdown(serve: Any, ray: Any, joined: bool) -> None:
 
 
 def serve_command(args: argparse.Namespace) -> int:
-    try:
-        settings = _serve_settings(args)
-    except preflight.PreflightError as exc:  # before Ray starts: one line, no traceback
-        print(f"lancedb-ray: {exc}", file=sys.stderr, flush=True)
+    settings = _or_report(lambda: _serve_settings(args))
+    if settings is None:
         return 2
     logging_setup.configure(settings.logging)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -149,10 +157,8 @@ def jobs_command(args: argparse.Namespace) -> int:
     """Print the agent's jobs: through the admin endpoint with --url, else from the job store."""
     from lancedb_ray.agent.report import fetch_jobs, format_jobs, read_jobs
 
-    try:
-        settings = preflight.load_settings(args.config)
-    except preflight.PreflightError as exc:
-        print(f"lancedb-ray: {exc}", file=sys.stderr, flush=True)
+    settings = _or_report(lambda: preflight.load_settings(args.config))
+    if settings is None:
         return 2
     filters = {"state": args.state, "database": args.database, "table": args.table,
                "limit": args.limit}
@@ -167,10 +173,8 @@ def jobs_command(args: argparse.Namespace) -> int:
 
 def status_command(args: argparse.Namespace) -> int:
     """One screen: nodes, deployments, executors' caches, the agent's lag, jobs and unindexed tables."""
-    try:
-        settings = preflight.load_settings(args.config)
-    except preflight.PreflightError as exc:
-        print(f"lancedb-ray: {exc}", file=sys.stderr, flush=True)
+    settings = _or_report(lambda: preflight.load_settings(args.config))
+    if settings is None:
         return 2
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray

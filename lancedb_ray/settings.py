@@ -5,7 +5,8 @@ prefixed ``LANCEDB_RAY_`` (nested fields joined with ``__``, e.g.
 ``LANCEDB_RAY_SERVER__PORT=9000``), then explicit overrides (command-line
 flags): each source beats the ones before it. Every model refuses unknown
 keys, so a typo fails loudly instead of being ignored. The same object is
-passed, as a plain dict, to every Ray deployment and actor so that they all agree.
+passed, as a plain dict, to every Ray deployment and actor so that they all agree,
+without its secrets: each process reads those itself (``Settings.to_plain``).
 """
 
 from __future__ import annotations
@@ -63,6 +64,23 @@ class StorageLocation(StrictModel):
     endpoint: str | None = None  # blob endpoint override (Azurite, sovereign clouds)
     client_id: str | None = None  # user-assigned managed identity for workload identity
     options: dict[str, str] = Field(default_factory=dict)  # extra lance options (timeouts, retries)
+
+    @field_validator("options")
+    @classmethod
+    def _no_credentials(cls, options: dict[str, str]) -> dict[str, str]:
+        """Credentials have fields of their own, which never travel through Ray; options would."""
+        for name in options:
+            if _CREDENTIAL_OPTION.fullmatch(name.lower()):
+                raise ValueError(f"options.{name} is a credential: give it as account_key, sas_token or "
+                                 "connection_string, or use workload identity")
+        return options
+
+
+# object_store's Azure credential options and their aliases (options are for timeouts and retries).
+_CREDENTIAL_OPTION = re.compile(
+    r"(azure_storage_)?(account_key|access_key|master_key|sas_key|sas_token|client_secret|token)|"
+    r"azure_client_secret|bearer_token|azure_storage_key"
+)
 
 
 class UnknownDatabasePolicy(str, Enum):
@@ -347,9 +365,11 @@ class Settings(BaseSettings):
             raise ValueError(f"settings file {path} must hold a mapping, not {type(data).__name__}")
         token = _FILE_DATA.set(data)
         try:
-            return cls(**overrides).with_absolute_paths()
+            settings = cls(**overrides).with_absolute_paths()
         finally:
             _FILE_DATA.reset(token)
+        _fill_unset_secrets(settings, _secrets_file())
+        return settings
 
     def with_absolute_paths(self) -> Settings:
         """Local paths made absolute now, so Ray workers (other working dirs) agree on them."""
@@ -367,21 +387,36 @@ class Settings(BaseSettings):
         return self
 
     def to_plain(self) -> dict[str, Any]:
-        """A picklable dict for handing to Ray deployments and actors.
+        """A picklable dict for handing to Ray deployments and actors, without a secret.
 
-        A secret every process of the cluster can read for itself, from its environment
-        (``LANCEDB_RAY_<PATH>``) or from the settings file of ``$LANCEDB_RAY_CONFIG``, is
-        left out, so it never sits in Ray's control plane (deployment and actor
-        arguments); ``from_plain`` reads it there again. Any other secret is revealed.
+        Whatever a Ray deployment or actor gets as an argument stays in Ray's control
+        plane (the GCS, its checkpoints, Redis with GCS fault tolerance). So every secret
+        is left out, and each process reads it itself (``from_plain``): from its
+        environment (``LANCEDB_RAY_<PATH>``), the settings file of ``$LANCEDB_RAY_CONFIG``
+        or the secrets file of ``$LANCEDB_RAY_SECRETS``, as Kubernetes gives every pod.
+        A secret only this process knows (given in code) is refused: ``SecretNotShared``.
         """
-        return _reveal(self.model_dump(mode="python"), (), os.environ, _shared_file())
+        return _plain(self.model_dump(mode="python"), (), os.environ, _shared_secrets())
 
     @classmethod
     def from_plain(cls, data: dict[str, Any]) -> Settings:
         """Settings from ``to_plain``, with the secrets this process reads for itself."""
         data = copy.deepcopy(data)
-        _fill_secrets(data, _shared_file())
+        _fill_secrets(data, _shared_secrets())
         return cls(**data)
+
+
+class SecretNotShared(ValueError):
+    """A secret given to this process only, which Ray would have to carry to the others."""
+
+    def __init__(self, path: tuple[str, ...]) -> None:
+        super().__init__(
+            f"the secret {'.'.join(path)} was given to this process only, and Ray would keep it in its "
+            f"control plane (deployment and actor arguments). Give it to every Ray process instead, "
+            f"before Ray starts: the environment variable {_env_name(path)} (in Kubernetes from a "
+            "Secret), the settings file named by LANCEDB_RAY_CONFIG, or the secrets file named by "
+            "LANCEDB_RAY_SECRETS"
+        )
 
 
 _FILE_DATA: ContextVar[dict[str, Any]] = ContextVar("lancedb_ray_settings_file")
@@ -420,19 +455,53 @@ _SECRET_FIELDS = frozenset(
     for name, field in model.model_fields.items()
     if "SecretStr" in str(field.annotation)
 )
-_FROM_ENV = object()  # a secret left out of plain settings: each process reads it itself
+_SHARED = object()  # a secret left out of plain settings: each process reads it itself
 
 
 def _env_name(path: tuple[str, ...]) -> str:
     return "LANCEDB_RAY_" + "__".join(path).upper()
 
 
-def _shared_file() -> dict[str, Any]:
-    """The settings file every process of the cluster has (``$LANCEDB_RAY_CONFIG``), raw."""
+def _shared_secrets() -> dict[str, Any]:
+    """The secrets every process of the cluster reads from its own files, as a nested mapping.
+
+    The settings file of ``$LANCEDB_RAY_CONFIG`` (secrets written in it) and the secrets
+    file of ``$LANCEDB_RAY_SECRETS``, which holds only secrets (a Kubernetes Secret mounted
+    as a file, beside the ConfigMap); the secrets file wins.
+    """
     path = os.environ.get("LANCEDB_RAY_CONFIG")
-    if not path or not Path(path).is_file():
+    config = (yaml.safe_load(Path(path).read_text()) or {}) if path and Path(path).is_file() else {}
+    return _merged(config, _secrets_file())
+
+
+def _secrets_file() -> dict[str, Any]:
+    """``$LANCEDB_RAY_SECRETS``: secrets only, shaped like the settings (a missing file is an error)."""
+    path = os.environ.get("LANCEDB_RAY_SECRETS")
+    if not path:
         return {}
-    return yaml.safe_load(Path(path).read_text()) or {}
+    if not Path(path).is_file():
+        raise ValueError(f"secrets file {path} (LANCEDB_RAY_SECRETS) does not exist")
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"secrets file {path} must hold a mapping, not {type(data).__name__}")
+    _only_secrets(data, (), path)
+    return data
+
+
+def _only_secrets(data: dict[str, Any], path: tuple[str, ...], file: str) -> None:
+    for key, value in data.items():
+        where = (*path, str(key))
+        if isinstance(value, dict):
+            _only_secrets(value, where, file)
+        elif key not in _SECRET_FIELDS or not isinstance(value, str):
+            raise ValueError(f"secrets file {file}: {'.'.join(where)} is not a secret; "
+                             "settings belong in the settings file")
+
+
+def _merged(base: Any, top: Any) -> Any:
+    if isinstance(base, dict) and isinstance(top, dict):
+        return {**base, **{k: _merged(base.get(k), v) for k, v in top.items()}}
+    return top
 
 
 def _at(data: Any, path: tuple[str, ...]) -> Any:
@@ -441,25 +510,38 @@ def _at(data: Any, path: tuple[str, ...]) -> Any:
     return data
 
 
-def _reveal(value: Any, path: tuple[str, ...], env: Mapping[str, str], shared: dict[str, Any]) -> Any:
+def _plain(value: Any, path: tuple[str, ...], env: Mapping[str, str], shared: dict[str, Any]) -> Any:
     if isinstance(value, SecretStr):
-        secret = value.get_secret_value()
-        readable = secret in (env.get(_env_name(path)), _at(shared, path))
-        return _FROM_ENV if readable else secret
+        if value.get_secret_value() not in (env.get(_env_name(path)), _at(shared, path)):
+            raise SecretNotShared(path)
+        return _SHARED
     if isinstance(value, Enum):
         return value.value
     if isinstance(value, dict):
-        revealed = {k: _reveal(v, (*path, str(k)), env, shared) for k, v in value.items()}
-        return {k: v for k, v in revealed.items() if v is not _FROM_ENV}
+        plain = {k: _plain(v, (*path, str(k)), env, shared) for k, v in value.items()}
+        return {k: v for k, v in plain.items() if v is not _SHARED}
     if isinstance(value, list):
-        return [_reveal(v, path, env, shared) for v in value]
+        return [_plain(v, path, env, shared) for v in value]
     return value
 
 
 def _fill_secrets(data: dict[str, Any], shared: dict[str, Any]) -> None:
-    """Put back the secrets ``to_plain`` left out that the shared file holds (env wins anyway)."""
+    """Put back the secrets ``to_plain`` left out that the shared files hold (env wins anyway)."""
     for key, value in shared.items():
         if isinstance(value, dict) and isinstance(data.get(key), dict):
             _fill_secrets(data[key], value)
         elif key not in data and key in _SECRET_FIELDS:
             data[key] = value
+
+
+def _fill_unset_secrets(model: Any, secrets: dict[str, Any]) -> None:
+    """Set the secrets of the secrets file on the sections ``model`` has that hold none yet.
+
+    Only sections the settings already have: the file does not add a database.
+    """
+    for key, value in secrets.items():
+        inner = model.get(key) if isinstance(model, dict) else getattr(model, key, None)
+        if isinstance(value, dict):
+            _fill_unset_secrets(inner, value)
+        elif isinstance(model, BaseModel) and key in _SECRET_FIELDS and inner is None:
+            setattr(model, key, SecretStr(value))

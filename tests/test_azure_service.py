@@ -21,6 +21,7 @@ import pytest
 
 from lancedb_ray.settings import Settings
 from tests.support.azurite import CUSTOMER, PROVIDER, Azurite, free_port
+from tests.support.secrets import shared
 from tests.support.service import API_KEY, LiveService, wait_healthy
 
 DIM = 8
@@ -58,11 +59,12 @@ def azure_service(
         agent={"enabled": False, "jobs_directory": str(state / "jobs")},
         ray={"namespace": "lancedb-ray-azure"},
     )
-    serve.run(build_app({"settings": settings.to_plain()}), name="azure", route_prefix="/azure")
-    wait_healthy(f"{live_service.url}/azure")  # the ingress routes /azure only a little after
-    yield LiveService(url=f"{live_service.url}/azure", api_key=API_KEY, root=Path("/nonexistent"),
-                      settings=settings.to_plain())
-    serve.delete("azure")
+    with shared(settings):  # the account keys reach the replicas as a deployment's would
+        serve.run(build_app({"settings": settings.to_plain()}), name="azure", route_prefix="/azure")
+        wait_healthy(f"{live_service.url}/azure")  # the ingress routes /azure only a little after
+        yield LiveService(url=f"{live_service.url}/azure", api_key=API_KEY, root=Path("/nonexistent"),
+                          settings=settings.to_plain())
+        serve.delete("azure")
 
 
 def _rows(start: int, count: int) -> pa.Table:

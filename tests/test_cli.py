@@ -18,12 +18,17 @@ import pyarrow as pa
 import pytest
 
 from lancedb_ray.settings import Settings
+from tests.support.processes import serve_ingress_ports
 from tests.support.service import free_port, wait_healthy
 
 
 def _isolated_env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    """The environment of a CLI run whose local directories live under ``tmp_path``."""
+    """The environment of a CLI run whose local directories live under ``tmp_path``.
+
+    A Ray cluster it starts gets Serve replica ports apart from the session's (``serve_ingress_ports``).
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LANCEDB_RAY_", "AZURE"))}
+    env.update(serve_ingress_ports())
     env.update({"LANCEDB_RAY_EVENTS__EMBEDDED__DIRECTORY": str(tmp_path / "events"),
                 "LANCEDB_RAY_EVENTS__OUTBOX_DIRECTORY": str(tmp_path / "outbox"),
                 "LANCEDB_RAY_AGENT__JOBS_DIRECTORY": str(tmp_path / "jobs")})

@@ -588,25 +588,67 @@ def test_ray_pods_run_as_non_root_without_privileges(name: str, doc: dict[str, A
         pod = spec["template"]["spec"]["securityContext"]
         assert pod["runAsNonRoot"] is True and pod["runAsUser"] != 0, group
         assert pod["seccompProfile"] == {"type": "RuntimeDefault"}, group
-    for group, container in _ray_containers(doc):
+    for group, container, _ in _every_container(doc):
         context = container["securityContext"]
         assert context["allowPrivilegeEscalation"] is False, group
         assert context["capabilities"] == {"drop": ["ALL"]}, group
+        assert context["runAsNonRoot"] is True, group
 
 
-def test_the_head_answers_only_ray_pods_and_the_operator() -> None:
-    policy = _only(_load_all((K8S / "base" / "networkpolicy.yaml").read_text()), "NetworkPolicy")
-    spec = policy["spec"]
-    assert spec["podSelector"] == {"matchLabels": {"ray.io/node-type": "head"}}
+# Where Ray and the libraries it runs write, besides the volumes a pod is given for its data:
+# Ray's session dir (/tmp/ray: logs, sockets, spilled objects, runtime envs), temp files, the
+# caches under $HOME (pip, numba, triton), lancedb-ray's default state root and Ray's token file.
+WRITTEN = ("/tmp", "/home/ray/.cache", "/home/ray/.local/state", "/home/ray/.ray")
+
+
+def _every_container(doc: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any], dict[str, Any]]]:
+    """(where, container, its pod's spec) for every container of a Ray resource, sidecars included."""
+    for group, spec in _groups(doc):
+        pod = spec["template"]["spec"]
+        for container in pod["containers"]:
+            yield f"{group}/{container['name']}", container, pod
+    head_pod = _cluster_spec(doc)["headGroupSpec"]["template"]["spec"]
+    yield "autoscaler", _cluster_spec(doc)["autoscalerOptions"], head_pod
+    if "submitterPodTemplate" in doc["spec"]:
+        pod = doc["spec"]["submitterPodTemplate"]["spec"]
+        for container in pod["containers"]:
+            yield f"submitter/{container['name']}", container, pod
+
+
+@pytest.mark.parametrize("name,doc", _all_ray_resources(), ids=[n for n, _ in _all_ray_resources()])
+def test_ray_containers_have_a_read_only_root_filesystem(name: str, doc: dict[str, Any]) -> None:
+    """Every path written is an emptyDir; everything else (the image) is read-only."""
+    for where, container, pod in _every_container(doc):
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True, where
+        volumes = {v["name"]: v for v in pod.get("volumes", [])}
+        writable = {m["mountPath"]: volumes[m["name"]] for m in container.get("volumeMounts", [])
+                    if not m.get("readOnly")}
+        assert set(WRITTEN) <= set(writable), where
+        assert all("emptyDir" in volume for volume in writable.values()), where
+        assert all(volume["emptyDir"].get("sizeLimit") for volume in writable.values()), where
+
+
+def _network_policies() -> dict[str, dict[str, Any]]:
+    docs = _load_all((K8S / "base" / "networkpolicy.yaml").read_text())
+    return {d["spec"]["podSelector"]["matchLabels"]["ray.io/node-type"]: d["spec"]
+            for d in docs if d["kind"] == "NetworkPolicy"}
+
+
+@pytest.mark.parametrize("node_type,open_ports", [("head", [8080]), ("worker", [8000, 8080])])
+def test_ray_pods_answer_only_ray_pods_and_the_operator(node_type: str, open_ports: list[int]) -> None:
+    """Ray's own ports: the cluster's Ray pods and the operator only; the rest: Serve and metrics."""
+    spec = _network_policies()[node_type]
     assert spec["policyTypes"] == ["Ingress"]
-    control, metrics = spec["ingress"]
+    control, served = spec["ingress"]
     assert control["from"] == [
         {"podSelector": {"matchLabels": {"ray.io/is-ray-node": "yes"}}},
         {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kuberay-system"}}},
     ]
-    assert "ports" not in control and metrics == {"ports": [{"port": 8080, "protocol": "TCP"}]}
+    assert "ports" not in control and "from" not in served
+    assert served["ports"] == [{"port": port, "protocol": "TCP"} for port in open_ports]
     for overlay in PROFILES:
-        assert _only(_rendered(overlay), "NetworkPolicy")["metadata"]["namespace"] == "lancedb-ray"
+        rendered = [d for d in _rendered(overlay) if isinstance(d, dict) and d.get("kind") == "NetworkPolicy"]
+        assert len(rendered) == 2 and {d["metadata"]["namespace"] for d in rendered} == {"lancedb-ray"}
 
 
 def test_private_link_is_never_open_to_every_subscription() -> None:

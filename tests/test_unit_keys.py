@@ -12,7 +12,7 @@ from lancedb_ray import cli
 from lancedb_ray.api.auth import authorize, identify
 from lancedb_ray.errors import Forbidden, Unauthorized
 from lancedb_ray.keys import check_serving
-from lancedb_ray.settings import DEV_KEY, ApiKey, Role, Settings, key_digest
+from lancedb_ray.settings import DEV_KEY, ApiKey, Role, SecretNotShared, Settings, key_digest
 
 
 def test_keys_create_stores_the_digest_and_prints_the_key_last(tmp_path: Path, capsys) -> None:
@@ -146,13 +146,61 @@ def test_secrets_of_the_shared_settings_file_stay_out_too(
         "events": {"kafka": {"sasl_password": "file-kafka-secret"}},
     }))
     monkeypatch.setenv("LANCEDB_RAY_CONFIG", str(config))
-    settings = Settings.load(None, storage={"databases": {"beta": {
-        "account": "acct2", "container": "beta", "credential": "sas_token", "sas_token": "sv=given"}}})
+    settings = Settings.load(None)
     plain = settings.to_plain()
     assert "ZmlsZS1rZXk=" not in repr(plain) and "file-kafka-secret" not in repr(plain)
-    assert "sv=given" in repr(plain)  # given only here (an override): nowhere else to read it from
     restored = Settings.from_plain(plain)
     assert restored.storage.databases["acme"].account_key.get_secret_value() == "ZmlsZS1rZXk="
     assert restored.events.kafka.sasl_password.get_secret_value() == "file-kafka-secret"
-    assert restored.storage.databases["beta"].sas_token.get_secret_value() == "sv=given"
     assert restored.to_plain() == plain
+
+
+def test_a_secret_given_in_code_only_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No process but this one could read it: Ray would have to carry it, so it is refused."""
+    from lancedb_ray.api.app import build_app
+
+    beta = {"account": "acct2", "container": "beta", "credential": "sas_token", "sas_token": "sv=given"}
+    overrides = {"storage": {"root": {"uri": str(tmp_path / "data")}, "databases": {"beta": beta}}}
+    with pytest.raises(SecretNotShared, match="LANCEDB_RAY_STORAGE__DATABASES__BETA__SAS_TOKEN") as refused:
+        build_app({"settings": overrides})
+    assert "sv=given" not in str(refused.value)
+    monkeypatch.setenv("LANCEDB_RAY_STORAGE__DATABASES__BETA__SAS_TOKEN", "sv=other")
+    with pytest.raises(SecretNotShared):  # the environment holds another value: still this one's alone
+        Settings.load(None, **overrides).to_plain()
+    monkeypatch.setenv("LANCEDB_RAY_STORAGE__DATABASES__BETA__SAS_TOKEN", "sv=given")
+    assert "sv=given" not in repr(Settings.load(None, **overrides).to_plain())
+
+
+def test_the_secrets_file_fills_only_the_sections_settings_have(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``$LANCEDB_RAY_SECRETS``: a Kubernetes Secret mounted as a file, beside the settings."""
+    secrets = tmp_path / "secrets.yaml"
+    secrets.write_text(yaml.safe_dump({
+        "storage": {"databases": {"acme": {"sas_token": "sv=file"}, "other": {"account_key": "b3RoZXI="}}},
+        "events": {"eventhub": {"connection_string": "Endpoint=sb://hub/;SharedAccessKey=eA=="}},
+    }))
+    monkeypatch.setenv("LANCEDB_RAY_SECRETS", str(secrets))
+    acme = {"account": "acct1", "container": "acme", "credential": "sas_token"}
+    settings = Settings.load(None, storage={"root": {"uri": str(tmp_path / "data")},
+                                            "databases": {"acme": acme}})
+    assert settings.storage.databases["acme"].sas_token.get_secret_value() == "sv=file"
+    assert set(settings.storage.databases) == {"acme"}  # the file adds no database
+    plain = settings.to_plain()
+    assert "sv=file" not in repr(plain) and "SharedAccessKey" not in repr(plain)
+    restored = Settings.from_plain(plain)
+    assert restored.storage.databases["acme"].sas_token.get_secret_value() == "sv=file"
+    assert restored.events.eventhub.connection_string.get_secret_value().startswith("Endpoint=sb://hub/")
+    secrets.write_text(yaml.safe_dump({"storage": {"root": {"uri": "/elsewhere"}}}))
+    with pytest.raises(ValueError, match="storage.root.uri is not a secret"):
+        Settings.load(None)
+
+
+def test_storage_options_carry_no_credential() -> None:
+    """Options would travel to every process as they are: credentials have fields of their own."""
+    from lancedb_ray.settings import StorageLocation
+
+    StorageLocation(account="a", container="c", options={"timeout": "30s", "client_max_retries": "2"})
+    for name in ("azure_storage_account_key", "ACCESS_KEY", "azure_storage_sas_token", "azure_client_secret"):
+        with pytest.raises(ValidationError, match="is a credential"):
+            StorageLocation(account="a", container="c", options={name: "c2VjcmV0"})

@@ -261,6 +261,17 @@ def test_translate_picks_the_status(exc: Exception, kind: type) -> None:
     assert type(translate(exc, "table 'x'", "db")) is kind
 
 
+def test_what_was_not_found_is_said_once_as_embedded_lancedb_says_it(tmp_path) -> None:
+    import lancedb
+
+    with pytest.raises(ValueError) as embedded:
+        lancedb.connect(tmp_path).open_table("x")
+    # lancedb's sentence, "Table 'x' was not found", not "table 'x' was not found: Table 'x' was ..."
+    assert translate(embedded.value, "table 'x'", "db").message == str(embedded.value)
+    detailed = translate(RuntimeError("Namespace error: Namespace not found: zz"), "namespace 'zz'", "db")
+    assert detailed.message == "namespace 'zz' was not found: Namespace error: Namespace not found: zz"
+
+
 def test_translate_keeps_our_own_errors_and_hides_internal_ones() -> None:
     ours = NotFound("gone")
     assert translate(ours, "table 'x'", "db") is ours

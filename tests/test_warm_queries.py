@@ -25,7 +25,7 @@ from lancedb_ray.execution.base import QueryTarget
 from lancedb_ray.execution.distributed import DistributedExecutor, ExecutorPool
 from lancedb_ray.execution.plan import SubPlanKind
 from lancedb_ray.protocol import QueryRequest
-from lancedb_ray.settings import Settings, StorageLocation, StorageSettings
+from lancedb_ray.settings import CredentialMode, Settings, StorageLocation, StorageSettings
 from lancedb_ray.storage.catalog import StorageCatalog
 from lancedb_ray.storage.connections import Connections
 from lancedb_ray.storage.versions import LatestVersions, VersionRegistry
@@ -85,8 +85,10 @@ QUERIES = [
 def test_a_warm_query_makes_no_storage_request(azurite: Azurite, proxy: CountingProxy,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     container = f"warm{uuid.uuid4().hex[:8]}"
-    direct = azurite.location(PROVIDER, container, prefix="dbs")
-    counted = azurite.location(PROVIDER, container, prefix="dbs", endpoint=proxy.endpoint(PROVIDER))
+    # The emulator's published key: no secret, so the executors need none shared with them.
+    direct = azurite.location(PROVIDER, container, prefix="dbs", credential=CredentialMode.AZURITE)
+    counted = azurite.location(PROVIDER, container, prefix="dbs", credential=CredentialMode.AZURITE,
+                               endpoint=proxy.endpoint(PROVIDER))
     registry = VersionRegistry()
     writer = _connections(direct, registry, TRUSTED_SECONDS)
     created = writer.database("db").create_table("t", _rows(0, 300))

@@ -29,6 +29,8 @@ from lancedb_ray.storage.faults import storage_error
 _NOT_FOUND = re.compile(
     r"(Table|Namespace) ('.*' )?(was )?not found|was not found|does not exist", re.I
 )
+# lancedb's own sentence for what was not found ("Table 'x' was not found"): said as embedded lancedb says it.
+_STATED_NOT_FOUND = re.compile(r"(Table|Namespace) '[^']*' (was )?not found", re.I)
 # A file of a committed version is missing: the version was cleaned up or the table re-created
 # while it was read. Transient for the client (a retry reads the current version), and the
 # path it names is internal.
@@ -73,7 +75,7 @@ def translate(exc: BaseException, subject: str, database: str) -> LanceDBRayErro
     if _NOT_FOUND.search(message):
         if _field_problem(message):  # a column the request named: its fault, whatever the type
             return InvalidInput(f"{subject}: {message}")
-        return NotFound(f"{subject} was not found: {message}")
+        return _not_found(subject, message)
     if _ALREADY_EXISTS.search(message):
         return AlreadyExists(f"{subject} already exists")
     if _CONFLICT.search(message):
@@ -94,11 +96,18 @@ def translate(exc: BaseException, subject: str, database: str) -> LanceDBRayErro
     return LanceDBRayError(f"{subject}: internal error")
 
 
+def _not_found(subject: str, message: str) -> NotFound:
+    """What was not found, once: lancedb's sentence when it is one, else ours with lance's detail."""
+    if _STATED_NOT_FOUND.fullmatch(message):
+        return NotFound(message)
+    return NotFound(f"{subject} was not found: {message}")
+
+
 def _namespace_error(exc: LanceNamespaceError, subject: str, message: str) -> LanceDBRayError:
     """Namespace errors carry a code: use it rather than the text."""
     name = getattr(exc.code, "name", "")
     if name.endswith("_NOT_FOUND"):
-        return NotFound(f"{subject} was not found: {message}")
+        return _not_found(subject, message)
     if name.endswith("_ALREADY_EXISTS"):
         return AlreadyExists(f"{subject} already exists")
     if exc.code in (ErrorCode.CONCURRENT_MODIFICATION, ErrorCode.SERVICE_UNAVAILABLE,

@@ -99,8 +99,9 @@ class Azurite:
             "credential": credential,
             "endpoint": acct.blob_endpoint,
         }
-        if credential in (CredentialMode.ACCOUNT_KEY, CredentialMode.AZURITE):
-            values["account_key"] = acct.key
+        if credential is CredentialMode.ACCOUNT_KEY or (credential is CredentialMode.AZURITE
+                                                         and account != PROVIDER):
+            values["account_key"] = acct.key  # the provider's published key goes without saying
         elif credential is CredentialMode.CONNECTION_STRING:
             values["connection_string"] = acct.connection_string()
             values.pop("endpoint")

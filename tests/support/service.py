@@ -18,6 +18,7 @@ import lancedb
 import pytest
 
 from tests.support.processes import free_port
+from tests.support.secrets import secrets_file
 from tests.support.tenants import TENANT_KEYS
 
 API_KEY = "test-key"
@@ -35,6 +36,27 @@ def wait_healthy(url: str, timeout_s: float = 180) -> None:
     raise TimeoutError(f"service at {url} never became healthy")
 
 
+def wait_routed(url: str, api_key: str, timeout_s: float = 180, in_a_row: int = 10) -> None:
+    """Wait until an application added under ``url``'s prefix answers, and keeps answering.
+
+    Serve's ingress takes a new route a little after ``serve.run`` returns, and for a moment
+    may still send some requests under it to the application at ``/`` (a 404 there).
+    """
+    deadline = time.monotonic() + timeout_s
+    answered = 0
+    request = urllib.request.Request(f"{url}/v1/table/", headers={"x-api-key": api_key,
+                                                                 "x-lancedb-database": "routed"})
+    while answered < in_a_row:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the application at {url} never answered {in_a_row} times in a row")
+        try:
+            with urllib.request.urlopen(request, timeout=5) as response:
+                answered = answered + 1 if response.status == 200 else 0
+        except OSError:
+            answered = 0
+            time.sleep(0.2)
+
+
 @dataclass
 class LiveService:
     url: str
@@ -50,15 +72,20 @@ class LiveService:
 
 
 @pytest.fixture(scope="session")
-def ray_cluster() -> Iterator[None]:
-    """One local Ray instance for the whole session (logical CPUs above the 2 real ones)."""
+def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """One local Ray instance for the whole session (logical CPUs above the 2 real ones).
+
+    Its processes read secrets from the session's secrets file (``tests.support.secrets``),
+    as a deployment's do: Ray never carries them.
+    """
     import ray
 
-    # address="local": always a cluster of our own, even if another is running here.
-    ray.init(address="local", num_cpus=8, include_dashboard=False,
-             namespace="lancedb-ray-tests", log_to_driver=False)
-    yield
-    ray.shutdown()
+    with secrets_file(tmp_path_factory.mktemp("secrets") / "secrets.yaml"):
+        # address="local": always a cluster of our own, even if another is running here.
+        ray.init(address="local", num_cpus=8, include_dashboard=False,
+                 namespace="lancedb-ray-tests", log_to_driver=False)
+        yield
+        ray.shutdown()
 
 
 def service_settings(root: Path) -> dict[str, Any]:
