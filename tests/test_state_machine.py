@@ -36,7 +36,7 @@ from hypothesis.stateful import (
 from lancedb.index import FTS, Bitmap, BTree, IvfPq
 
 from tests.support.local_node import LocalNode
-from tests.support.service import LiveService
+from tests.support.service import INDEXED, LiveService
 
 pytestmark = pytest.mark.ray
 
@@ -287,7 +287,7 @@ class DifferentialMachine(RuleBasedStateMachine):
     @rule(kind=st.sampled_from(sorted(INDEXES)))
     def create_index(self, kind: str) -> None:
         column, config = INDEXES[kind]
-        self.same_outcome(lambda t: t.create_index(column, config=config))
+        self.same_outcome(lambda t: t.create_index(column, config=config, wait_timeout=INDEXED))
         self.same_outcome(lambda t: sorted((i.name, i.index_type, tuple(i.columns))
                                            for i in t.list_indices()))
 

@@ -11,6 +11,7 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,11 @@ import pytest
 
 from tests.support.processes import free_port
 from tests.support.tenants import TENANT_KEYS
+
+# create_index answers once the build is recorded as a job of the agent, as LanceDB Cloud does; a
+# test that uses the index next waits for it as a client does: ``wait_timeout=INDEXED`` polls the
+# index stats until the job has committed the index (harmless on an embedded table).
+INDEXED = timedelta(seconds=120)
 
 API_KEY = "test-key"
 
