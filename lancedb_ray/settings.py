@@ -199,8 +199,10 @@ class EventBusBackend(str, Enum):
 
 
 class EmbeddedBusSettings(StrictModel):
-    directory: str | None = None  # one fsync'd log + per-group checkpoints; None: <state>/events
+    directory: str | None = None  # a SQLite (WAL) log + group checkpoints; None: <state>/events
     group_id: str = "lancedb-ray-agent"
+    # Events every consumer group has committed are deleted once older than this.
+    retention_seconds: float = Field(default=86_400.0, ge=0)
 
 
 class KafkaBusSettings(StrictModel):

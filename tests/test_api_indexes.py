@@ -84,6 +84,7 @@ def test_ivf_hnsw_pq_over_raw_http(live_service: LiveService, db, table, raw: Ra
                    "num_partitions": 2, "num_sub_vectors": 2, "m": 8, "ef_construction": 40},
     )
     assert response.status_code == 200, response.text
+    table.wait_for_index(["vector_idx"], INDEXED)
     assert _indexes(table) == {"vector_idx": ("IvfHnswPq", ["vector"])}
     assert table.index_stats("vector_idx").index_type == "IVF_HNSW_PQ"
 

@@ -7,6 +7,7 @@ schemas and versions.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -422,8 +423,14 @@ def test_search_over_an_index_too_small_to_train(db, embedded) -> None:
     files, no fragments); searches must treat every fragment as unindexed, as lance does."""
     data = make_rows(200)
     pair = Pair(db.create_table("small", data), embedded.create_table("small", data))
-    pair.both(lambda t: t.create_index("vector", config=IvfPq(num_partitions=2, num_sub_vectors=2),
-                                       wait_timeout=INDEXED))
+    pair.both(lambda t: t.create_index("vector", config=IvfPq(num_partitions=2, num_sub_vectors=2)))
+    # Such an index counts every row unindexed (so does embedded's), so wait_timeout would never end:
+    # wait for the build job to commit it instead.
+    deadline = time.monotonic() + INDEXED.total_seconds()
+    while not pair.remote.list_indices():
+        assert time.monotonic() < deadline, "the index build job did not commit the index"
+        time.sleep(0.2)
+    assert pair.remote.index_stats("vector_idx") == pair.local.index_stats("vector_idx")
     pair.both(lambda t: t.add(make_rows(30, start=200, seed=5)))
     for vector in QUERIES:
         _same_search(*pair.both(lambda t, v=vector: t.search(v).limit(10).to_arrow()))
