@@ -106,7 +106,7 @@ class EmbeddedConsumer:
     async def poll(self, max_events: int, timeout_s: float) -> list[Delivery]:
         deadline = time.monotonic() + timeout_s
         while True:
-            if self._claim_group():
+            if self._lock_fd is not None or await asyncio.to_thread(self._claim_group):
                 deliveries = await asyncio.to_thread(self._read, max_events)
                 if deliveries:
                     return deliveries
@@ -164,7 +164,10 @@ class EmbeddedConsumer:
             self._conn.execute("UPDATE groups SET position = ? WHERE name = ?", (position, self._group))
         if time.monotonic() - self._trimmed_at >= min(self._retention_s, 60.0):
             self._trimmed_at = time.monotonic()
-            trim(self._conn, self._retention_s)
+            try:
+                trim(self._conn, self._retention_s)
+            except sqlite3.Error as exc:  # the checkpoint is written; trimming waits for the next one
+                _LOG.warning("trimming the embedded event log failed: %s", exc)
 
 
 def trim(conn: sqlite3.Connection, retention_s: float) -> int:

@@ -6,6 +6,7 @@ share the deployment but never each other's tables.
 
 from __future__ import annotations
 
+import json
 import time
 import urllib.request
 import uuid
@@ -39,6 +40,25 @@ def wait_healthy(url: str, timeout_s: float = 180) -> None:
         except OSError:
             time.sleep(0.5)
     raise TimeoutError(f"service at {url} never became healthy")
+
+
+def wait_for_index_builds(service: LiveService, database: str, table: str,
+                          timeout_s: float = INDEXED.total_seconds()) -> None:
+    """Until no create_index job of the agent is active on ``table`` (at once where there is no agent).
+
+    For the cases the client's ``wait_timeout`` cannot see the end of: an IVF_PQ index on too
+    few rows to train, which lance (embedded too) counts as covering no row.
+    """
+    url = f"{service.url}/v1/admin/jobs?database={database}&table={table}&limit=1000"
+    deadline = time.monotonic() + timeout_s
+    while True:
+        request = urllib.request.Request(url, headers={"x-api-key": service.api_key})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            jobs = json.loads(response.read())["jobs"]
+        if not any(job["kind"] == "create_index" and job["state"] in ("pending", "running") for job in jobs):
+            return
+        assert time.monotonic() < deadline, f"create_index jobs on {database}/{table} still active: {jobs}"
+        time.sleep(0.2)
 
 
 @dataclass
