@@ -13,7 +13,7 @@ import lancedb
 import pyarrow as pa
 import pytest
 
-from lancedb_ray.errors import InvalidInput, Unavailable
+from lancedb_ray.errors import AlreadyExists, InvalidInput, Unavailable
 from lancedb_ray.events.model import ChangeEvent
 from lancedb_ray.protocol import CreateIndexRequest
 from lancedb_ray.service.indexes import IndexService
@@ -120,6 +120,18 @@ def test_bad_requests_are_refused_before_any_job(service_parts: Any) -> None:
                  {"column": "vector", "index_type": "IVF_HNSW_SQ"}, {"column": "text", "index_type": "FTS"}):
         service.create(TableRef.parse("db", "t"), CreateIndexRequest.model_validate(body), None)
     assert len(jobs.requests) == 3
+
+
+def test_an_existing_index_without_replace_is_refused_at_once(service_parts: Any) -> None:
+    connections, tables, _ = service_parts
+    lancedb.connect(connections.location("db").uri).open_table("t").create_scalar_index("id")
+    jobs = Jobs(RUNNING)
+    service = IndexService(connections, tables, jobs)
+    again = CreateIndexRequest(column="id", index_type="BTREE", replace=False)
+    with pytest.raises(AlreadyExists, match="'id_idx' already exists"):
+        service.create(TableRef.parse("db", "t"), again, None)
+    service.create(TableRef.parse("db", "t"), again.model_copy(update={"replace": True}), None)
+    assert len(jobs.requests) == 1
 
 
 def test_stats_count_every_row_unindexed_while_the_name_is_rebuilt(service_parts: Any) -> None:

@@ -72,6 +72,9 @@ class IndexService:
             self._tables.notify(ref, table.version, "create_index", request_id)
             return
         rehearse_create_index(table.schema.field(body.column), index_type, body, ref)
+        name = body.name or f"{body.column}_idx"
+        if not body.replace and name in {index.name for index in table.list_indices()}:
+            raise AlreadyExists(f"index '{name}' already exists on table '{ref.qualified_name}'")
         job_id = self._jobs.create_index(ref.database, ref.qualified_name, body.model_dump())
         deadline = time.monotonic() + self._wait_seconds
         while time.monotonic() < deadline:
