@@ -193,9 +193,10 @@ class ServerSettings(StrictModel):
     max_compression_ratio: float = 32.0  # how far compressed Arrow buffers may expand
     max_json_depth: int = 64  # nesting of a JSON body
     quotas: Quotas = Field(default_factory=Quotas)  # for keys without quotas of their own
-    # create_index is a job of the agent: the request answers once it is done, or after this many
-    # seconds while it goes on (0: at once, as LanceDB Cloud does; clients poll with wait_timeout).
-    index_wait_seconds: float = 60.0
+    # create_index is a job of the agent, answered at once as LanceDB Cloud does (clients poll
+    # with wait_timeout). >0: the request waits up to that long for the job, answering with its
+    # error if it fails (for clients that expect the index when create_index returns).
+    index_wait_seconds: float = 0.0
 
 
 class ExecutorSettings(StrictModel):
@@ -219,8 +220,10 @@ class EventBusBackend(str, Enum):
 
 
 class EmbeddedBusSettings(StrictModel):
-    directory: str | None = None  # one fsync'd log + per-group checkpoints; None: <state>/events
+    directory: str | None = None  # a SQLite (WAL) log + group checkpoints; None: <state>/events
     group_id: str = "lancedb-ray-agent"
+    # Events every consumer group has committed are deleted once older than this.
+    retention_seconds: float = Field(default=86_400.0, ge=0)
 
 
 class KafkaBusSettings(StrictModel):

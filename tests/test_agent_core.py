@@ -8,7 +8,6 @@ asked for, and when.
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
 import time
 from collections.abc import Callable
@@ -27,6 +26,7 @@ from lancedb_ray.agent.core import LanceAgent
 from lancedb_ray.agent.jobs import Job, JobKind, JobState
 from lancedb_ray.agent.store import LocalJobStore
 from lancedb_ray.events.bus import make_consumer, make_publisher
+from lancedb_ray.events.embedded import committed, log_end
 from lancedb_ray.events.model import ChangeEvent
 from lancedb_ray.indexers.runtime import JobContext
 from lancedb_ray.settings import Settings
@@ -163,12 +163,12 @@ def run_until(agent: LanceAgent, done: Callable[[], bool], timeout_s: float = 30
 
 
 def checkpoint(settings: Settings) -> int:
-    path = Path(settings.events.embedded.directory) / "groups" / "lancedb-ray-agent.json"
-    return json.loads(path.read_text())["offset"] if path.exists() else 0
+    return committed(Path(settings.events.embedded.directory), "lancedb-ray-agent")
 
 
 def log_size(settings: Settings) -> int:
-    return (Path(settings.events.embedded.directory) / "events.log").stat().st_size
+    """Position of the last event published: the agent is done with the log once it committed it."""
+    return log_end(Path(settings.events.embedded.directory))
 
 
 def finished(store: LocalJobStore, count: int = 1) -> Callable[[], bool]:

@@ -25,7 +25,7 @@ import pytest
 from lancedb.index import IvfPq
 
 from tests.support.processes import serve_ingress_ports
-from tests.support.service import free_port, wait_healthy
+from tests.support.service import INDEXED, free_port, wait_healthy
 
 pytestmark = pytest.mark.ray
 DEFAULT_KEY = "lancedb-ray-dev-key"  # the default API key: nothing is configured
@@ -98,7 +98,8 @@ def admin_jobs(url: str, table: str) -> list[dict[str, Any]]:
 def test_appended_rows_are_indexed_on_pure_defaults_with_two_cpus(two_cpu_service: str) -> None:
     db = lancedb.connect("db://defaults", api_key=DEFAULT_KEY, host_override=two_cpu_service)
     table = db.create_table("items", rows(1000))
-    table.create_index("vector", config=IvfPq(distance_type="l2", num_partitions=2, num_sub_vectors=4))
+    table.create_index("vector", config=IvfPq(distance_type="l2", num_partitions=2, num_sub_vectors=4),
+                       wait_timeout=INDEXED)
     assert table.index_stats("vector_idx").num_unindexed_rows == 0
     table.add(rows(200, 1000))
     assert table.index_stats("vector_idx").num_unindexed_rows == 200

@@ -8,6 +8,9 @@ the cluster has a GPU group (``agent.gpu_group``): the build asks the
 autoscaler (there is none here), waits ``gpu_wait_seconds`` and trains on a CPU.
 This machine has no CUDA device, so the GPU node's task trains on its CPU (see
 ``test_indexers_gpu_scheduling``); what is checked here is where it was placed.
+Last, with the GPU group still at zero, a stand-in for the autoscaler adds a GPU
+node when the build asks for one (``request_resources``, seen through a spy), and
+the training is placed on that node.
 """
 
 from __future__ import annotations
@@ -36,6 +39,11 @@ def test_large_index_requests_train_on_the_gpu_node_then_fall_back_to_cpu(tmp_pa
     assert without["state"] == "succeeded" and without["segments"] == 2, without
     assert f"trained on cpu (node {result['head_node_id']})" in without["detail"]
     assert any("cluster has no GPU" in w for w in without["warnings"])
+
+    scaled_up = result["gpu_group_scaled_up"]
+    assert scaled_up["requests"] == [[{"GPU": 1}], []], scaled_up  # asked, then withdrawn
+    assert scaled_up["state"] == "succeeded" and scaled_up["segments"] == 2, scaled_up
+    assert f"trained on cpu (node {scaled_up['joined_node_id']})" in scaled_up["detail"]
 
 
 def _scenario(workdir: Path) -> dict:
@@ -109,10 +117,43 @@ def _scenario(workdir: Path) -> dict:
         while ray.cluster_resources().get("GPU") and time.monotonic() < deadline:
             time.sleep(0.2)  # until the cluster knows the node is gone
         result["gpu_group_scaled_to_zero"] = build(gpu_group=True, gpu_wait_seconds=2)
+        result["gpu_group_scaled_up"] = _scale_up_on_request(cluster, ports, build)
     finally:
         ray.shutdown()
         cluster.shutdown()
     return result
+
+
+def _scale_up_on_request(cluster, ports, build) -> dict:
+    """``build`` on a thread with the GPU group at zero; this thread plays the autoscaler."""
+    import threading
+
+    import ray.autoscaler.sdk
+
+    requests: list[list[dict]] = []
+    asked = threading.Event()
+    real = ray.autoscaler.sdk.request_resources
+
+    def spy(*args, bundles=None, **kwargs):
+        requests.append(list(bundles or []))
+        if bundles:
+            asked.set()
+        return real(*args, bundles=bundles, **kwargs)
+
+    ray.autoscaler.sdk.request_resources = spy
+    done: list[dict] = []
+    worker = threading.Thread(target=lambda: done.append(build(gpu_group=True, gpu_wait_seconds=120)))
+    worker.start()
+    try:
+        if not asked.wait(120):
+            worker.join(300)
+            return {"requests": requests, "state": "no request", "build": done}
+        joined = cluster.add_node(num_cpus=2, num_gpus=1, **ports())  # nodes join from the main thread
+        worker.join(300)
+    finally:
+        ray.autoscaler.sdk.request_resources = real
+    return {**(done[0] if done else {"state": "stuck"}), "requests": requests,
+            "joined_node_id": joined.node_id}
 
 
 if __name__ == "__main__":

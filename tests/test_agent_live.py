@@ -27,7 +27,7 @@ import yaml
 from lancedb_ray import cli
 from lancedb_ray.agent.jobs import Job, JobKind, JobState
 from lancedb_ray.agent.store import LocalJobStore
-from tests.support.service import LiveService
+from tests.support.service import INDEXED, LiveService
 
 pytestmark = pytest.mark.ray
 APP = "lancedb"
@@ -93,9 +93,10 @@ def agent_replica() -> str:
 def test_appended_rows_are_indexed_with_no_client_action(live_service: LiveService) -> None:
     database = new_database()
     table = live_service.connect(database).create_table("items", rows(600))
-    table.create_index(metric="l2", vector_column_name="vector", num_partitions=2, num_sub_vectors=4)
-    table.create_scalar_index("id")
-    table.create_fts_index("text")
+    table.create_index(metric="l2", vector_column_name="vector", num_partitions=2, num_sub_vectors=4,
+                       wait_timeout=INDEXED)
+    table.create_scalar_index("id", wait_timeout=INDEXED)
+    table.create_fts_index("text", wait_timeout=INDEXED)
     names = ("vector_idx", "id_idx", "text_idx")
     assert unindexed(table, *names) == dict.fromkeys(names, 0)
 
@@ -135,12 +136,13 @@ def test_killed_mid_job_the_agent_resumes_without_loss_or_repetition(
     db = live_service.connect(database)
     dim = 64
     big = db.create_table("big", rows(4000, dim=dim))
-    big.create_index(metric="l2", vector_column_name="vector", num_partitions=16, num_sub_vectors=8)
+    big.create_index(metric="l2", vector_column_name="vector", num_partitions=16, num_sub_vectors=8,
+                     wait_timeout=INDEXED)
     big.add(rows(6000, 4000, dim=dim))  # 60% of the rows unseen by training: a retrain
     trigger_version = big.version
 
     done = db.create_table("done", rows(300))
-    done.create_scalar_index("id")
+    done.create_scalar_index("id", wait_timeout=INDEXED)
     seeded = Job.new(database, "done", JobKind.OPTIMIZE_INDICES, done.version).started()
     job_store(live_service).put(seeded)  # its work is done: nothing is unindexed
     done_version = done.version
@@ -188,7 +190,7 @@ def _replica_other_than(victim: str) -> str | None:
 def test_the_reconciler_indexes_writes_that_sent_no_event(live_service: LiveService) -> None:
     database = new_database()
     remote = live_service.connect(database).create_table("quiet", rows(400))
-    remote.create_scalar_index("id")
+    remote.create_scalar_index("id", wait_timeout=INDEXED)
     time.sleep(agent_setting(live_service, "debounce_seconds", 2.0) + 1)  # its events arrive ...
     wait_for(lambda: (status := agent_status())["events_outstanding"] == 0
              and status["tables_waiting"] == 0, 60, "the agent to be done with them")
@@ -223,7 +225,7 @@ def test_admin_endpoint_and_cli_list_jobs(
 ) -> None:
     database = new_database()
     table = live_service.connect(database).create_table("listed", rows(300))
-    table.create_scalar_index("id")  # itself a job of the agent (create_index)
+    table.create_scalar_index("id", wait_timeout=INDEXED)  # itself a job of the agent (create_index)
     table.add(rows(20, 300))
     wait_for(lambda: [j for j in jobs_of(live_service, database)
                       if j.kind is JobKind.OPTIMIZE_INDICES and j.state is JobState.SUCCEEDED],
@@ -275,7 +277,7 @@ def test_agent_metrics_reach_prometheus(live_service: LiveService) -> None:
     """Events consumed and outstanding, jobs by state, unindexed rows per table."""
     database = new_database()
     table = live_service.connect(database).create_table("metered", rows(300))
-    table.create_scalar_index("id")
+    table.create_scalar_index("id", wait_timeout=INDEXED)
     table.add(rows(10, 300))
     wait_for(lambda: unindexed(table, "id_idx") == {"id_idx": 0}, 120, "the agent to index")
     port = ray.nodes()[0]["MetricsExportPort"]
@@ -311,7 +313,7 @@ def test_clients_keep_writing_after_the_agent_compacts_an_indexed_table(
     """Compaction that remaps an index leaves a commit pylance 14 cannot decode; writes go on."""
     database = new_database()
     table = live_service.connect(database).create_table("piecemeal", rows(100))
-    table.create_scalar_index("id")
+    table.create_scalar_index("id", wait_timeout=INDEXED)
     for i in range(8):  # small fragments, each indexed before the next arrives
         table.add(rows(10, 100 + 10 * i))
         wait_for(lambda: unindexed(table, "id_idx") == {"id_idx": 0}, 60, "the agent to index")
@@ -327,7 +329,6 @@ def test_clients_keep_writing_after_the_agent_compacts_an_indexed_table(
 
 def test_create_index_is_a_job_of_the_agent_and_a_retry_joins_it(live_service: LiveService) -> None:
     from concurrent.futures import ThreadPoolExecutor
-    from datetime import timedelta
 
     from lancedb.index import IvfPq
 
@@ -340,13 +341,17 @@ def test_create_index_is_a_job_of_the_agent_and_a_retry_joins_it(live_service: L
     with ThreadPoolExecutor(2) as pool:  # a request and its retry, while the first is still building
         answers = list(pool.map(lambda _: raw.post("/v1/table/built/create_index/", json_body=body), "ab"))
     raw.close()
+    answered = time.time()
     assert [answer.status_code for answer in answers] == [200, 200]
+    table.wait_for_index(["id_idx"], INDEXED)
     assert table.index_stats("id_idx").num_unindexed_rows == 0
     table.create_index("vector", config=IvfPq(distance_type="l2", num_partitions=2, num_sub_vectors=4),
-                       wait_timeout=timedelta(seconds=120))
+                       wait_timeout=INDEXED)
     assert table.index_stats("vector_idx").num_unindexed_rows == 0
 
     built = [job for job in jobs_of(live_service, database, "built") if job.kind is JobKind.CREATE_INDEX]
     assert sorted((job.index, job.trigger, job.state) for job in built) == [
         ("id_idx", "request", JobState.SUCCEEDED), ("vector_idx", "request", JobState.SUCCEEDED)]
     assert all(job.step == "building the index" for job in built)
+    (btree,) = [job for job in built if job.index == "id_idx"]
+    assert btree.finished_at > answered  # answered once recorded, as LanceDB Cloud does

@@ -165,6 +165,16 @@ def test_small_tables_are_never_retrained() -> None:
     assert kinds == [JobKind.OPTIMIZE_INDICES]
 
 
+def test_a_vector_index_too_small_to_train_is_left_until_the_table_grows() -> None:
+    """lance writes an IVF_PQ index on too few rows that covers none: optimising it indexes nothing
+    (and would commit a new version on every look); once big enough, it is retrained."""
+    empty = vector_index(indexed=0, unindexed=250, trained=None)
+    assert decide(state(indices=(empty,), fragments=(250,)), AGENT, time.time()) == []
+    grown = vector_index(indexed=0, unindexed=300, trained=None)
+    kinds = [n.kind for n in decide(state(indices=(grown,), fragments=(300,)), AGENT, time.time())]
+    assert kinds == [JobKind.RETRAIN, JobKind.OPTIMIZE_INDICES]
+
+
 def test_small_or_deletion_heavy_fragments_call_for_compaction() -> None:
     seven = state(fragments=(1000,) * 7)
     assert decide(seven, AGENT, time.time()) == []

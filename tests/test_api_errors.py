@@ -26,7 +26,7 @@ from tests.support.api import (
     query_vector,
     raw_fixture,  # noqa: F401
 )
-from tests.support.service import LiveService, service_settings, wait_healthy
+from tests.support.service import INDEXED, LiveService, service_settings, wait_healthy
 
 pytestmark = pytest.mark.ray
 
@@ -307,7 +307,7 @@ def test_a_barrage_of_bad_requests_changes_nothing(live_service: LiveService, db
     replicas = _replica_pids()
     assert len(replicas) == live_service.settings["server"]["num_replicas"]
     table = db.create_table("items", make_rows(100))
-    table.create_index("id")
+    table.create_index("id", wait_timeout=INDEXED)
     before_rows = all_rows(table)
     before_version = table.version
     arrow = {"content-type": ARROW_STREAM}

@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 
 from tests.support import hostile
 from tests.support.api import ARROW_STREAM, arrow_stream, make_rows
-from tests.support.service import LiveService
+from tests.support.service import INDEXED, LiveService
 
 pytestmark = pytest.mark.ray
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "120"))
@@ -124,7 +124,7 @@ _STORAGE = re.compile(r"(?<![\w.\-/])/(tmp|root|home|srv|var|work|data)/|[a-z]+:
 def seeded(live_service: LiveService) -> tuple[str, Path]:
     database = f"fuzz{uuid.uuid4().hex[:8]}"
     table = live_service.connect(database).create_table("seed", make_rows(40))
-    table.create_index("id")
+    table.create_index("id", wait_timeout=INDEXED)
     return database, live_service.root / database / "seed.lance"
 
 

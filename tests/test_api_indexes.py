@@ -12,7 +12,7 @@ from lancedb.index import Bitmap as BitmapIndex
 from lancedb.query import PhraseQuery
 
 from tests.support.api import RawClient, ids_of, make_rows, query_vector, raw_fixture  # noqa: F401
-from tests.support.service import LiveService
+from tests.support.service import INDEXED, LiveService
 
 pytestmark = pytest.mark.ray
 
@@ -40,6 +40,7 @@ def test_ivf_pq_with_parameters_and_a_name(live_service: LiveService, db, table)
         config=IvfPq(distance_type="cosine", num_partitions=4, num_sub_vectors=2, num_bits=8,
                      max_iterations=10, sample_rate=64),
         name="vec_pq",
+        wait_timeout=INDEXED,
     )
     assert _indexes(table) == {"vec_pq": ("IvfPq", ["vector"])}
     stats = table.index_stats("vec_pq")
@@ -54,14 +55,16 @@ def test_ivf_pq_with_parameters_and_a_name(live_service: LiveService, db, table)
 
 
 def test_ivf_pq_with_target_partition_size(live_service: LiveService, db, table) -> None:
-    table.create_index("vector", config=IvfPq(target_partition_size=100, num_sub_vectors=2))
+    table.create_index("vector", config=IvfPq(target_partition_size=100, num_sub_vectors=2),
+                       wait_timeout=INDEXED)
     recorded = _lance_index_stats(live_service, db, "items", "vector_idx")["indices"][0]
     assert recorded["num_partitions"] == 6  # 600 rows / 100
 
 
 def test_ivf_hnsw_sq_with_parameters(live_service: LiveService, db, table) -> None:
     table.create_index(
-        "vector", config=HnswSq(num_partitions=2, m=8, ef_construction=40), name="vec_hnsw"
+        "vector", config=HnswSq(num_partitions=2, m=8, ef_construction=40), name="vec_hnsw",
+        wait_timeout=INDEXED,
     )
     assert _indexes(table) == {"vec_hnsw": ("IvfHnswSq", ["vector"])}
     stats = table.index_stats("vec_hnsw")
@@ -81,14 +84,15 @@ def test_ivf_hnsw_pq_over_raw_http(live_service: LiveService, db, table, raw: Ra
                    "num_partitions": 2, "num_sub_vectors": 2, "m": 8, "ef_construction": 40},
     )
     assert response.status_code == 200, response.text
+    table.wait_for_index(["vector_idx"], INDEXED)
     assert _indexes(table) == {"vector_idx": ("IvfHnswPq", ["vector"])}
     assert table.index_stats("vector_idx").index_type == "IVF_HNSW_PQ"
 
 
 def test_scalar_indexes_btree_bitmap_label_list(db, table) -> None:
-    table.create_index("id", config=BTree())
-    table.create_index("category", config=BitmapIndex(), name="cat_bitmap")
-    table.create_index("tags", config=LabelList())
+    table.create_index("id", config=BTree(), wait_timeout=INDEXED)
+    table.create_index("category", config=BitmapIndex(), name="cat_bitmap", wait_timeout=INDEXED)
+    table.create_index("tags", config=LabelList(), wait_timeout=INDEXED)
     assert _indexes(table) == {
         "id_idx": ("BTree", ["id"]),
         "cat_bitmap": ("Bitmap", ["category"]),
@@ -107,19 +111,20 @@ def test_scalar_indexes_btree_bitmap_label_list(db, table) -> None:
 
 
 def test_fts_index_with_parameters(db, table) -> None:
-    table.create_index("text", config=FTS(with_position=False, stem=False), name="text_fts")
+    table.create_index("text", config=FTS(with_position=False, stem=False), name="text_fts",
+                       wait_timeout=INDEXED)
     assert _indexes(table) == {"text_fts": ("FTS", ["text"])}
     assert table.index_stats("text_fts").index_type == "FTS"
     assert table.search("kiwi", query_type="fts").limit(5).to_arrow().num_rows == 5
     # without positions, phrase queries are refused with a 400 that says why
     with pytest.raises(Exception, match="400.*position"):
         table.search(PhraseQuery("banana kiwi", "text")).limit(5).to_arrow()
-    table.create_index("text", config=FTS(with_position=True), name="text_fts")
+    table.create_index("text", config=FTS(with_position=True), name="text_fts", wait_timeout=INDEXED)
     assert table.search(PhraseQuery("banana kiwi", "text")).limit(5).to_arrow().num_rows > 0
 
 
 def test_fts_block_size_reaches_lance(live_service: LiveService, db, table) -> None:
-    table.create_index("text", config=FTS(block_size=256))
+    table.create_index("text", config=FTS(block_size=256), wait_timeout=INDEXED)
     recorded = _lance_index_stats(live_service, db, "items", "text_idx")["indices"][0]
     assert recorded["params"]["block_size"] == 256
 
@@ -131,7 +136,7 @@ def test_create_index_waiting_for_it(db, table) -> None:
 
 
 def test_index_stats_count_unindexed_rows(db, table) -> None:
-    table.create_index("id", config=BTree())
+    table.create_index("id", config=BTree(), wait_timeout=INDEXED)
     table.add(make_rows(40, start=600))
     stats = table.index_stats("id_idx")
     assert (stats.num_indexed_rows, stats.num_unindexed_rows) == (600, 40)
@@ -139,7 +144,7 @@ def test_index_stats_count_unindexed_rows(db, table) -> None:
 
 
 def test_index_list_at_a_version(db, table, raw: RawClient) -> None:
-    table.create_index("id", config=BTree())
+    table.create_index("id", config=BTree(), wait_timeout=INDEXED)
     before = raw.post("/v1/table/items/index/list/", json_body={"version": 1}).json()
     now = raw.post("/v1/table/items/index/list/", json_body={"version": None}).json()
     assert before["indexes"] == []
@@ -153,8 +158,8 @@ def test_index_stats_of_a_missing_index_is_none(db, table, raw: RawClient) -> No
 
 
 def test_drop_index(db, table) -> None:
-    table.create_index("id", config=BTree())
-    table.create_index("category", config=BitmapIndex())
+    table.create_index("id", config=BTree(), wait_timeout=INDEXED)
+    table.create_index("category", config=BitmapIndex(), wait_timeout=INDEXED)
     table.drop_index("id_idx")
     assert list(_indexes(table)) == ["category_idx"]
     assert table.index_stats("id_idx") is None
@@ -164,7 +169,7 @@ def test_drop_index(db, table) -> None:
 
 def test_index_on_an_unknown_column_is_refused(db, table, raw: RawClient) -> None:
     with pytest.raises(Exception, match="nope"):  # the client checks this itself...
-        table.create_index("nope", config=BTree())
+        table.create_index("nope", config=BTree(), wait_timeout=INDEXED)
     response = raw.post(  # ... and so does the service, for clients that do not
         "/v1/table/items/create_index/", json_body={"column": "nope", "index_type": "BTREE"}
     )

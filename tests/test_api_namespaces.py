@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.support.api import RawClient, all_rows, make_rows, raw_fixture  # noqa: F401
+from tests.support.service import INDEXED
 
 pytestmark = pytest.mark.ray
 
@@ -111,7 +112,7 @@ def test_writes_and_queries_in_a_namespace(db) -> None:
     table = db.create_table("items", make_rows(20), namespace_path=["team"])
     table.add(make_rows(5, start=20))
     table.delete("id < 3")
-    table.create_index("id")
+    table.create_index("id", wait_timeout=INDEXED)
     assert table.count_rows() == 22
     assert [i.name for i in table.list_indices()] == ["id_idx"]
     assert table.search().where("id < 5").limit(None).to_arrow().num_rows == 2

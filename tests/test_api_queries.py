@@ -22,7 +22,7 @@ from tests.support.api import (
     query_vector,
     read_arrow_file,
 )
-from tests.support.service import LiveService
+from tests.support.service import INDEXED, LiveService
 
 pytestmark = pytest.mark.ray
 
@@ -69,9 +69,9 @@ def items(qdb):
 def indexed(qdb):
     """The same rows with an IVF_PQ index, an FTS index on text and one on category."""
     table = qdb.create_table("indexed", DATA)
-    table.create_index("vector", config=IvfPq(num_partitions=4, num_sub_vectors=2))
-    table.create_index("text", config=FTS(with_position=True))
-    table.create_index("category", config=FTS())
+    table.create_index("vector", config=IvfPq(num_partitions=4, num_sub_vectors=2), wait_timeout=INDEXED)
+    table.create_index("text", config=FTS(with_position=True), wait_timeout=INDEXED)
+    table.create_index("category", config=FTS(), wait_timeout=INDEXED)
     return table
 
 
@@ -223,7 +223,7 @@ def test_indexed_search_with_a_prefilter(indexed) -> None:
 def test_fast_search_skips_unindexed_rows(live_service: LiveService) -> None:
     db = live_service.connect()
     table = db.create_table("fresh", make_rows(512))
-    table.create_index("vector", config=IvfPq(num_partitions=2, num_sub_vectors=2))
+    table.create_index("vector", config=IvfPq(num_partitions=2, num_sub_vectors=2), wait_timeout=INDEXED)
     extra = make_rows(5, start=10_000)
     near = pa.FixedSizeListArray.from_arrays(pa.array(np.tile(Q, 5)), DIM)
     table.add(extra.set_column(1, "vector", near))  # five exact matches, not yet indexed

@@ -7,6 +7,7 @@ import pytest
 from lancedb.index import BTree
 
 from tests.support.api import RawClient, all_rows, make_rows, raw_fixture  # noqa: F401
+from tests.support.service import INDEXED
 
 pytestmark = pytest.mark.ray
 
@@ -31,7 +32,7 @@ def test_update_field_metadata_as_embedded(pair) -> None:
 
 def test_prewarm_index_as_embedded(pair) -> None:
     for table in pair:
-        table.create_index("id", config=BTree())
+        table.create_index("id", config=BTree(), wait_timeout=INDEXED)
         table.prewarm_index("id_idx")
         with pytest.raises(Exception, match="(?i)not found|not exist"):
             table.prewarm_index("nope_idx")

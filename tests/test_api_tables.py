@@ -9,6 +9,7 @@ import pyarrow as pa
 import pytest
 
 from tests.support.api import RawClient, all_rows, make_rows, raw_fixture  # noqa: F401
+from tests.support.service import INDEXED
 
 pytestmark = pytest.mark.ray
 
@@ -235,7 +236,7 @@ def test_count_rows_with_and_without_predicate(db, raw: RawClient) -> None:
 def test_table_stats_describe_rows_and_fragments(db) -> None:
     table = db.create_table("items", make_rows(100))
     table.add(make_rows(30, start=100))
-    table.create_scalar_index("id")
+    table.create_scalar_index("id", wait_timeout=INDEXED)
     stats = table.stats()
     assert stats["num_rows"] == 130
     assert stats["num_indices"] == 1

@@ -22,7 +22,7 @@ import pytest
 from lancedb_ray.settings import Settings
 from tests.support.azurite import CUSTOMER, PROVIDER, Azurite, free_port
 from tests.support.secrets import shared
-from tests.support.service import API_KEY, LiveService, wait_healthy
+from tests.support.service import API_KEY, INDEXED, LiveService, wait_healthy
 
 DIM = 8
 
@@ -89,9 +89,9 @@ def test_table_operations_on_blob_storage(azure_service: LiveService, database: 
     table.delete("id < 10")
     table.update(where="id = 20", values={"text": "changed"})
     table.create_index(metric="l2", vector_column_name="vector", num_partitions=2,
-                       num_sub_vectors=2)
-    table.create_fts_index("text")
-    table.create_scalar_index("id")
+                       num_sub_vectors=2, wait_timeout=INDEXED)
+    table.create_fts_index("text", wait_timeout=INDEXED)
+    table.create_scalar_index("id", wait_timeout=INDEXED)
     assert {i.name for i in table.list_indices()} == {"vector_idx", "text_idx", "id_idx"}
     q = _rows(0, 1)["vector"][0].as_py()
     hits = table.search(q).limit(5).to_arrow()

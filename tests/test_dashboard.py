@@ -28,7 +28,7 @@ import pyarrow as pa
 import pytest
 
 from tests.support.processes import free_port, stop_process
-from tests.support.service import LiveService
+from tests.support.service import INDEXED, LiveService
 
 DASHBOARD = Path(__file__).resolve().parents[1] / "deployments" / "grafana-dashboard.json"
 PROMETHEUS = shutil.which("prometheus")
@@ -101,7 +101,7 @@ def _workload(live_service: LiveService, seconds: float) -> None:
     vectors = np.random.default_rng(0).normal(size=(300, 8)).astype("float32")
     table = db.create_table("dash", pa.table({
         "id": np.arange(300), "vector": pa.array(vectors.tolist(), pa.list_(pa.float32(), 8))}))
-    table.create_scalar_index("id")
+    table.create_scalar_index("id", wait_timeout=INDEXED)
     deadline = time.monotonic() + seconds
     next_id = 300
     while True:

@@ -7,6 +7,7 @@ schemas and versions.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -17,6 +18,7 @@ from lancedb.index import FTS, BTree, IvfPq
 from lancedb.query import BooleanQuery, MatchQuery, Occur, PhraseQuery
 
 from tests.support.api import all_rows, make_rows, query_vector
+from tests.support.service import INDEXED
 
 pytestmark = pytest.mark.ray
 
@@ -111,7 +113,7 @@ def _merge_counts(result: Any) -> tuple[int, int, int]:
 def test_history_matches(pair: Pair) -> None:
     pair.both(lambda t: t.add(make_rows(10, start=600)))
     pair.both(lambda t: t.delete("id < 100"))
-    pair.both(lambda t: t.create_index("id", config=BTree()))
+    pair.both(lambda t: t.create_index("id", config=BTree(), wait_timeout=INDEXED))
     pair.check_state()
     for version in (1, 2, 3):
         pair.both(lambda t, v=version: t.checkout(v))
@@ -158,8 +160,8 @@ def test_several_query_vectors(pair: Pair) -> None:
 
 
 def test_bypassing_an_index_is_exact_on_both(pair: Pair) -> None:
-    pair.both(lambda t: t.create_index("vector", config=IvfPq(num_partitions=2,
-                                                               num_sub_vectors=2)))
+    pair.both(lambda t: t.create_index("vector", config=IvfPq(num_partitions=2, num_sub_vectors=2),
+                                       wait_timeout=INDEXED))
     assert pair.remote.version == pair.local.version
     for vector in QUERIES:
         _same_search(*pair.both(
@@ -190,7 +192,7 @@ def test_scans_with_columns_limit_and_offset(pair: Pair) -> None:
 
 
 def test_full_text_search(pair: Pair) -> None:
-    pair.both(lambda t: t.create_index("text", config=FTS(with_position=True)))
+    pair.both(lambda t: t.create_index("text", config=FTS(with_position=True), wait_timeout=INDEXED))
     queries = [
         lambda t: t.search("kiwi", query_type="fts").limit(20),
         lambda t: t.search("kiwi apple", query_type="fts").limit(600),
@@ -209,7 +211,7 @@ def test_full_text_search(pair: Pair) -> None:
 
 
 def test_hybrid_search(pair: Pair) -> None:
-    pair.both(lambda t: t.create_index("text", config=FTS()))
+    pair.both(lambda t: t.create_index("text", config=FTS(), wait_timeout=INDEXED))
     remote, local = pair.both(lambda t: t.search(query_type="hybrid").vector(QUERIES[0])
                               .text("honey").limit(10).to_arrow())
     assert remote.column("id").to_pylist() == local.column("id").to_pylist()
@@ -218,8 +220,8 @@ def test_hybrid_search(pair: Pair) -> None:
 
 
 def test_indexes_are_listed_alike(pair: Pair) -> None:
-    pair.both(lambda t: t.create_index("id", config=BTree()))
-    pair.both(lambda t: t.create_index("text", config=FTS()))
+    pair.both(lambda t: t.create_index("id", config=BTree(), wait_timeout=INDEXED))
+    pair.both(lambda t: t.create_index("text", config=FTS(), wait_timeout=INDEXED))
     remote, local = pair.both(lambda t: sorted((i.name, i.index_type, tuple(i.columns))
                                                for i in t.list_indices()))
     assert remote == local
@@ -404,8 +406,9 @@ def test_table_uri_names_the_table_location(live_service, db, embedded) -> None:
 
 
 def test_index_details_and_tokenize(pair: Pair) -> None:
-    pair.both(lambda t: t.create_index("text", config=FTS(with_position=True, stem=False)))
-    pair.both(lambda t: t.create_index("id", config=BTree()))
+    pair.both(lambda t: t.create_index("text", config=FTS(with_position=True, stem=False),
+                                       wait_timeout=INDEXED))
+    pair.both(lambda t: t.create_index("id", config=BTree(), wait_timeout=INDEXED))
     remote, local = pair.both(lambda t: sorted((i.name, i.index_type, repr(i.index_details))
                                                for i in t.list_indices()))
     assert remote == local
@@ -421,6 +424,13 @@ def test_search_over_an_index_too_small_to_train(db, embedded) -> None:
     data = make_rows(200)
     pair = Pair(db.create_table("small", data), embedded.create_table("small", data))
     pair.both(lambda t: t.create_index("vector", config=IvfPq(num_partitions=2, num_sub_vectors=2)))
+    # Such an index counts every row unindexed (so does embedded's), so wait_timeout would never end:
+    # wait for the build job to commit it instead.
+    deadline = time.monotonic() + INDEXED.total_seconds()
+    while not pair.remote.list_indices():
+        assert time.monotonic() < deadline, "the index build job did not commit the index"
+        time.sleep(0.2)
+    assert pair.remote.index_stats("vector_idx") == pair.local.index_stats("vector_idx")
     pair.both(lambda t: t.add(make_rows(30, start=200, seed=5)))
     for vector in QUERIES:
         _same_search(*pair.both(lambda t, v=vector: t.search(v).limit(10).to_arrow()))

@@ -1,9 +1,9 @@
-"""What only the embedded bus promises: its log outlives processes and takes many writers."""
+"""What only the embedded bus promises: its log outlives processes, takes many writers, and is
+trimmed of what every group consumed, never of what one has not."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import subprocess
 import sys
 import textwrap
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from lancedb_ray.events import ChangeEvent, make_consumer, make_publisher
-from lancedb_ray.events.embedded import LOG_FILE
+from lancedb_ray.events.embedded import DATABASE_FILE, read_all
 from lancedb_ray.settings import EventBusSettings
 from tests.test_events_contract import by_key, collect, events_of, make_events
 
@@ -96,31 +96,7 @@ def test_two_publisher_processes_at_once_lose_nothing(settings: EventBusSettings
     got = by_key(asyncio.run(read()))
     for i in range(2):
         assert [event.version for event in got[f"db/table{i}"]] == list(range(1, 301))
-    lines = (Path(settings.embedded.directory) / LOG_FILE).read_bytes().splitlines()
-    assert len(lines) == 600 and all(json.loads(line) for line in lines)
-
-
-def test_a_line_torn_by_a_crashed_writer_is_skipped_and_nothing_else_is_lost(
-    settings: EventBusSettings,
-) -> None:
-    before, after = make_events(tables=1, versions=3), make_events(tables=2, versions=2)
-
-    async def scenario() -> list[ChangeEvent]:
-        publisher = make_publisher(settings)
-        await publisher.publish(before)
-        await publisher.close()
-        with (Path(settings.embedded.directory) / LOG_FILE).open("ab") as log:
-            log.write(b'{"database":"db","table":"t0","vers')  # a writer died here
-        publisher = make_publisher(settings)
-        await publisher.publish(after)
-        await publisher.close()
-        consumer = make_consumer(settings, "agent")
-        try:
-            return events_of(await collect(consumer, 7))
-        finally:
-            await consumer.close()
-
-    assert asyncio.run(scenario()) == before + after
+    assert len(read_all(Path(settings.embedded.directory))) == 600
 
 
 def test_a_second_consumer_of_a_group_stands_by_until_the_first_closes(
@@ -142,4 +118,80 @@ def test_a_second_consumer_of_a_group_stands_by_until_the_first_closes(
 
     asyncio.run(scenario())
     groups = Path(settings.embedded.directory) / "groups"
-    assert sorted(path.name for path in groups.iterdir()) == ["agent.json", "agent.lock"]
+    assert sorted(path.name for path in groups.iterdir()) == ["agent.lock"]
+
+
+# -- trimming ----------------------------------------------------------------------------------
+
+
+def log_bytes(settings: EventBusSettings) -> int:
+    """The log's size on disk: the database and its write-ahead log."""
+    directory = Path(settings.embedded.directory)
+    return sum(path.stat().st_size for path in directory.glob(f"{DATABASE_FILE}*"))
+
+
+def trimming(settings: EventBusSettings, retention_s: float) -> EventBusSettings:
+    return settings.model_copy(update={"embedded": settings.embedded.model_copy(
+        update={"retention_seconds": retention_s})})
+
+
+def test_consumed_events_are_trimmed_and_the_log_shrinks(settings: EventBusSettings) -> None:
+    settings = trimming(settings, 0.0)
+    bulky = [ChangeEvent("db", f"table-{'x' * 200}-{i}", v, "insert", 1, time.time())
+             for i in range(20) for v in range(1, 51)]
+
+    async def scenario() -> tuple[int, int]:
+        publisher = make_publisher(settings)
+        await publisher.publish(bulky)
+        await publisher.close()
+        full = log_bytes(settings)
+        consumer = make_consumer(settings, "agent")
+        await consumer.commit(await collect(consumer, len(bulky)))  # every event consumed: trimmed
+        await consumer.close()
+        return full, log_bytes(settings)
+
+    full, trimmed = asyncio.run(scenario())
+    assert read_all(Path(settings.embedded.directory)) == []
+    assert trimmed < full / 4, (full, trimmed)
+
+
+def test_events_a_group_has_not_committed_are_kept(settings: EventBusSettings) -> None:
+    settings = trimming(settings, 0.0)
+    sent = make_events(tables=2, versions=5)
+
+    async def scenario() -> list[ChangeEvent]:
+        publisher = make_publisher(settings)
+        await publisher.publish(sent)
+        fast, slow = make_consumer(settings, "fast"), make_consumer(settings, "slow")
+        fast_got, slow_got = await collect(fast, len(sent)), await collect(slow, len(sent))
+        await slow.commit(slow_got[:3])  # "slow" has consumed only three
+        await slow.close()
+        await fast.commit(fast_got)  # "fast" all of them: what both consumed goes
+        await fast.close()
+        kept = read_all(Path(settings.embedded.directory))
+        assert kept == sent[3:]
+        await publisher.publish(sent[:2])  # more, after the trim
+        await publisher.close()
+        slow = make_consumer(settings, "slow")  # restarts from its checkpoint
+        try:
+            return events_of(await collect(slow, len(sent) - 3 + 2))
+        finally:
+            await slow.close()
+
+    assert asyncio.run(scenario()) == sent[3:] + sent[:2]  # no gap, nothing twice
+
+
+def test_consumed_events_are_kept_for_the_retention_period(settings: EventBusSettings) -> None:
+    settings = trimming(settings, 3600.0)
+    sent = make_events(tables=1, versions=4)
+
+    async def scenario() -> None:
+        publisher = make_publisher(settings)
+        await publisher.publish(sent)
+        await publisher.close()
+        consumer = make_consumer(settings, "agent")
+        await consumer.commit(await collect(consumer, len(sent)))
+        await consumer.close()
+
+    asyncio.run(scenario())
+    assert read_all(Path(settings.embedded.directory)) == sent  # consumed, but younger than an hour

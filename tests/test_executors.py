@@ -13,7 +13,7 @@ import pyarrow as pa
 import pytest
 import ray
 
-from tests.support.service import LiveService
+from tests.support.service import INDEXED, LiveService
 
 DIM = 16
 NAMESPACE = "lancedb-ray"
@@ -42,7 +42,7 @@ def tables(live_service: LiveService):
     for i in range(3):
         remote.add(_rows(rng, 1500 + i * 100, 100))
     remote.create_index(metric="l2", vector_column_name="vector", num_partitions=4,
-                        num_sub_vectors=4)
+                        num_sub_vectors=4, wait_timeout=INDEXED)
     for i in range(3, 5):
         remote.add(_rows(rng, 1500 + i * 100, 100))
     embedded = lancedb.connect(live_service.root / "executors").open_table("t")

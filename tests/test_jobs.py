@@ -19,6 +19,7 @@ import yaml
 from lance_ray import LanceFragmentWriter
 
 from lancedb_ray.errors import AlreadyExists, NotFound
+from lancedb_ray.events.embedded import read_all
 from lancedb_ray.events.model import ChangeEvent
 from lancedb_ray.jobs import index as index_job
 from lancedb_ray.jobs import ingest as ingest_job
@@ -62,8 +63,7 @@ def source(tmp_path: Path) -> Path:
 
 
 def events(tmp_path: Path) -> list[ChangeEvent]:
-    log = tmp_path / "events" / "events.log"
-    return [ChangeEvent.from_json(line) for line in log.read_bytes().splitlines() if line.strip()]
+    return read_all(tmp_path / "events")
 
 
 def ingest(config: Path, table: str, source: Path | str, mode: str, *extra: str) -> int:

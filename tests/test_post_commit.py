@@ -16,6 +16,7 @@ from lancedb.index import BTree
 
 from tests.support.api import all_rows, make_rows
 from tests.support.local_node import LocalNode
+from tests.support.service import INDEXED
 
 pytestmark = pytest.mark.ray
 
@@ -41,7 +42,7 @@ def test_writes_succeed_once_when_the_change_event_fails(failing_sink: LocalNode
         table.add_columns({"twice": "price * 2"})
         table.alter_columns({"path": "twice", "rename": "double"})
         table.drop_columns(["double"])
-        table.create_index("id", config=BTree())
+        table.create_index("id", config=BTree(), wait_timeout=INDEXED)
         table.drop_index("id_idx")
         table.restore(2)
         table.add(make_rows(3, start=200, seed=3), mode="overwrite")

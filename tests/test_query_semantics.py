@@ -20,6 +20,7 @@ from tests.support.api import (
     raw_fixture,  # noqa: F401
     read_arrow_file,
 )
+from tests.support.service import INDEXED
 
 pytestmark = pytest.mark.ray
 
@@ -46,7 +47,7 @@ def test_a_query_without_metric_uses_the_index_metric_for_unindexed_rows_too(db,
     for conn in (db, embedded):
         table = conn.create_table("items", make_rows(300))
         table.create_index("vector", config=IvfPq(distance_type="cosine", num_partitions=2,
-                                                   num_sub_vectors=2))
+                                                   num_sub_vectors=2), wait_timeout=INDEXED)
         for batch in range(3):  # three unindexed fragments: two buckets with fragments_per_group=2
             table.add(_near_the_query(6, start=1000 + 6 * batch))
         tables.append(table)

@@ -16,6 +16,7 @@ import math
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -36,7 +37,7 @@ from hypothesis.stateful import (
 from lancedb.index import FTS, Bitmap, BTree, IvfPq
 
 from tests.support.local_node import LocalNode
-from tests.support.service import LiveService
+from tests.support.service import LiveService, wait_for_index_builds
 
 pytestmark = pytest.mark.ray
 
@@ -177,7 +178,8 @@ class DifferentialMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.directory = tempfile.mkdtemp(prefix="stateful-embedded-")
-        self.remote_db = self.SERVICE.connect()
+        self.database = f"db{uuid.uuid4().hex[:10]}"
+        self.remote_db = self.SERVICE.connect(self.database)
         self.local_db = lancedb.connect(self.directory)
         self.remote: Any = None
         self.local: Any = None
@@ -288,6 +290,7 @@ class DifferentialMachine(RuleBasedStateMachine):
     def create_index(self, kind: str) -> None:
         column, config = INDEXES[kind]
         self.same_outcome(lambda t: t.create_index(column, config=config))
+        wait_for_index_builds(self.SERVICE, self.database, "t")  # wait_timeout: not for a tiny IVF_PQ
         self.same_outcome(lambda t: sorted((i.name, i.index_type, tuple(i.columns))
                                            for i in t.list_indices()))
 

@@ -14,7 +14,7 @@ import lancedb
 import pytest
 
 from tests.support.api import ARROW_STREAM, RawClient, arrow_stream, make_rows
-from tests.support.service import LiveService
+from tests.support.service import INDEXED, LiveService
 from tests.support.tenants import ALPHA_READ, ALPHA_WRITE, BETA_ADMIN
 
 pytestmark = pytest.mark.ray
@@ -69,7 +69,7 @@ def beta(live_service: LiveService):
     name = _name("beta")
     db = _connect(live_service, name, live_service.api_key)
     table = db.create_table("t", make_rows(20))
-    table.create_index("id")
+    table.create_index("id", wait_timeout=INDEXED)
     table.tags.create("v1", table.version)
     db.create_namespace(["team"])
     return name, db, table
@@ -111,7 +111,7 @@ def test_a_read_key_reads_and_changes_nothing(live_service: LiveService) -> None
     name = _name("alpha")
     owner = _connect(live_service, name, ALPHA_WRITE)
     table = owner.create_table("t", make_rows(20))
-    table.create_index("id")
+    table.create_index("id", wait_timeout=INDEXED)
     table.tags.create("v1", table.version)
     before = _state(table)
     reader = _connect(live_service, name, ALPHA_READ)
@@ -157,7 +157,7 @@ def test_admin_listing_shows_only_the_keys_databases(live_service: LiveService) 
     alpha, beta = _name("alpha"), _name("beta")
     for database, key in ((alpha, ALPHA_WRITE), (beta, BETA_ADMIN)):
         table = _connect(live_service, database, key).create_table("t", make_rows(300))
-        table.create_scalar_index("id")
+        table.create_scalar_index("id", wait_timeout=INDEXED)
         table.add(make_rows(20, start=300))  # unindexed rows: the agent makes a job of them
 
     def jobs(key: str, **params) -> httpx.Response:

@@ -171,6 +171,12 @@ class LanceAgent:
     def job_record(self, job_id: str) -> Job | None:
         return self._records.get(job_id)
 
+    def pending_indexes(self, database: str, table: str) -> list[str]:
+        """Names of the indexes active create_index jobs on the table build (not yet committed)."""
+        key = _key(database, table)
+        return sorted({job.index for job in self._records.values() if job.kind is JobKind.CREATE_INDEX
+                       and job.key == key and job.state.active and job.index is not None})
+
     def _safe_version(self, database: str, table: str) -> int:
         state = self._safe_inspect(database, table)
         return state.version if state is not None else 0

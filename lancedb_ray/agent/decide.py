@@ -26,7 +26,7 @@ class Need:
 
 def decide(state: TableState, settings: AgentSettings, now: float) -> list[Need]:
     """Everything ``state`` calls for, in the order the jobs should run."""
-    needs = [*_compaction(state, settings), *_retraining(state, settings), *_indexing(state),
+    needs = [*_compaction(state, settings), *_retraining(state, settings), *_indexing(state, settings),
              *_cleanup(state, settings, now)]
     return sorted(needs, key=lambda need: KIND_ORDER.index(need.kind))
 
@@ -72,12 +72,21 @@ def _retraining(state: TableState, settings: AgentSettings) -> list[Need]:
     return needs
 
 
-def _indexing(state: TableState) -> list[Need]:
-    lagging = [index for index in state.indices if index.num_unindexed_rows > 0]
+def _indexing(state: TableState, settings: AgentSettings) -> list[Need]:
+    lagging = [index for index in state.indices
+               if index.num_unindexed_rows > 0 and not _untrainable(index, state, settings)]
     if not lagging:
         return []
     described = ", ".join(f"{i.name}: {i.num_unindexed_rows}" for i in lagging)
     return [Need(JobKind.OPTIMIZE_INDICES, f"unindexed rows ({described})")]
+
+
+def _untrainable(index: IndexState, state: TableState, settings: AgentSettings) -> bool:
+    """A vector index lance wrote without training (too few rows), on a table still that small:
+    optimising it indexes nothing and would commit a version on every look. Past the threshold,
+    ``_retraining`` builds it properly."""
+    too_small = state.num_rows < settings.min_rows_for_vector_index
+    return index.is_vector and index.num_indexed_rows == 0 and too_small
 
 
 def _cleanup(state: TableState, settings: AgentSettings, now: float) -> list[Need]:

@@ -121,6 +121,15 @@ class LanceAgent:
 
         return await asyncio.wrap_future(self._thread.submit(read()))
 
+    async def pending_indexes(self, database: str, table: str) -> list[str]:
+        """Names of the indexes active create_index jobs on the table build."""
+        agent = self._thread.agent
+
+        async def read() -> list[str]:
+            return agent.pending_indexes(database, table)
+
+        return await asyncio.wrap_future(self._thread.submit(read()))
+
     def replica_actor_name(self) -> str:
         """The Ray actor of this replica (namespace ``serve``), for operators and tests."""
         import ray

@@ -27,6 +27,7 @@ from lancedb_ray.storage.connections import Connections
 from lancedb_ray.storage.versions import start_registry
 
 _AGENT_CALL_S = 60.0
+_AGENT_PENDING_S = 5.0  # index stats answer without pending builds rather than wait longer
 # One FastAPI app per replica process; each replica gives it its services on start.
 fastapi_app = create_app()
 
@@ -79,9 +80,12 @@ class AgentIndexJobs:
     def job(self, job_id: str) -> dict[str, Any] | None:
         return self._call("job", job_id)
 
-    def _call(self, method: str, *args: Any) -> Any:
+    def pending(self, database: str, table: str) -> list[str]:
+        return self._call("pending_indexes", database, table, timeout_s=_AGENT_PENDING_S)
+
+    def _call(self, method: str, *args: Any, timeout_s: float = _AGENT_CALL_S) -> Any:
         try:
-            return getattr(self._handle, method).remote(*args).result(timeout_s=_AGENT_CALL_S)
+            return getattr(self._handle, method).remote(*args).result(timeout_s=timeout_s)
         except Exception as exc:  # the agent replica is restarting or overloaded: the client retries
             raise Unavailable(f"the agent (it builds indexes) did not answer: {type(exc).__name__}") from exc
 

@@ -1,100 +1,113 @@
-"""The embedded bus: an fsync'd append-only log on local disk.
+"""The embedded bus: a SQLite database in WAL mode on local disk.
 
 The local default needs no broker, yet must keep events across restarts and
 accept several publisher processes on one machine (Serve replicas, jobs).
 Layout under ``EmbeddedBusSettings.directory``::
 
-    events.log            one JSON line per event, appended under flock, fsync'd
-    groups/<group>.json   {"offset": N}: the group resumes at byte N (temp + rename)
+    events.sqlite         events(position, appended_at, body) + groups(name, position)
     groups/<group>.lock   flock held by the group's active consumer
 
-A position is the byte offset just past an event's line. One consumer per
-group reads at a time; another one of the same group waits on the lock and
-takes over when the first closes or its process dies, like a Kafka consumer
-left without partitions.
+SQLite serialises writers across processes and assigns each event its position
+(``AUTOINCREMENT``: increasing, never reused) inside the writing transaction, so
+a reader sees a gapless prefix; ``synchronous=FULL`` makes a published event
+durable before ``publish`` returns. A group's checkpoint is the position of the
+last event it committed. One consumer per group reads at a time; another one of
+the same group waits on the lock and takes over when the first closes or its
+process dies, like a Kafka consumer left without partitions.
+
+Events every group has committed are deleted once older than
+``retention_seconds`` (a group counts from its first claim, so an event a known
+group has not consumed is never deleted); freed pages go back to the file system.
 """
 
 from __future__ import annotations
 
 import asyncio
-import fcntl
-import json
 import logging
 import os
+import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import quote
 
-from lancedb_ray.durable_files import fsync_directory, try_lock, write_atomically
+from lancedb_ray.durable_files import try_lock
 from lancedb_ray.events.bus import Delivery
 from lancedb_ray.events.model import ChangeEvent
 from lancedb_ray.settings import EmbeddedBusSettings
 
 _LOG = logging.getLogger(__name__)
 
-LOG_FILE = "events.log"
+DATABASE_FILE = "events.sqlite"
 GROUPS_DIR = "groups"
-_POLL_INTERVAL_S = 0.05  # how often an idle poll looks for new lines
-_READ_CHUNK = 1 << 20
+_POLL_INTERVAL_S = 0.05  # how often an idle poll looks for new events
+_BUSY_TIMEOUT_MS = 30_000  # how long a writer waits for another process's transaction
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    position INTEGER PRIMARY KEY AUTOINCREMENT,
+    appended_at REAL NOT NULL,
+    body BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS groups (name TEXT PRIMARY KEY, position INTEGER NOT NULL);
+"""
+
+
+def connect(directory: Path) -> sqlite3.Connection:
+    """The bus database under ``directory``, created on first use; one connection per caller."""
+    directory.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(directory / DATABASE_FILE, timeout=_BUSY_TIMEOUT_MS / 1000,
+                           isolation_level=None, check_same_thread=False)
+    conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+    conn.execute("PRAGMA auto_vacuum = FULL")  # deleted events' pages go back to the file system
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = FULL")
+    conn.executescript(_SCHEMA)
+    return conn
 
 
 class EmbeddedPublisher:
     def __init__(self, settings: EmbeddedBusSettings) -> None:
         self._directory = Path(settings.directory)
-        self._fd: int | None = None
-        self._lock = threading.Lock()  # flock does not exclude threads sharing one descriptor
+        self._conn: sqlite3.Connection | None = None
+        self._lock = threading.Lock()  # one connection, used from worker threads one at a time
 
     async def publish(self, events: Sequence[ChangeEvent]) -> None:
-        data = b"".join(event.to_json() + b"\n" for event in events)
-        await asyncio.to_thread(self._append, data)
+        rows = [(time.time(), event.to_json()) for event in events]
+        await asyncio.to_thread(self._append, rows)
 
-    def _append(self, data: bytes) -> None:
+    def _append(self, rows: list[tuple[float, bytes]]) -> None:
         with self._lock:
-            fd = self._open()
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            try:
-                size = os.fstat(fd).st_size
-                if size and os.pread(fd, 1, size - 1) != b"\n":
-                    data = b"\n" + data  # seal a line torn by a writer that crashed mid-write
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-                os.fsync(fd)
-            finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-
-    def _open(self) -> int:
-        if self._fd is None:
-            self._directory.mkdir(parents=True, exist_ok=True)
-            self._fd = os.open(self._directory / LOG_FILE, os.O_RDWR | os.O_APPEND | os.O_CREAT)
-            fsync_directory(self._directory)  # the new file's name must survive a crash too
-        return self._fd
+            if self._conn is None:
+                self._conn = connect(self._directory)
+            with _transaction(self._conn):
+                self._conn.executemany("INSERT INTO events (appended_at, body) VALUES (?, ?)", rows)
 
     async def close(self) -> None:
         with self._lock:
-            if self._fd is not None:
-                os.close(self._fd)
-                self._fd = None
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
 
 
 class EmbeddedConsumer:
     def __init__(self, settings: EmbeddedBusSettings, group: str) -> None:
         self._directory = Path(settings.directory)
-        name = quote(group, safe="")
-        self._checkpoint_path = self._directory / GROUPS_DIR / f"{name}.json"
-        self._lock_path = self._directory / GROUPS_DIR / f"{name}.lock"
+        self._group = group
+        self._retention_s = settings.retention_seconds
+        self._lock_path = self._directory / GROUPS_DIR / f"{quote(group, safe='')}.lock"
         self._lock_fd: int | None = None
-        self._log_fd: int | None = None
-        self._position = 0  # next byte to read
+        self._conn: sqlite3.Connection | None = None
+        self._position = 0  # of the last event delivered
         self._committed = 0
+        self._trimmed_at = 0.0
 
     async def poll(self, max_events: int, timeout_s: float) -> list[Delivery]:
         deadline = time.monotonic() + timeout_s
         while True:
-            if self._claim_group():
-                deliveries = self._read(max_events)
+            if self._lock_fd is not None or await asyncio.to_thread(self._claim_group):
+                deliveries = await asyncio.to_thread(self._read, max_events)
                 if deliveries:
                     return deliveries
             remaining = deadline - time.monotonic()
@@ -103,16 +116,18 @@ class EmbeddedConsumer:
             await asyncio.sleep(min(_POLL_INTERVAL_S, remaining))
 
     async def commit(self, deliveries: Sequence[Delivery]) -> None:
-        offset = max(delivery.position for delivery in deliveries)
-        if offset > self._committed:
-            await asyncio.to_thread(_write_checkpoint, self._checkpoint_path, offset)
-            self._committed = offset
+        position = max(delivery.position for delivery in deliveries)
+        if position > self._committed and self._conn is not None:
+            await asyncio.to_thread(self._checkpoint, position)
+            self._committed = position
 
     async def close(self) -> None:
-        for fd in (self._log_fd, self._lock_fd):
-            if fd is not None:
-                os.close(fd)  # closing the lock file releases the group to a standby
-        self._log_fd = self._lock_fd = None
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the lock file releases the group to a standby
+            self._lock_fd = None
 
     def _claim_group(self) -> bool:
         if self._lock_fd is not None:
@@ -122,55 +137,106 @@ class EmbeddedConsumer:
         if fd is None:
             return False
         self._lock_fd = fd
-        self._committed = self._position = _read_checkpoint(self._checkpoint_path)
+        self._conn = connect(self._directory)
+        with _transaction(self._conn):  # from now on the group holds back trimming
+            self._conn.execute("INSERT OR IGNORE INTO groups (name, position) VALUES (?, 0)", (self._group,))
+            (self._committed,) = self._conn.execute(
+                "SELECT position FROM groups WHERE name = ?", (self._group,)).fetchone()
+        self._position = self._committed
         return True
 
     def _read(self, max_events: int) -> list[Delivery]:
-        if self._log_fd is None:
-            try:
-                self._log_fd = os.open(self._directory / LOG_FILE, os.O_RDONLY)
-            except FileNotFoundError:
-                return []
-        if os.fstat(self._log_fd).st_size < self._position:
-            _LOG.warning("the event log is shorter than group checkpoint %d: re-reading it", self._position)
-            self._position = self._committed = 0  # the log was recreated; at-least-once beats silence
-        deliveries: list[Delivery] = []
-        chunk = _READ_CHUNK
-        while len(deliveries) < max_events:
-            data = os.pread(self._log_fd, chunk, self._position)
-            end = data.rfind(b"\n")
-            if end < 0:
-                if len(data) < chunk:
-                    break  # nothing complete yet: a writer may be mid-line
-                chunk *= 2  # one line longer than the chunk
-                continue
-            for line in data[: end + 1].splitlines(keepends=True):
-                self._position += len(line)
-                event = _decode(line, self._position)
-                if event is not None:
-                    deliveries.append(Delivery(event, self._position))
-                    if len(deliveries) == max_events:
-                        break
+        assert self._conn is not None
+        rows = self._conn.execute(
+            "SELECT position, body FROM events WHERE position > ? ORDER BY position LIMIT ?",
+            (self._position, max_events)).fetchall()
+        deliveries = []
+        for position, body in rows:
+            self._position = position
+            event = _decode(body, position)
+            if event is not None:
+                deliveries.append(Delivery(event, position))
         return deliveries
 
+    def _checkpoint(self, position: int) -> None:
+        assert self._conn is not None
+        with _transaction(self._conn):
+            self._conn.execute("UPDATE groups SET position = ? WHERE name = ?", (position, self._group))
+        if time.monotonic() - self._trimmed_at >= min(self._retention_s, 60.0):
+            self._trimmed_at = time.monotonic()
+            try:
+                trim(self._conn, self._retention_s)
+            except sqlite3.Error as exc:  # the checkpoint is written; trimming waits for the next one
+                _LOG.warning("trimming the embedded event log failed: %s", exc)
 
-def _decode(line: bytes, end: int) -> ChangeEvent | None:
-    if not line.strip():
-        return None  # the seal after a torn line
+
+def trim(conn: sqlite3.Connection, retention_s: float) -> int:
+    """Delete the events every group has committed that are older than ``retention_s``; how many.
+
+    With no group known yet nothing is deleted. Freed pages are returned to the file system.
+    """
+    with _transaction(conn):
+        deleted = conn.execute(
+            "DELETE FROM events WHERE position <= (SELECT MIN(position) FROM groups) AND appended_at < ?",
+            (time.time() - retention_s,)).rowcount
+    if deleted:  # the freed pages leave the database at the commit; the write-ahead log is emptied
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        _LOG.info("trimmed %d consumed events from the embedded event log", deleted)
+    return deleted
+
+
+@contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """``BEGIN IMMEDIATE`` .. ``COMMIT``, rolled back on error: the write lock is taken up front,
+    so two writers never deadlock upgrading a read lock."""
+    conn.execute("BEGIN IMMEDIATE")
     try:
-        return ChangeEvent.from_json(line)
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def _decode(body: bytes, position: int) -> ChangeEvent | None:
+    try:
+        return ChangeEvent.from_json(body)
     except ValueError as exc:
-        _LOG.warning("skipping a corrupt record ending at byte %d of the event log: %s", end, exc)
+        _LOG.warning("skipping a corrupt event at position %d of the event log: %s", position, exc)
         return None
 
 
-def _read_checkpoint(path: Path) -> int:
-    try:
-        return int(json.loads(path.read_bytes())["offset"])
-    except FileNotFoundError:
+def log_end(directory: Path) -> int:
+    """Position of the last event ever published (0 for none); for operators and tests."""
+    if not (directory / DATABASE_FILE).exists():
         return 0
+    conn = connect(directory)
+    try:
+        row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+        return 0 if row is None else int(row[0])
+    finally:
+        conn.close()
 
 
-def _write_checkpoint(path: Path, offset: int) -> None:
-    write_atomically(path, [json.dumps({"offset": offset}).encode()])
+def committed(directory: Path, group: str) -> int:
+    """Position of the last event ``group`` committed (0 for none); for operators and tests."""
+    if not (directory / DATABASE_FILE).exists():
+        return 0
+    conn = connect(directory)
+    try:
+        row = conn.execute("SELECT position FROM groups WHERE name = ?", (group,)).fetchone()
+        return 0 if row is None else int(row[0])
+    finally:
+        conn.close()
 
+
+def read_all(directory: Path) -> list[ChangeEvent]:
+    """Every event still in the log, in order; for operators and tests."""
+    if not (directory / DATABASE_FILE).exists():
+        return []
+    conn = connect(directory)
+    try:
+        rows = conn.execute("SELECT position, body FROM events ORDER BY position").fetchall()
+    finally:
+        conn.close()
+    return [event for position, body in rows if (event := _decode(body, position)) is not None]

@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
+import uuid
 from typing import Any, Protocol
+
+import lancedb
+import numpy as np
+import pyarrow as pa
 
 from lancedb_ray.errors import AlreadyExists, InvalidInput, LanceDBRayError, NotFound, Unavailable
 from lancedb_ray.protocol import CreateIndexRequest
@@ -20,6 +26,8 @@ VECTOR_INDEX_TYPES = {
 SCALAR_INDEX_TYPES = {"BTREE", "BITMAP", "LABEL_LIST"}
 FTS_INDEX_TYPES = {"FTS", "INVERTED"}
 _POLL_SECONDS = 0.2
+_REHEARSAL_ROWS = 300  # enough for lance to train PQ codebooks, so it checks their parameters
+_LOG = logging.getLogger(__name__)
 _VECTOR_OPTIONS = (
     "num_partitions", "num_sub_vectors", "num_bits", "sample_rate", "max_iterations",
     "m", "ef_construction", "target_partition_size",
@@ -35,6 +43,9 @@ class IndexJobs(Protocol):
     def job(self, job_id: str) -> dict[str, Any] | None:
         """The job's record as ``Job.to_dict`` gives it; None once it is gone."""
 
+    def pending(self, database: str, table: str) -> list[str]:
+        """Names of the indexes that active create_index jobs on ``table`` are building."""
+
 
 class IndexService:
     def __init__(self, connections: Connections, tables: TableService, jobs: IndexJobs | None = None,
@@ -45,8 +56,12 @@ class IndexService:
         self._wait_seconds = wait_seconds
 
     def create(self, ref: TableRef, body: CreateIndexRequest, request_id: str | None) -> None:
-        """Validate, then build: as a job of the agent when there is one (returning once it is done,
-        or after ``wait_seconds`` while it goes on, as LanceDB Cloud does), else in this request."""
+        """Validate, then build: as a job of the agent when there is one (answering at once, as
+        LanceDB Cloud does, or once it is done within ``wait_seconds``), else in this request.
+
+        The client's ``wait_timeout`` polls ``index/list`` and ``stats`` (``stats`` counts the rows
+        of a name being rebuilt as unindexed until the job commits).
+        """
         if body.name is not None:
             validate_name("index", body.name)
         table = self._connections.table(ref)
@@ -56,6 +71,10 @@ class IndexService:
                 apply_create_index(table, index_type, body)
             self._tables.notify(ref, table.version, "create_index", request_id)
             return
+        rehearse_create_index(table.schema.field(body.column), index_type, body, ref)
+        name = body.name or f"{body.column}_idx"
+        if not body.replace and name in {index.name for index in table.list_indices()}:
+            raise AlreadyExists(f"index '{name}' already exists on table '{ref.qualified_name}'")
         job_id = self._jobs.create_index(ref.database, ref.qualified_name, body.model_dump())
         deadline = time.monotonic() + self._wait_seconds
         while time.monotonic() < deadline:
@@ -82,13 +101,27 @@ class IndexService:
             stats = table.index_stats(name)
         if stats is None:
             raise NotFound(f"index '{name}' was not found on table '{ref.qualified_name}'")
+        indexed, unindexed = stats.num_indexed_rows, stats.num_unindexed_rows
+        if name in self._pending(ref):  # being rebuilt: the index that name will be covers no row yet
+            indexed, unindexed = 0, indexed + unindexed
         return {
-            "num_indexed_rows": stats.num_indexed_rows,
-            "num_unindexed_rows": stats.num_unindexed_rows,
+            "num_indexed_rows": indexed,
+            "num_unindexed_rows": unindexed,
             "index_type": stats.index_type,
             "distance_type": stats.distance_type,
             "num_indices": stats.num_indices,
         }
+
+    def _pending(self, ref: TableRef) -> list[str]:
+        """Index names active create_index jobs build; none when the agent does not answer (the
+        stats of the index there is are then the best answer)."""
+        if self._jobs is None:
+            return []
+        try:
+            return self._jobs.pending(ref.database, ref.qualified_name)
+        except LanceDBRayError as exc:
+            _LOG.warning("index stats of '%s' without pending builds: %s", ref.qualified_name, exc)
+            return []
 
     def prewarm(self, ref: TableRef, name: str) -> None:
         """Load the index into this query node's lance cache, as embedded ``prewarm_index``."""
@@ -127,6 +160,43 @@ def check_create_index(schema: Any, body: CreateIndexRequest) -> str:
         known = sorted(VECTOR_INDEX_TYPES | SCALAR_INDEX_TYPES | FTS_INDEX_TYPES)
         raise InvalidInput(f"unknown index type '{body.index_type}': use one of {known}")
     return index_type
+
+
+def rehearse_create_index(field: pa.Field, index_type: str, body: CreateIndexRequest, ref: TableRef) -> None:
+    """Refuse (4xx) what lance would refuse, before a job is recorded: the same build on a small
+    in-memory table of ``field`` alone (random vectors, so lance checks its training parameters too).
+
+    The build job would fail later with the same error, but the client, answered at once,
+    would only see its ``wait_timeout`` run out. Anything but bad input is left to the job.
+    """
+    rows = _REHEARSAL_ROWS if index_type in VECTOR_INDEX_TYPES else 0
+    sample = pa.table({field.name: _sample(field.type, rows)}, schema=pa.schema([field]))
+    rehearsal = lancedb.connect("memory://").create_table(f"rehearsal_{uuid.uuid4().hex}", sample)
+    try:
+        with lance_errors(f"create_index on '{ref.qualified_name}'", ref.database):
+            apply_create_index(rehearsal, index_type, body)
+    except LanceDBRayError as exc:
+        if exc.status_code < 500:
+            raise
+        _LOG.info("rehearsal of create_index on '%s' inconclusive: %s", ref.qualified_name, exc)
+
+
+def _sample(data_type: pa.DataType, rows: int) -> pa.Array:
+    """``rows`` random values of a vector type (or of a list of vectors); other types: no rows."""
+    if pa.types.is_list(data_type) or pa.types.is_large_list(data_type):
+        inner = _sample(data_type.value_type, rows)
+        if len(inner) == 0:
+            return pa.array([], data_type)
+        return pa.ListArray.from_arrays(pa.array(range(rows + 1), pa.int32()), inner).cast(data_type)
+    numeric = pa.types.is_fixed_size_list(data_type) and (
+        pa.types.is_integer(data_type.value_type) or pa.types.is_floating(data_type.value_type))
+    if not numeric or rows == 0:
+        return pa.array([], data_type)
+    values = np.random.default_rng(0).random(rows * data_type.list_size)
+    if pa.types.is_integer(data_type.value_type):
+        values = values * 100
+    flat = pa.array(values).cast(data_type.value_type, safe=False)
+    return pa.FixedSizeListArray.from_arrays(flat, data_type.list_size).cast(data_type)
 
 
 def apply_create_index(table: Any, index_type: str, body: CreateIndexRequest) -> None:

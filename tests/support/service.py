@@ -6,11 +6,13 @@ share the deployment but never each other's tables.
 
 from __future__ import annotations
 
+import json
 import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,11 @@ import pytest
 from tests.support.processes import free_port
 from tests.support.secrets import secrets_file
 from tests.support.tenants import TENANT_KEYS
+
+# create_index answers once the build is recorded as a job of the agent, as LanceDB Cloud does; a
+# test that uses the index next waits for it as a client does: ``wait_timeout=INDEXED`` polls the
+# index stats until the job has committed the index (harmless on an embedded table).
+INDEXED = timedelta(seconds=120)
 
 API_KEY = "test-key"
 
@@ -55,6 +62,25 @@ def wait_routed(url: str, api_key: str, timeout_s: float = 180, in_a_row: int = 
         except OSError:
             answered = 0
             time.sleep(0.2)
+
+
+def wait_for_index_builds(service: LiveService, database: str, table: str,
+                          timeout_s: float = INDEXED.total_seconds()) -> None:
+    """Until no create_index job of the agent is active on ``table`` (at once where there is no agent).
+
+    For the cases the client's ``wait_timeout`` cannot see the end of: an IVF_PQ index on too
+    few rows to train, which lance (embedded too) counts as covering no row.
+    """
+    url = f"{service.url}/v1/admin/jobs?database={database}&table={table}&limit=1000"
+    deadline = time.monotonic() + timeout_s
+    while True:
+        request = urllib.request.Request(url, headers={"x-api-key": service.api_key})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            jobs = json.loads(response.read())["jobs"]
+        if not any(job["kind"] == "create_index" and job["state"] in ("pending", "running") for job in jobs):
+            return
+        assert time.monotonic() < deadline, f"create_index jobs on {database}/{table} still active: {jobs}"
+        time.sleep(0.2)
 
 
 @dataclass
