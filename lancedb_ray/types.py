@@ -13,9 +13,12 @@ ProgressReport = Callable[[str, "float | None", "str | None"], None]
 
 
 def is_vector_index(index_type: str) -> bool:
-    """Whether lance's name for an index type (``IVF_PQ``, ``IvfHnswSq``, ...) is a vector index."""
+    """Whether lance's name for an index type (``IVF_PQ``, ``IvfHnswSq``, ...) is a vector index.
+
+    Index statistics of some lance versions call every vector index just ``Vector``.
+    """
     kind = index_type.upper()
-    return "IVF" in kind or "HNSW" in kind
+    return "IVF" in kind or "HNSW" in kind or "VECTOR" in kind
 
 
 @dataclass(frozen=True)

@@ -21,12 +21,10 @@ from lancedb_ray.storage.catalog import DatabaseLocation
 from lancedb_ray.storage.connections import Connections
 from lancedb_ray.storage.lance_errors import lance_errors
 from lancedb_ray.storage.names import validate_name
-from lancedb_ray.types import NAMESPACE_SEPARATOR, TableRef
+from lancedb_ray.types import NAMESPACE_SEPARATOR, TableRef, is_vector_index
 
 # Index statistics would otherwise carry every centroid of a vector index.
 os.environ.setdefault("LANCE_INCLUDE_VECTOR_CENTROIDS", "false")
-
-_VECTOR_TYPE_MARKERS = ("IVF", "HNSW", "VECTOR")
 
 
 @dataclass(frozen=True)
@@ -40,8 +38,7 @@ class IndexState:
 
     @property
     def is_vector(self) -> bool:
-        kind = self.index_type.upper()
-        return any(marker in kind for marker in _VECTOR_TYPE_MARKERS)
+        return is_vector_index(self.index_type)
 
 
 @dataclass(frozen=True)
