@@ -19,6 +19,7 @@ import lancedb
 import pyarrow as pa
 import pytest
 import uvicorn
+from lancedb.index import BTree
 from lancedb.remote.errors import RetryError
 
 from lancedb_ray.api import context
@@ -27,7 +28,7 @@ from lancedb_ray.execution.local import LocalExecutor
 from lancedb_ray.service import writes
 from lancedb_ray.service.container import Services
 from lancedb_ray.settings import Settings
-from lancedb_ray.storage.renames import Markers, Timing
+from lancedb_ray.storage.renames import COPYING, Marker, Markers, Timing
 from tests.support.azurite import PROVIDER, Azurite
 from tests.support.local_node import ChangeSink
 from tests.support.processes import free_port
@@ -41,8 +42,8 @@ class Node:
     service: LiveService
     services: Services
 
-    def connect(self, database: str) -> lancedb.DBConnection:
-        return self.service.connect(database)
+    def connect(self, database: str, **kwargs: Any) -> lancedb.DBConnection:
+        return self.service.connect(database, **kwargs)
 
 
 @pytest.fixture(scope="module", params=["azure", "local"])
@@ -299,24 +300,43 @@ def test_writes_during_an_abandoned_rename_recover_it(fresh: Node) -> None:
     assert Markers(location).read("src") is None
 
 
-def test_rename_on_pure_default_timing_refuses_writes_to_a_table_being_renamed(fresh: Node) -> None:
-    """The defaults: a marker just written (not stale) makes writes 503 (the client retries,
-    then gives up), without waiting for minutes."""
-    name = f"defaults{free_port()}"
-    db = fresh.connect(name)
-    db.create_table("src", _rows([1]))
-    renamer = fresh.services.tables.renamer
-    location = fresh.services.connections.location(name)
-    saved = renamer.timing
-    renamer.timing = Timing()
-    try:
-        from lancedb_ray.storage.renames import COPYING, Marker
+_WRITES: dict[str, Callable[[Any], Any]] = {
+    "add": lambda t: t.add(_rows([2])),
+    "merge_insert": lambda t: t.merge_insert("id").when_not_matched_insert_all().execute(_rows([2])),
+    "delete": lambda t: t.delete("id = 1"),
+    "update": lambda t: t.update(where="id = 1", values={"text": "x"}),
+    "add_columns": lambda t: t.add_columns({"double": "id * 2"}),
+    "alter_columns": lambda t: t.alter_columns({"path": "text", "rename": "body"}),
+    "drop_columns": lambda t: t.drop_columns(["text"]),
+    "restore": lambda t: t.restore(1),
+    "create_tag": lambda t: t.tags.create("v1", 1),
+    "drop_index": lambda t: t.drop_index("id_idx"),
+    "create_index": lambda t: t.create_index("text", config=BTree()),
+}
 
-        Markers(location).create(Marker("test", "src", "dst", COPYING, time.time()))
-        with pytest.raises(RetryError) as refused:
-            db.open_table("src").add(_rows([2]))
-        assert refused.value.status_code == 503 and "being renamed" in str(refused.value.__cause__)
+
+def _state(table: Any) -> tuple[Any, ...]:
+    return table.version, table.schema, [(i.name, i.index_uuid) for i in table.list_indices()]
+
+
+def test_every_write_is_refused_while_a_rename_runs_on_default_timing(fresh: Node) -> None:
+    """With the default timing a marker just written belongs to a running rename: every kind of
+    write answers 503 (the client would retry) and changes nothing."""
+    name = f"defaults{free_port()}"
+    db = fresh.connect(name, client_config={"retry_config": {"retries": 0}})
+    table = db.create_table("src", _rows([1]))
+    table.create_index("id", config=BTree())
+    before = _state(table)
+    location = fresh.services.connections.location(name)
+    Markers(location).create(Marker("test", "src", "dst", COPYING, time.time()))
+    try:
+        for kind, write in _WRITES.items():
+            with pytest.raises(Exception) as refused:
+                write(db.open_table("src"))
+            text = f"{refused.value} {refused.value.__cause__}"
+            assert "503" in text and "being renamed" in text, (kind, text)
+        table = db.open_table("src")
+        assert _state(table) == before
         assert _ids(db, "src") == [1]
     finally:
-        renamer.timing = saved
         Markers(location).delete("src")

@@ -93,7 +93,7 @@ class TableService:
     def drop(self, ref: TableRef, request_id: str | None) -> None:
         """A missing table is a 404: the client then raises what embedded lancedb raises."""
         db = self._connections.database_of(ref)
-        self._before_write(ref)
+        self.before_write(ref)
         with lance_errors(f"table '{ref.qualified_name}'", ref.database):
             db.drop_table(ref.name, namespace_path=ref.namespace_path)
         self.notify(ref, 0, "drop", request_id)
@@ -148,14 +148,14 @@ class TableService:
     def insert(
         self, ref: TableRef, data: pa.Table, overwrite: bool, request_id: str | None
     ) -> dict[str, Any]:
-        self._before_write(ref)
+        self.before_write(ref)
         result = self._idempotent(
             ref,
             request_id,
             lambda ds, options: writes.append(ds, data, request_id, options, overwrite),
         )
         if not result.replayed:
-            self._after_write(ref, result.version)
+            self.after_write(ref, result.version)
             operation = "overwrite" if overwrite else "insert"
             self.notify(ref, result.version, operation, request_id, data.num_rows)
         return {"version": result.version}
@@ -171,14 +171,14 @@ class TableService:
             delete_by_source=params.when_not_matched_by_source_delete,
             delete_filter=params.when_not_matched_by_source_delete_filt,
         )
-        self._before_write(ref)
+        self.before_write(ref)
         result = self._idempotent(
             ref,
             request_id,
             lambda ds, options: writes.merge_insert(ds, data, spec, request_id, options),
         )
         if not result.replayed:
-            self._after_write(ref, result.version)
+            self.after_write(ref, result.version)
             rows = result.num_inserted_rows + result.num_updated_rows + result.num_deleted_rows
             self.notify(ref, result.version, "merge_insert", request_id, rows)
         return {
@@ -189,29 +189,29 @@ class TableService:
         }
 
     def delete(self, ref: TableRef, predicate: str, request_id: str | None) -> dict[str, Any]:
-        self._before_write(ref)
+        self.before_write(ref)
         table = self._connections.table(ref)
         with lance_errors(f"delete on '{ref.qualified_name}'", ref.database):
             result = table.delete(predicate)
-        self._after_write(ref, result.version)
+        self.after_write(ref, result.version)
         self.notify(ref, result.version, "delete", request_id, result.num_deleted_rows)
         return {"num_deleted_rows": result.num_deleted_rows, "version": result.version}
 
     def update(self, ref: TableRef, body: UpdateRequest, request_id: str | None) -> dict[str, Any]:
         if not body.updates:
             raise InvalidInput("update needs at least one column in 'updates'")
-        self._before_write(ref)
+        self.before_write(ref)
         table = self._connections.table(ref)
         with lance_errors(f"update on '{ref.qualified_name}'", ref.database):
             result = table.update(where=body.predicate, values_sql=dict(body.updates))
-        self._after_write(ref, result.version)
+        self.after_write(ref, result.version)
         self.notify(ref, result.version, "update", request_id, result.rows_updated)
         return {"rows_updated": result.rows_updated, "version": result.version}
 
     # -- schema changes --------------------------------------------------------------------
 
     def add_columns(self, ref: TableRef, body: AddColumnsRequest, request_id: str | None) -> dict:
-        self._before_write(ref)
+        self.before_write(ref)
         table = self._connections.table(ref)
         with lance_errors(f"add_columns on '{ref.qualified_name}'", ref.database):
             result = table.add_columns({c.name: c.expression for c in body.new_columns})
@@ -220,7 +220,7 @@ class TableService:
     def add_null_columns(self, ref: TableRef, schema: pa.Schema, request_id: str | None) -> dict:
         if not len(schema):
             raise InvalidInput("add_columns needs at least one column")
-        self._before_write(ref)
+        self.before_write(ref)
         table = self._connections.table(ref)
         with lance_errors(f"add_columns on '{ref.qualified_name}'", ref.database):
             result = table.add_columns(schema)
@@ -239,7 +239,7 @@ class TableService:
             if alteration.data_type is not None:
                 change["data_type"] = _arrow_type(alteration.data_type)
             alterations.append(change)
-        self._before_write(ref)
+        self.before_write(ref)
         table = self._connections.table(ref)
         with lance_errors(f"alter_columns on '{ref.qualified_name}'", ref.database):
             result = table.alter_columns(*alterations)
@@ -250,14 +250,14 @@ class TableService:
     ) -> dict[str, Any]:
         if not body.updates:
             raise InvalidInput("update_field_metadata needs at least one entry in 'updates'")
-        self._before_write(ref)
+        self.before_write(ref)
         table = self._connections.table(ref)
         with lance_errors(f"update_field_metadata on '{ref.qualified_name}'", ref.database):
             result = table.update_field_metadata(*(u.model_dump() for u in body.updates))
         return self._schema_changed(ref, result.version, "update_field_metadata", request_id)
 
     def drop_columns(self, ref: TableRef, columns: list[str], request_id: str | None) -> dict:
-        self._before_write(ref)
+        self.before_write(ref)
         table = self._connections.table(ref)
         with lance_errors(f"drop_columns on '{ref.qualified_name}'", ref.database):
             result = table.drop_columns(columns)
@@ -280,7 +280,7 @@ class TableService:
                 return earlier
             return write(dataset, options)
 
-    def _before_write(self, ref: TableRef) -> None:
+    def before_write(self, ref: TableRef) -> None:
         """503 while ``ref`` is being renamed, 404 once renamed away (see storage/renames.py)."""
         if ref.namespace:
             return  # tables in namespaces are never renamed
@@ -293,8 +293,9 @@ class TableService:
             with lance_errors(f"table '{ref.qualified_name}'", ref.database):
                 self.renamer.reuse_name(self._connections.location(ref.database), ref.name)
 
-    def _after_write(self, ref: TableRef, version: int) -> None:
-        """Raise (503) instead of acknowledging a commit that a concurrent rename did not keep."""
+    def after_write(self, ref: TableRef, version: int | None) -> None:
+        """Raise (503) instead of acknowledging a commit that a concurrent rename did not keep
+        (``version`` None: a change outside the versions, a tag, which no rename vouches for)."""
         if ref.namespace:
             return
         with lance_errors(f"write to '{ref.qualified_name}'", ref.database):
@@ -303,7 +304,7 @@ class TableService:
     def _schema_changed(
         self, ref: TableRef, version: int, operation: str, request_id: str | None
     ) -> dict[str, Any]:
-        self._after_write(ref, version)
+        self.after_write(ref, version)
         self.notify(ref, version, operation, request_id)
         return {"version": version}
 

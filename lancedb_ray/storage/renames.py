@@ -176,16 +176,23 @@ class Renamer:
             raise Unavailable(f"table '{table}' is being renamed to '{marker.target}'; retry later")
         raise NotFound(f"Table '{table}' was not found (it was renamed to '{marker.target}')")
 
-    def after_write(self, location: DatabaseLocation, table: str, version: int) -> None:
-        """Raise unless the commit of ``version`` survives any rename that began during the write."""
+    def after_write(self, location: DatabaseLocation, table: str, version: int | None) -> None:
+        """Raise unless the commit of ``version`` survives any rename that began during the write
+        (``version`` None, a tag: unless no rename began or it was undone)."""
         markers = Markers(location)
         deadline = time.monotonic() + self.timing.wait_s
         while True:
-            marker = markers.read(table)
+            try:
+                marker = markers.read(table)
+            except Exception:  # the write committed: a storage hiccup must not turn it into a 503
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+                continue
             if marker is None:
                 return  # no rename began, or one began and was undone: the source is intact
             if marker.phase in (DELETING, DONE):
-                if marker.version is not None and version <= marker.version:
+                if None not in (marker.version, version) and version <= marker.version:
                     return  # copied: the write is in the renamed table
                 raise Unavailable(
                     f"table '{table}' was renamed to '{marker.target}' while this write committed; "
