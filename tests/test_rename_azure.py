@@ -340,3 +340,40 @@ def test_every_write_is_refused_while_a_rename_runs_on_default_timing(fresh: Nod
         assert _ids(db, "src") == [1]
     finally:
         Markers(location).delete("src")
+
+
+def test_a_long_copy_keeps_its_marker_fresh(fresh: Node, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A copy that outlasts the stale time is not taken for crashed: a write meanwhile is refused
+    (503) rather than undoing the rename, and the rename completes."""
+    if not fresh.services.connections.root().is_azure:
+        pytest.skip("a local rename does not copy")
+    from adlfs import AzureBlobFileSystem
+
+    name = f"slow{free_port()}"
+    db = fresh.connect(name, client_config={"retry_config": {"retries": 0}})
+    table = db.create_table("src", _rows([1, 2]))
+    for i in range(3, 11):  # some 30 objects to copy
+        table.add(_rows([i]))
+    renamer = fresh.services.tables.renamer
+    copying, attempted = threading.Event(), threading.Event()
+    original = AzureBlobFileSystem.cp_file
+
+    def slow_copy(self: Any, *args: Any, **kwargs: Any) -> Any:
+        copying.set()
+        if not attempted.is_set():  # slow until the write was tried: a copy of many seconds
+            time.sleep(0.3)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(AzureBlobFileSystem, "cp_file", slow_copy)
+    monkeypatch.setattr(renamer, "timing", replace(renamer.timing, stale_s=1.0))
+    renaming = threading.Thread(target=db.rename_table, args=("src", "dst"))
+    renaming.start()
+    assert copying.wait(DEADLINE_S)
+    time.sleep(1.5)  # past the stale time: only the copy's heartbeat keeps the marker fresh
+    with pytest.raises(Exception) as refused:
+        db.open_table("src").add(_rows([99]))
+    attempted.set()
+    assert "being renamed" in f"{refused.value} {refused.value.__cause__}"
+    renaming.join(timeout=DEADLINE_S)
+    assert db.list_tables().tables == ["dst"]
+    assert _ids(db, "dst") == list(range(1, 11))

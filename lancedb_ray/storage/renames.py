@@ -306,8 +306,16 @@ class Renamer:
         """Copy the source until the copy's latest version is the source's (a late commit is copied
         too); the marker is touched on every pass so that no one takes the rename for crashed."""
         deadline = time.monotonic() + self.timing.wait_s
+        beat = [time.monotonic()]
+
+        def alive() -> None:  # a long copy keeps its marker fresh, so that no one undoes it
+            if time.monotonic() - beat[0] > self.timing.stale_s / 10:
+                self._require_ours(markers, marker)
+                markers.write(marker)
+                beat[0] = time.monotonic()
+
         while True:
-            _copy_table_files(location, marker.source, marker.target)
+            _copy_table_files(location, marker.source, marker.target, alive)
             self.on_step("copied")
             source, copy = latest_version(location, marker.source), latest_version(location, marker.target)
             if source is None:
@@ -330,9 +338,11 @@ def _table_dir(location: DatabaseLocation, table: str) -> str:
     return location.fs_path(f"{table}.lance")
 
 
-def _copy_table_files(location: DatabaseLocation, source: str, target: str) -> None:
+def _copy_table_files(
+    location: DatabaseLocation, source: str, target: str, alive: Callable[[], None]
+) -> None:
     """Copy every object of ``source`` to ``target``: manifests last, so that a reader of the target
-    never meets a version whose files are not there yet."""
+    never meets a version whose files are not there yet. ``alive`` is called between objects."""
     fs = location.filesystem()
     fs.invalidate_cache()
     src, dst = _table_dir(location, source), _table_dir(location, target)
@@ -346,6 +356,7 @@ def _copy_table_files(location: DatabaseLocation, source: str, target: str) -> N
                 and existing.get("size") == files[path].get("size")):
             continue
         fs.cp_file(path, f"{dst}/{relative}")
+        alive()
 
 
 def _delete_table_files(location: DatabaseLocation, table: str) -> None:
