@@ -155,7 +155,7 @@ class TableService:
             lambda ds, options: writes.append(ds, data, request_id, options, overwrite),
         )
         if not result.replayed:
-            self.after_write(ref, result.version)
+            self.after_write(ref, result.version, result.committed)
             operation = "overwrite" if overwrite else "insert"
             self.notify(ref, result.version, operation, request_id, data.num_rows)
         return {"version": result.version}
@@ -178,7 +178,7 @@ class TableService:
             lambda ds, options: writes.merge_insert(ds, data, spec, request_id, options),
         )
         if not result.replayed:
-            self.after_write(ref, result.version)
+            self.after_write(ref, result.version, result.committed)
             rows = result.num_inserted_rows + result.num_updated_rows + result.num_deleted_rows
             self.notify(ref, result.version, "merge_insert", request_id, rows)
         return {
@@ -293,13 +293,15 @@ class TableService:
             with lance_errors(f"table '{ref.qualified_name}'", ref.database):
                 self.renamer.reuse_name(self._connections.location(ref.database), ref.name)
 
-    def after_write(self, ref: TableRef, version: int | None) -> None:
+    def after_write(self, ref: TableRef, version: int | None, committed: Any = None) -> None:
         """Raise (503) instead of acknowledging a commit that a concurrent rename did not keep
-        (``version`` None: a change outside the versions, a tag, which no rename vouches for)."""
+        (``version`` None: a change outside the versions, a tag, which no rename vouches for;
+        ``committed``: the commit's dataset when the write has it)."""
         if ref.namespace:
             return
         with lance_errors(f"write to '{ref.qualified_name}'", ref.database):
-            self.renamer.after_write(self._connections.location(ref.database), ref.name, version)
+            self.renamer.after_write(self._connections.location(ref.database), ref.name, version,
+                                     committed)
 
     def _schema_changed(
         self, ref: TableRef, version: int, operation: str, request_id: str | None

@@ -33,6 +33,7 @@ undoes it (deletes the partial copy): one readable table either way.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -46,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import lance
+from lance.dataset import LanceDataset
 
 from lancedb_ray.durable_files import write_atomically
 from lancedb_ray.errors import InvalidInput, NotFound, Unavailable
@@ -152,6 +154,23 @@ def latest_version(location: DatabaseLocation, table: str) -> int | None:
         raise
 
 
+def state_at(location: DatabaseLocation, table: str, version: int) -> str | None:
+    """A digest of the table's state at ``version`` (fragments and schema), or None if unreadable."""
+    try:
+        options = location.storage_options or None
+        dataset = lance.dataset(location.table_uri(table), version=version, storage_options=options)
+    except (FileNotFoundError, ValueError, OSError):
+        return None
+    return state_of(dataset)
+
+
+def state_of(dataset: LanceDataset) -> str:
+    """A digest of a dataset's fragments and schema, from its manifest in memory."""
+    fragments = json.dumps([f.metadata.to_json() for f in dataset.get_fragments()], sort_keys=True)
+    schema = dataset.schema.to_string(show_schema_metadata=True)
+    return hashlib.sha256(f"{fragments}\n{schema}".encode()).hexdigest()
+
+
 class Renamer:
     """Runs renames and their recovery for the query node; ``on_step`` names each step done
     (``marked``, ``settled``, ``copied``, ``verified``, ``deleted``), so a test can crash there."""
@@ -176,11 +195,23 @@ class Renamer:
             raise Unavailable(f"table '{table}' is being renamed to '{marker.target}'; retry later")
         raise NotFound(f"Table '{table}' was not found (it was renamed to '{marker.target}')")
 
-    def after_write(self, location: DatabaseLocation, table: str, version: int | None) -> None:
+    def after_write(
+        self, location: DatabaseLocation, table: str, version: int | None,
+        committed: LanceDataset | None = None,
+    ) -> None:
         """Raise unless the commit of ``version`` survives any rename that began during the write
-        (``version`` None, a tag: unless no rename began or it was undone)."""
+        (``version`` None, a tag: unless no rename began or it was undone).
+
+        Kept means: the renamed table's version ``version`` holds the state this commit made.
+        A version number alone is not enough: a commit landing after the source's manifests
+        were deleted reuses a number the copy already has (with other contents). The state is
+        read from ``committed`` (the commit's dataset, in memory) or else from the source, which
+        the rename may have moved meanwhile: then the write is answered as not kept although it
+        may be (an error, never a lost acknowledged write)."""
         markers = Markers(location)
         deadline = time.monotonic() + self.timing.wait_s
+        ours: str | None = None
+        looked = False
         while True:
             try:
                 marker = markers.read(table)
@@ -191,8 +222,13 @@ class Renamer:
                 continue
             if marker is None:
                 return  # no rename began, or one began and was undone: the source is intact
+            if not looked and version is not None:
+                looked = True
+                ours = state_of(committed) if committed is not None else state_at(location, table, version)
             if marker.phase in (DELETING, DONE):
-                if None not in (marker.version, version) and version <= marker.version:
+                if (ours is not None and marker.version is not None and version is not None
+                        and version <= marker.version
+                        and state_at(location, marker.target, version) == ours):
                     return  # copied: the write is in the renamed table
                 raise Unavailable(
                     f"table '{table}' was renamed to '{marker.target}' while this write committed; "
