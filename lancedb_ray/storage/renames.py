@@ -21,9 +21,11 @@ is a small protocol around a marker, ``<database>/_renames/<source>.json``:
    and a late writer's debris there is removed.
 
 A writer checks the marker again after its commit: a rename that began after
-the first check copies only up to some version; a commit above it was not
-kept, and the writer answers an error instead of success. So an acknowledged
-write is always in the renamed table.
+the first check copied the source up to some version; unless the copy's
+version of that number holds exactly the state this commit made (a commit
+landing after the source's manifests were deleted reuses a number), the
+write was not kept, and the writer answers an error instead of success. So
+an acknowledged write is always in the renamed table.
 
 A crash leaves the marker behind. ``recover`` (run by the next write, the next
 rename of the table, and the agent's sweep once the marker is stale) either
