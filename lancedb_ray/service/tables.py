@@ -285,7 +285,7 @@ class TableService:
         if ref.namespace:
             return  # tables in namespaces are never renamed
         with lance_errors(f"write to '{ref.qualified_name}'", ref.database):
-            return self.renamer.before_write(self._connections.location(ref.database), ref.name)
+            self.renamer.before_write(self._connections.location(ref.database), ref.name)
 
     def _reuse_name(self, ref: TableRef) -> None:
         """Before a table is created at ``ref``: a finished rename away from the name is forgotten."""
