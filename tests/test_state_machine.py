@@ -252,8 +252,10 @@ class DifferentialMachine(RuleBasedStateMachine):
             # Vec<RecordBatch>") before sending; embedded commits it: a client difference
         source = _table(rows, columns)
 
-        def merge(t: Any) -> tuple[int, int, int]:
+        def merge(t: Any, use_index: bool = True) -> tuple[int, int, int]:
             builder = t.merge_insert("id")
+            if not use_index:
+                builder = builder.use_index(False)
             if update:
                 builder = builder.when_matched_update_all(where=update_filter)
             if insert:
@@ -262,7 +264,14 @@ class DifferentialMachine(RuleBasedStateMachine):
                 builder = builder.when_not_matched_by_source_delete(delete_filter)
             return _merge_counts(builder.execute(source))
 
-        self.same_outcome(merge)
+        remote, local = self.both(lambda t: _outcome(lambda: merge(t)))
+        if local[0] == "error" and "rust future panicked" in local[1]:
+            # lancedb 0.40's index-assisted merge panics on a partial-column source with a
+            # when_matched filter ("Incorrect number of arrays for StructArray fields"); pylance
+            # 14, which the service uses, does not. The same merge without the index (whose
+            # answer an index must not change) is the oracle then.
+            local = _outcome(lambda: merge(self.local, use_index=False))
+        assert remote == local, (remote, local)
 
     @rule(predicate=PREDICATES)
     def delete(self, predicate: str) -> None:
@@ -430,7 +439,7 @@ class DifferentialMachine(RuleBasedStateMachine):
         if ordering:
             keys = [o["column_name"] for o in ordering]
             assert r.select(keys) == lo.select(keys)  # rows tied on the keys: order open
-            if limit is None:
+            if limit is None and not offset:  # with an offset, which tied rows it skips is open
                 assert _rows(r) == _rows(lo)
         elif limit is None:
             assert _rows(r) == _rows(lo)  # a scan's order is storage order: not compared
@@ -482,6 +491,17 @@ def _replay(service: LiveService) -> None:
         for kind in ("text_fts", "id_btree", "vector_ivf_pq", "labels_label_list"):
             machine.create_index(kind=kind)
             machine.same_tables()
+        # Seeds from LANCEDB_RAY_STATEFUL=long (executors on): embedded panics on an
+        # index-assisted partial-column merge with a filter (the oracle then merges without the
+        # index); an ordered scan with an offset skips any of the rows tied at the offset.
+        machine.merge_insert(rows=[(0, [-2.2e-16, 0.2, -0.51, 1.38], None, None, ["red", "red"]),
+                                   (8, [-3.27, 0.0, 2.61, 0.31], "a", None, ["red"])],
+                             columns=("id", "vector", "price"), update=True, insert=True,
+                             delete=False, update_filter="target.price > 0", delete_filter=None)
+        machine.same_tables()
+        machine.scan(where="array_contains(labels, 'green') AND id > 2", limit=None, offset=3,
+                     ordering=[{"column_name": "price", "ascending": False, "nulls_first": False}],
+                     columns=None)
         machine.full_text_search(term="kiwi", k=15, where="id < 20")
         machine.vector_search(q=[0.5, -1.0, 2.0, 0.25], k=7, where="price > 1", prefilter=False,
                               columns=["id", "price"], offset=2,
