@@ -473,3 +473,26 @@ def test_the_reconciler_leaves_tables_written_within_the_debounce_alone(tmp_path
     (job,) = store.list()
     assert job.trigger == "reconcile" and agent.reconciled > 5
     assert job.created_at - written >= 2.0
+
+
+@pytest.mark.parametrize("moved", [False, True])
+def test_the_reconciler_recovers_a_rename_abandoned_by_a_crash(tmp_path: Path, moved: bool) -> None:
+    """A query node died mid-rename (before or after the local move): the reconciler's pass
+    undoes or finishes it, and one readable table remains, writable again."""
+    from lancedb_ray.storage.catalog import StorageCatalog
+    from lancedb_ray.storage.renames import COPYING, Marker, Markers
+
+    settings = make_settings(tmp_path)
+    root = tmp_path / "data"
+    indexed_table(root)
+    location = StorageCatalog(settings.storage).resolve("db")
+    Markers(location).create(Marker("crashed", "t", "moved", COPYING, updated=0.0))  # long stale
+    if moved:
+        (root / "db" / "t.lance").rename(root / "db" / "moved.lance")
+    agent = LanceAgent(settings, indexers=StandInIndexers())
+    asyncio.run(agent.reconcile())
+    kept = "moved" if moved else "t"
+    assert lancedb.connect(root / "db").list_tables().tables == [kept]
+    marker = Markers(location).read("t")
+    assert (marker is None) if not moved else (marker is not None and not marker.active)
+    assert lancedb.connect(root / "db").open_table(kept).count_rows() == 300

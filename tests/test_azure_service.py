@@ -109,6 +109,30 @@ def test_table_operations_on_blob_storage(azure_service: LiveService, database: 
     assert "docs" not in db.table_names()
 
 
+def test_rename_on_blob_storage_serves_every_row_under_the_new_name(azure_service: LiveService) -> None:
+    """Through the executors (executors on): a renamed table answers under its new name with
+    every row and the same nearest neighbours; the old name is free again (tests/test_rename_azure.py
+    covers concurrent writers and crashes)."""
+    db = azure_service.connect("provider-db")
+    table = db.create_table("before", _rows(0, 60), mode="overwrite")
+    table.add(_rows(60, 40))
+    q = _rows(7, 1)["vector"][0].as_py()
+    nearest = table.search(q).limit(5).to_arrow()  # the executors cache the old name's data
+    db.rename_table("before", "after")
+    renamed = db.open_table("after")
+    assert renamed.count_rows() == 100
+    ids = renamed.search().select(["id"]).limit(200).to_arrow()["id"].to_pylist()
+    assert sorted(ids) == list(range(100))
+    again = renamed.search(q).limit(5).to_arrow()
+    assert again["id"].to_pylist() == nearest["id"].to_pylist()
+    assert again["_distance"].to_pylist() == pytest.approx(nearest["_distance"].to_pylist())
+    with pytest.raises(Exception, match="not found"):
+        db.open_table("before").count_rows()
+    assert db.create_table("before", _rows(0, 5)).count_rows() == 5  # the name can be reused
+    db.drop_table("before")
+    db.drop_table("after")
+
+
 def test_hybrid_database_lives_in_the_customer_container(
     azure_service: LiveService, azure_storage: Azurite
 ) -> None:

@@ -34,7 +34,7 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
-from lancedb.index import FTS, Bitmap, BTree, IvfPq
+from lancedb.index import FTS, Bitmap, BTree, IvfPq, LabelList
 
 from tests.support.local_node import LocalNode
 from tests.support.service import LiveService, wait_for_index_builds
@@ -47,6 +47,7 @@ SCHEMA = pa.schema([
     pa.field("vector", pa.list_(pa.float32(), DIM), nullable=False),
     pa.field("text", pa.string()),
     pa.field("price", pa.float64()),
+    pa.field("labels", pa.list_(pa.string())),  # for LABEL_LIST indexes and array filters
 ])
 _LONG = os.environ.get("LANCEDB_RAY_STATEFUL") == "long"
 PROFILE = settings(
@@ -66,14 +67,17 @@ VECTORS = st.lists(st.floats(-4, 4, width=32, allow_nan=False), min_size=DIM, ma
     lambda v: any(abs(x) > 1e-2 for x in v))  # no zero vectors: cosine is undefined there
 TEXTS = st.one_of(st.none(), st.sampled_from(["a", "b", "kiwi pie", "apple kiwi", "it's"]))
 PRICES = st.one_of(st.none(), st.integers(-20, 20).map(lambda i: i / 4))
-ROWS = st.lists(st.tuples(KEYS, VECTORS, TEXTS, PRICES), max_size=8)
+LABELS = st.one_of(st.none(), st.lists(st.sampled_from(["red", "green", "blue"]), max_size=3))
+ROWS = st.lists(st.tuples(KEYS, VECTORS, TEXTS, PRICES, LABELS), max_size=8)
 MERGE_COLUMNS = st.sampled_from([
-    ("id", "vector", "text", "price"), ("id", "vector", "price"), ("id", "price"), ("id", "text"),
-    ("price", "id", "vector"),
+    ("id", "vector", "text", "price", "labels"), ("id", "labels"), ("id", "vector", "price"),
+    ("id", "price"), ("id", "text"), ("price", "id", "vector"),
 ])
 FILTERS = st.sampled_from([
     None, "id < 6", "price IS NULL", "price > 0", "text IN ('a', 'kiwi pie')", "id % 2 = 0",
     "text IS NOT NULL AND id > 3", "text LIKE '%kiwi%'", "NOT (price < 1)",
+    "array_has_any(labels, ['red'])", "array_has_all(labels, ['red', 'blue'])",
+    "array_contains(labels, 'green') AND id > 2",
 ])
 PREDICATES = st.sampled_from([
     "id < 3", "price IS NULL", "text = 'a'", "price > 2.5", "id % 3 = 1", "id > 100",
@@ -87,7 +91,17 @@ PROJECTIONS = st.sampled_from([None, ["id"], ["id", "price"], {"id": "id", "p2":
 INDEXES = {
     "id_btree": ("id", BTree()), "text_bitmap": ("text", Bitmap()), "text_fts": ("text", FTS()),
     "vector_ivf_pq": ("vector", IvfPq(num_partitions=2, num_sub_vectors=2)),
+    "labels_label_list": ("labels", LabelList()),
 }
+# Column changes (lance's alter_columns): casts, renames, nullability, and ones that must fail.
+EXTRA_ALTERATIONS = st.sampled_from([
+    {"data_type": pa.float32()}, {"rename": "bonus"}, {"nullable": False}, {"data_type": pa.int64()},
+])
+ALTERATIONS = st.sampled_from([
+    {"path": "id", "nullable": True}, {"path": "text", "nullable": False},
+    {"path": "price", "data_type": pa.float32()}, {"path": "text", "data_type": pa.int32()},
+    {"path": "nope", "rename": "x"}, {"path": "text", "rename": "id"},
+])
 ORDERINGS = st.one_of(st.none(), st.lists(
     st.fixed_dictionaries({"column_name": st.sampled_from(["id", "price", "text"]),
                            "ascending": st.booleans(), "nulls_first": st.booleans()}),
@@ -183,7 +197,7 @@ class DifferentialMachine(RuleBasedStateMachine):
         self.local_db = lancedb.connect(self.directory)
         self.remote: Any = None
         self.local: Any = None
-        self.has_extra = False
+        self.extra: str | None = None  # the added column's name, while there is one
 
     def teardown(self) -> None:
         shutil.rmtree(self.directory, ignore_errors=True)
@@ -214,7 +228,7 @@ class DifferentialMachine(RuleBasedStateMachine):
                          for db in (self.remote_db, self.local_db))
         assert remote[0] == local[0]
         if mode == "overwrite" and remote[0] == "ok":
-            self.has_extra = False
+            self.extra = None
         # Re-open: a handle's view of a re-created table is not what the test is about.
         self.remote, self.local = self.remote_db.open_table("t"), self.local_db.open_table("t")
 
@@ -227,7 +241,7 @@ class DifferentialMachine(RuleBasedStateMachine):
     @rule(rows=ROWS)
     def overwrite(self, rows: list[tuple]) -> None:
         self.same_outcome(lambda t: t.add(_table(rows), mode="overwrite").version)
-        self.has_extra = False
+        self.extra = None
 
     @rule(rows=ROWS, columns=MERGE_COLUMNS, update=st.booleans(), insert=st.booleans(),
           delete=st.booleans(), update_filter=st.sampled_from([None, "target.price > 0"]),
@@ -240,8 +254,10 @@ class DifferentialMachine(RuleBasedStateMachine):
             # Vec<RecordBatch>") before sending; embedded commits it: a client difference
         source = _table(rows, columns)
 
-        def merge(t: Any) -> tuple[int, int, int]:
+        def merge(t: Any, use_index: bool = True) -> tuple[int, int, int]:
             builder = t.merge_insert("id")
+            if not use_index:
+                builder = builder.use_index(False)
             if update:
                 builder = builder.when_matched_update_all(where=update_filter)
             if insert:
@@ -250,7 +266,14 @@ class DifferentialMachine(RuleBasedStateMachine):
                 builder = builder.when_not_matched_by_source_delete(delete_filter)
             return _merge_counts(builder.execute(source))
 
-        self.same_outcome(merge)
+        remote, local = self.both(lambda t: _outcome(lambda: merge(t)))
+        if local[0] == "error" and "rust future panicked" in local[1]:
+            # lancedb 0.40's index-assisted merge panics on a partial-column source with a
+            # when_matched filter ("Incorrect number of arrays for StructArray fields"); pylance
+            # 14, which the service uses, does not. The same merge without the index (whose
+            # answer an index must not change) is the oracle then.
+            local = _outcome(lambda: merge(self.local, use_index=False))
+        assert remote == local, (remote, local)
 
     @rule(predicate=PREDICATES)
     def delete(self, predicate: str) -> None:
@@ -260,30 +283,47 @@ class DifferentialMachine(RuleBasedStateMachine):
     def update(self, where: str | None, update: dict[str, Any]) -> None:
         self.same_outcome(lambda t: t.update(where=where, **update).rows_updated)
 
-    @precondition(lambda self: not self.has_extra)
+    @precondition(lambda self: self.extra is None)
     @rule()
     def add_column(self) -> None:
         self.same_outcome(lambda t: t.add_columns({"extra": "price * 2"}).version)
-        self.has_extra = True
+        self.extra = "extra"
 
-    @precondition(lambda self: self.has_extra)
+    @precondition(lambda self: self.extra is not None)
     @rule()
     def drop_column(self) -> None:
-        self.same_outcome(lambda t: t.drop_columns(["extra"]).version)
-        self.has_extra = False
+        self.same_outcome(lambda t: t.drop_columns([self.extra]).version)
+        self.extra = None
+
+    @precondition(lambda self: self.extra is not None)
+    @rule(change=EXTRA_ALTERATIONS)
+    def alter_extra_column(self, change: dict[str, Any]) -> None:
+        """The added column: cast (also to a type its values do not fit), rename, nullability."""
+        self.same_outcome(lambda t: t.alter_columns({"path": self.extra, **change}).version)
+        self._find_extra()
+
+    @rule(change=ALTERATIONS)
+    def alter_column(self, change: dict[str, Any]) -> None:
+        """Columns other rules use: only changes that keep them usable, or that must fail."""
+        self.same_outcome(lambda t: t.alter_columns(change).version)
+        self._find_extra()
+
+    def _find_extra(self) -> None:
+        self.extra = next((n for n in ("extra", "bonus") if n in self.local.schema.names), None)
 
     @rule(back=st.integers(1, 3))
     def restore(self, back: int) -> None:
         version = max(1, self.local.version - back)
         self.same_outcome(lambda t: t.restore(version))
-        self.has_extra = "extra" in self.local.schema.names
+        self._find_extra()
 
     @rule(rows=st.integers(200, 300), seed=st.integers(0, 3))
     def add_many(self, rows: int, seed: int) -> None:
         """Enough rows to train a vector index (IVF_PQ needs a few hundred)."""
         rng = np.random.default_rng(seed)
         data = [(int(i % 40), rng.uniform(-4, 4, DIM).astype(np.float32).tolist(),
-                 ["a", "b", "kiwi pie", None][i % 4], float(i % 9) / 2) for i in range(rows)]
+                 ["a", "b", "kiwi pie", None][i % 4], float(i % 9) / 2,
+                 [None, [], ["red"], ["green", "blue"], ["red", "blue"]][i % 5]) for i in range(rows)]
         self.same_outcome(lambda t: t.add(_table(data)).version)
 
     @rule(kind=st.sampled_from(sorted(INDEXES)))
@@ -402,7 +442,7 @@ class DifferentialMachine(RuleBasedStateMachine):
         if ordering:
             keys = [o["column_name"] for o in ordering]
             assert r.select(keys) == lo.select(keys)  # rows tied on the keys: order open
-            if limit is None:
+            if limit is None and not offset:  # with an offset, which tied rows it skips is open
                 assert _rows(r) == _rows(lo)
         elif limit is None:
             assert _rows(r) == _rows(lo)  # a scan's order is storage order: not compared
@@ -443,16 +483,28 @@ def _replay(service: LiveService) -> None:
     machine found: merges of partial column sets, ordering with nulls), on every run."""
     machine = type("Machine", (DifferentialMachine,), {"SERVICE": service})()
     try:
-        machine.create(rows=[(1, [1.0, 0.5, 0.0, 0.0], "a", None)], empty=False)
+        machine.create(rows=[(1, [1.0, 0.5, 0.0, 0.0], "a", None, ["red"])], empty=False)
         machine.add_many(rows=250, seed=1)
         machine.same_tables()
-        machine.merge_insert(rows=[(1, [0.0, 1.0, 0.0, 0.0], None, 2.5), (1, [1.0] * 4, "b", None)],
+        machine.merge_insert(rows=[(1, [0.0, 1.0, 0.0, 0.0], None, 2.5, None),
+                                   (1, [1.0] * 4, "b", None, ["blue"])],
                              columns=("id", "price"), update=True, insert=False, delete=False,
                              update_filter=None, delete_filter=None)
         machine.same_tables()
-        for kind in ("text_fts", "id_btree", "vector_ivf_pq"):
+        for kind in ("text_fts", "id_btree", "vector_ivf_pq", "labels_label_list"):
             machine.create_index(kind=kind)
             machine.same_tables()
+        # Seeds from LANCEDB_RAY_STATEFUL=long (executors on): embedded panics on an
+        # index-assisted partial-column merge with a filter (the oracle then merges without the
+        # index); an ordered scan with an offset skips any of the rows tied at the offset.
+        machine.merge_insert(rows=[(0, [-2.2e-16, 0.2, -0.51, 1.38], None, None, ["red", "red"]),
+                                   (8, [-3.27, 0.0, 2.61, 0.31], "a", None, ["red"])],
+                             columns=("id", "vector", "price"), update=True, insert=True,
+                             delete=False, update_filter="target.price > 0", delete_filter=None)
+        machine.same_tables()
+        machine.scan(where="array_contains(labels, 'green') AND id > 2", limit=None, offset=3,
+                     ordering=[{"column_name": "price", "ascending": False, "nulls_first": False}],
+                     columns=None)
         machine.full_text_search(term="kiwi", k=15, where="id < 20")
         machine.vector_search(q=[0.5, -1.0, 2.0, 0.25], k=7, where="price > 1", prefilter=False,
                               columns=["id", "price"], offset=2,
@@ -462,6 +514,14 @@ def _replay(service: LiveService) -> None:
                      ordering=[{"column_name": "text", "ascending": True, "nulls_first": True},
                                {"column_name": "price", "ascending": False, "nulls_first": False}],
                      columns=None)
+        machine.scan(where="array_has_any(labels, ['red'])", limit=None, offset=0, ordering=None,
+                     columns=["id", "labels"])
+        machine.count(where="array_has_all(labels, ['red', 'blue'])")
+        machine.add_column()
+        machine.alter_extra_column(change={"rename": "bonus"})
+        machine.alter_extra_column(change={"data_type": pa.float32()})
+        machine.alter_column(change={"path": "id", "nullable": True})
+        machine.same_tables()
         machine.tag_and_checkout(tag="one", back=2)
         machine.delete(predicate="price IS NULL")
         machine.count(where="text = 'a'")

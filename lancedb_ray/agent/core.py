@@ -41,6 +41,7 @@ from lancedb_ray.storage.connections import Connections, registry_key
 from lancedb_ray.storage.lance_errors import clean_message
 from lancedb_ray.storage.uploads import TableUploads
 from lancedb_ray.storage.uploads import expire as expire_uploads
+from lancedb_ray.storage.renames import Renamer
 from lancedb_ray.storage.versions import announce
 from lancedb_ray.types import TableRef
 
@@ -79,6 +80,7 @@ class LanceAgent:
         self._catalog = StorageCatalog(settings.storage)
         self._connections = Connections(self._catalog, 0.0)
         self._reader = TableReader(self._connections)
+        self._renamer = Renamer()
         self._runner = runner or JobRunner(settings, self._reader, indexers)
         group = default_group(settings.events)
         self._consumer_factory = consumer_factory or (lambda: make_consumer(settings.events, group))
@@ -475,6 +477,10 @@ class LanceAgent:
         keys = []
         root = root_location(self._settings.storage)
         for database in list_databases(self._settings.storage, root):
+            try:  # a rename abandoned by a crashed query node: finish or undo it first
+                self._renamer.sweep(self._connections.location(database))
+            except Exception as exc:
+                _LOG.warning("reconciler cannot recover the renames of %s: %s", database, exc)
             try:
                 keys += [_key(database, table) for table in list_tables(self._connections, database)]
             except Exception as exc:

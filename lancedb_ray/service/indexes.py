@@ -64,6 +64,7 @@ class IndexService:
         """
         if body.name is not None:
             validate_name("index", body.name)
+        self._tables.before_write(ref)  # an index build the rename would not copy: refused
         table = self._connections.table(ref)
         index_type = check_create_index(table.schema, body)
         if self._jobs is None:
@@ -136,8 +137,10 @@ class IndexService:
         table = self._connections.table(ref)
         if name not in {i.name for i in table.list_indices()}:
             raise NotFound(f"index '{name}' was not found on table '{ref.qualified_name}'")
+        self._tables.before_write(ref)
         with lance_errors(f"drop_index '{name}' on '{ref.qualified_name}'", ref.database):
             table.drop_index(name)
+        self._tables.after_write(ref, table.version)
         self._tables.notify(ref, lambda: table.version, "drop_index", request_id)
 
 

@@ -8,7 +8,6 @@ the write.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -32,6 +31,7 @@ from lancedb_ray.service.metrics import METRICS, POST_COMMIT
 from lancedb_ray.storage.catalog import DatabaseLocation
 from lancedb_ray.storage.connections import Connections, MissingDatabase
 from lancedb_ray.storage.lance_errors import clean_message, lance_errors
+from lancedb_ray.storage.renames import Renamer
 from lancedb_ray.types import TableRef
 
 _LOG = logging.getLogger(__name__)
@@ -46,6 +46,7 @@ class TableService:
         self._connections = connections
         self._on_change = on_change
         self._window = idempotency_window
+        self.renamer = Renamer()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -68,6 +69,7 @@ class TableService:
         if mode not in ("create", "overwrite", "exist_ok"):
             raise InvalidInput(f"unknown create mode '{mode}': use create, overwrite or exist_ok")
         db = self._connections.database(ref.database, create=True)
+        self._reuse_name(ref)
         with lance_errors(f"table '{ref.qualified_name}'", ref.database):
             table = db.create_table(
                 ref.name,
@@ -91,12 +93,14 @@ class TableService:
     def drop(self, ref: TableRef, request_id: str | None) -> None:
         """A missing table is a 404: the client then raises what embedded lancedb raises."""
         db = self._connections.database_of(ref)
+        self.before_write(ref)
         with lance_errors(f"table '{ref.qualified_name}'", ref.database):
             db.drop_table(ref.name, namespace_path=ref.namespace_path)
         self.notify(ref, 0, "drop", request_id)
 
     def rename(self, ref: TableRef, new_name: str, request_id: str | None) -> None:
-        """Move the table's directory: lancedb OSS has no rename, LanceDB Cloud does."""
+        """Move the table (lancedb OSS has no rename, LanceDB Cloud does), safely under concurrent
+        writes: see storage/renames.py. Writes arriving meanwhile get 503, then 404."""
         new_ref = TableRef.parse(ref.database, new_name)
         if ref.namespace or new_ref.namespace:
             raise InvalidInput("renaming a table inside a namespace is not supported")
@@ -107,9 +111,9 @@ class TableService:
             raise InvalidInput(f"cannot rename to '{new_ref.name}': table already exists")
         location = self._connections.location(ref.database)
         with lance_errors(f"table '{ref.qualified_name}'", ref.database):
-            _move_table(location, ref.name, new_ref.name)
+            version = self.renamer.rename(location, ref.name, new_ref.name)
         self.notify(ref, 0, "rename", request_id)
-        self.notify(new_ref, lambda: self._connections.table(new_ref).version, "create", request_id)
+        self.notify(new_ref, version or 0, "create", request_id)
 
     def clone(self, ref: TableRef, body: CloneRequest, request_id: str | None) -> None:
         """A shallow clone of a table of the same database (lance shares its files)."""
@@ -119,6 +123,7 @@ class TableService:
         source = _source_table_name(location, body.source_location)
         self._connections.table(TableRef.parse(ref.database, source))  # 404 when missing
         db = self._connections.database(ref.database)
+        self._reuse_name(ref)
         with lance_errors(f"clone to '{ref.qualified_name}'", ref.database):
             table = db.clone_table(ref.name, location.table_uri(source),
                                    target_namespace_path=ref.namespace_path,
@@ -143,12 +148,14 @@ class TableService:
     def insert(
         self, ref: TableRef, data: pa.Table, overwrite: bool, request_id: str | None
     ) -> dict[str, Any]:
+        self.before_write(ref)
         result = self._idempotent(
             ref,
             request_id,
             lambda ds, options: writes.append(ds, data, request_id, options, overwrite),
         )
         if not result.replayed:
+            self.after_write(ref, result.version, result.committed)
             operation = "overwrite" if overwrite else "insert"
             self.notify(ref, result.version, operation, request_id, data.num_rows)
         return {"version": result.version}
@@ -164,12 +171,14 @@ class TableService:
             delete_by_source=params.when_not_matched_by_source_delete,
             delete_filter=params.when_not_matched_by_source_delete_filt,
         )
+        self.before_write(ref)
         result = self._idempotent(
             ref,
             request_id,
             lambda ds, options: writes.merge_insert(ds, data, spec, request_id, options),
         )
         if not result.replayed:
+            self.after_write(ref, result.version, result.committed)
             rows = result.num_inserted_rows + result.num_updated_rows + result.num_deleted_rows
             self.notify(ref, result.version, "merge_insert", request_id, rows)
         return {
@@ -180,24 +189,29 @@ class TableService:
         }
 
     def delete(self, ref: TableRef, predicate: str, request_id: str | None) -> dict[str, Any]:
+        self.before_write(ref)
         table = self._connections.table(ref)
         with lance_errors(f"delete on '{ref.qualified_name}'", ref.database):
             result = table.delete(predicate)
+        self.after_write(ref, result.version)
         self.notify(ref, result.version, "delete", request_id, result.num_deleted_rows)
         return {"num_deleted_rows": result.num_deleted_rows, "version": result.version}
 
     def update(self, ref: TableRef, body: UpdateRequest, request_id: str | None) -> dict[str, Any]:
         if not body.updates:
             raise InvalidInput("update needs at least one column in 'updates'")
+        self.before_write(ref)
         table = self._connections.table(ref)
         with lance_errors(f"update on '{ref.qualified_name}'", ref.database):
             result = table.update(where=body.predicate, values_sql=dict(body.updates))
+        self.after_write(ref, result.version)
         self.notify(ref, result.version, "update", request_id, result.rows_updated)
         return {"rows_updated": result.rows_updated, "version": result.version}
 
     # -- schema changes --------------------------------------------------------------------
 
     def add_columns(self, ref: TableRef, body: AddColumnsRequest, request_id: str | None) -> dict:
+        self.before_write(ref)
         table = self._connections.table(ref)
         with lance_errors(f"add_columns on '{ref.qualified_name}'", ref.database):
             result = table.add_columns({c.name: c.expression for c in body.new_columns})
@@ -206,6 +220,7 @@ class TableService:
     def add_null_columns(self, ref: TableRef, schema: pa.Schema, request_id: str | None) -> dict:
         if not len(schema):
             raise InvalidInput("add_columns needs at least one column")
+        self.before_write(ref)
         table = self._connections.table(ref)
         with lance_errors(f"add_columns on '{ref.qualified_name}'", ref.database):
             result = table.add_columns(schema)
@@ -224,6 +239,7 @@ class TableService:
             if alteration.data_type is not None:
                 change["data_type"] = _arrow_type(alteration.data_type)
             alterations.append(change)
+        self.before_write(ref)
         table = self._connections.table(ref)
         with lance_errors(f"alter_columns on '{ref.qualified_name}'", ref.database):
             result = table.alter_columns(*alterations)
@@ -234,12 +250,14 @@ class TableService:
     ) -> dict[str, Any]:
         if not body.updates:
             raise InvalidInput("update_field_metadata needs at least one entry in 'updates'")
+        self.before_write(ref)
         table = self._connections.table(ref)
         with lance_errors(f"update_field_metadata on '{ref.qualified_name}'", ref.database):
             result = table.update_field_metadata(*(u.model_dump() for u in body.updates))
         return self._schema_changed(ref, result.version, "update_field_metadata", request_id)
 
     def drop_columns(self, ref: TableRef, columns: list[str], request_id: str | None) -> dict:
+        self.before_write(ref)
         table = self._connections.table(ref)
         with lance_errors(f"drop_columns on '{ref.qualified_name}'", ref.database):
             result = table.drop_columns(columns)
@@ -262,9 +280,33 @@ class TableService:
                 return earlier
             return write(dataset, options)
 
+    def before_write(self, ref: TableRef) -> None:
+        """503 while ``ref`` is being renamed, 404 once renamed away (see storage/renames.py)."""
+        if ref.namespace:
+            return  # tables in namespaces are never renamed
+        with lance_errors(f"write to '{ref.qualified_name}'", ref.database):
+            self.renamer.before_write(self._connections.location(ref.database), ref.name)
+
+    def _reuse_name(self, ref: TableRef) -> None:
+        """Before a table is created at ``ref``: a finished rename away from the name is forgotten."""
+        if not ref.namespace:
+            with lance_errors(f"table '{ref.qualified_name}'", ref.database):
+                self.renamer.reuse_name(self._connections.location(ref.database), ref.name)
+
+    def after_write(self, ref: TableRef, version: int | None, committed: Any = None) -> None:
+        """Raise (503) instead of acknowledging a commit that a concurrent rename did not keep
+        (``version`` None: a change outside the versions, a tag, which no rename vouches for;
+        ``committed``: the commit's dataset when the write has it)."""
+        if ref.namespace:
+            return
+        with lance_errors(f"write to '{ref.qualified_name}'", ref.database):
+            self.renamer.after_write(self._connections.location(ref.database), ref.name, version,
+                                     committed)
+
     def _schema_changed(
         self, ref: TableRef, version: int, operation: str, request_id: str | None
     ) -> dict[str, Any]:
+        self.after_write(ref, version)
         self.notify(ref, version, operation, request_id)
         return {"version": version}
 
@@ -327,15 +369,6 @@ def _public_uri(uri: str) -> str:
     if not parts.scheme or len(parts.scheme) == 1:  # a local path (or a Windows drive)
         return uri
     return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
-
-
-def _move_table(location: DatabaseLocation, name: str, new_name: str) -> None:
-    if not location.is_azure:
-        os.rename(location.table_uri(name), location.table_uri(new_name))  # atomic on one fs
-        return
-    # Object stores have no directory rename: copy every object, then remove the source.
-    location.filesystem().mv(location.fs_path(f"{name}.lance"),
-                             location.fs_path(f"{new_name}.lance"), recursive=True)
 
 
 def _arrow_type(data_type: dict[str, Any]) -> pa.DataType:

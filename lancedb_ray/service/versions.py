@@ -36,9 +36,11 @@ class VersionService:
     def restore(self, ref: TableRef, version: int | str, request_id: str | None) -> dict:
         if isinstance(version, str):
             validate_name("tag", version)
+        self._tables.before_write(ref)
         table = self._connections.table(ref, version)
         with lance_errors(f"restore of '{ref.qualified_name}'", ref.database):
             table.restore()
+        self._tables.after_write(ref, table.version)
         self._tables.notify(ref, lambda: table.version, "restore", request_id)
         return {"version": table.version}
 
@@ -64,25 +66,31 @@ class VersionService:
         if version is None:
             raise InvalidInput("creating a tag needs a 'version'")
         validate_name("tag", tag)
+        self._tables.before_write(ref)
         table = self._connections.table(ref)
         _check_version(table, ref, version)
         with lance_errors(f"tag '{tag}' of '{ref.qualified_name}'", ref.database):
             table.tags.create(tag, version)
+        self._tables.after_write(ref, None)
 
     def update_tag(self, ref: TableRef, tag: str, version: int | None) -> None:
         if version is None:
             raise InvalidInput("updating a tag needs a 'version'")
         self.tag_version(ref, tag)
+        self._tables.before_write(ref)
         table = self._connections.table(ref)
         _check_version(table, ref, version)
         with lance_errors(f"tag '{tag}' of '{ref.qualified_name}'", ref.database):
             table.tags.update(tag, version)
+        self._tables.after_write(ref, None)
 
     def delete_tag(self, ref: TableRef, tag: str) -> None:
         self.tag_version(ref, tag)
+        self._tables.before_write(ref)
         table = self._connections.table(ref)
         with lance_errors(f"tag '{tag}' of '{ref.qualified_name}'", ref.database):
             table.tags.delete(tag)
+        self._tables.after_write(ref, None)
 
 
 def _check_version(table: Any, ref: TableRef, version: int) -> None:

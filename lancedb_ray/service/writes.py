@@ -9,6 +9,7 @@ its result instead of writing the rows a second time.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -32,6 +33,8 @@ class WriteResult:
     num_updated_rows: int = 0
     num_deleted_rows: int = 0
     replayed: bool = False  # True when a retry found the earlier commit
+    # The committed version in memory: a concurrent rename's check compares its state.
+    committed: LanceDataset | None = dataclasses.field(default=None, compare=False, repr=False)
 
 
 def find_committed(dataset: LanceDataset, request_id: str | None, window: int) -> WriteResult | None:
@@ -106,7 +109,7 @@ def append(
         storage_options=storage_options or None,
         transaction_properties=_properties(request_id, num_inserted_rows=data.num_rows),
     )
-    return WriteResult(version=written.version, num_inserted_rows=data.num_rows)
+    return WriteResult(version=written.version, num_inserted_rows=data.num_rows, committed=written)
 
 
 def stage(
@@ -183,7 +186,7 @@ def merge_insert(
     committed = LanceDataset.commit(
         dataset, transaction, storage_options=storage_options or None
     )
-    return WriteResult(version=committed.version, **counts)
+    return WriteResult(version=committed.version, committed=committed, **counts)
 
 
 def _properties(request_id: str | None, **counts: int) -> dict[str, str]:
