@@ -415,11 +415,11 @@ def test_a_commit_that_raised_is_answered_by_what_landed(
     raw, database = table
     real = writes.commit_staged
 
-    def lost_after(*args: Any, **kwargs: Any) -> int:
+    def lost_after(*args: Any, **kwargs: Any) -> Any:
         real(*args, **kwargs)
         raise OSError("injected: the storage's answer was lost")
 
-    def failed_before(*args: Any, **kwargs: Any) -> int:
+    def failed_before(*args: Any, **kwargs: Any) -> Any:
         raise OSError("injected: storage is down")
 
     for fault, start in ((failed_before, 100), (lost_after, 200)):

@@ -39,9 +39,9 @@ from lancedb_ray.settings import Settings
 from lancedb_ray.storage.catalog import StorageCatalog
 from lancedb_ray.storage.connections import Connections, registry_key
 from lancedb_ray.storage.lance_errors import clean_message
+from lancedb_ray.storage.renames import Renamer
 from lancedb_ray.storage.uploads import TableUploads
 from lancedb_ray.storage.uploads import expire as expire_uploads
-from lancedb_ray.storage.renames import Renamer
 from lancedb_ray.storage.versions import announce
 from lancedb_ray.types import TableRef
 

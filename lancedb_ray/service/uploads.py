@@ -57,6 +57,7 @@ class UploadService:
     # Storage faults anywhere below (records, claims, lance) answer as any write's do (503).
 
     def create(self, ref: TableRef) -> dict[str, Any]:
+        self._tables.before_write(ref)
         with lance_errors(f"upload to '{ref.qualified_name}'", ref.database):
             uploads, _ = self._open(ref)
             upload = uploads.create(self._ttl)
@@ -67,6 +68,7 @@ class UploadService:
                  overwrite: bool) -> dict[str, Any]:
         """Stage one part; a part sent again under the same part id replaces the earlier one."""
         part_id = check_id("upload_part_id", part_id)
+        self._tables.before_write(ref)  # staged data a rename would leave behind: refused (503)
         with lance_errors(f"upload to '{ref.qualified_name}'", ref.database):
             uploads, dataset = self._open(ref)
             upload = self._upload(uploads, upload_id, ref)
@@ -118,19 +120,23 @@ class UploadService:
         rows, operation, committed_here = 0, "insert", version is None
         if version is None:
             try:
+                self._tables.before_write(ref)  # 503 while a rename moves the table
                 fragments, schema, rows = self._staged(dataset, uploads, upload_id)
             except BaseException:
                 uploads.release(upload_id)
                 raise
             operation = "insert" if schema is None else "overwrite"
             properties = {UPLOAD_ID: upload_id, "num_inserted_rows": str(rows)}
+            committed = None
             try:
-                version = writes.commit_staged(dataset, fragments, schema, properties,
-                                               self._options(ref), COMMIT_TIMEOUT)
+                committed = writes.commit_staged(dataset, fragments, schema, properties,
+                                                 self._options(ref), COMMIT_TIMEOUT)
+                version = committed.version
             except BaseException:
                 version = self._survived(ref, uploads, upload_id, claim.since)
                 if version is None:
                     raise
+            self._tables.after_write(ref, version, committed)  # kept by a concurrent rename?
         self._committed(uploads, upload, version)
         self._tables.notify(ref, version, operation, upload_id, rows)
         return version, committed_here

@@ -133,9 +133,10 @@ def commit_staged(
     properties: dict[str, str],
     storage_options: dict[str, str],
     timeout: timedelta,
-) -> int:
+) -> LanceDataset:
     """Commit staged fragments in one version: appended, or replacing the table when ``schema``
-    is given; ``properties`` travel in the same atomic commit. Gives up after ``timeout``."""
+    is given; ``properties`` travel in the same atomic commit. Gives up after ``timeout``.
+    The committed dataset is returned, for a concurrent rename's check of what it holds."""
     operation = (
         LanceOperation.Append(fragments) if schema is None
         else LanceOperation.Overwrite(schema, fragments)
@@ -143,10 +144,9 @@ def commit_staged(
     transaction = lance.Transaction(
         read_version=dataset.version, operation=operation, transaction_properties=properties
     )
-    committed = LanceDataset.commit(
+    return LanceDataset.commit(
         dataset, transaction, storage_options=storage_options or None, commit_timeout=timeout
     )
-    return committed.version
 
 
 @dataclass(frozen=True)
