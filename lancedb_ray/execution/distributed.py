@@ -25,7 +25,7 @@ from ray.exceptions import (
     RayTaskError,
 )
 
-from lancedb_ray.errors import LanceDBRayError, Unavailable
+from lancedb_ray.errors import LanceDBRayError
 from lancedb_ray.execution import hashing
 from lancedb_ray.execution.base import QueryTarget
 from lancedb_ray.execution.executor_actor import PlanExecutor
@@ -64,6 +64,11 @@ _EXECUTOR_FAULTS = (ActorDiedError, ActorUnavailableError, RayActorError, GetTim
 SUBPLAN_TIMEOUT_S = 120.0  # a sub-plan still running (and its executor answering) this long fails
 QUERY_NODE_INDEX_CACHE = 64 * 1024**2
 QUERY_NODE_METADATA_CACHE = 256 * 1024**2
+# A query that is one flat, scan or count sub-plan over a table this small runs on the query node:
+# the executor hop (an actor call, ~1-2 ms) costs more than the work (bench/executor_hop.py).
+IN_PROCESS_MAX_ROWS = 10_000
+IN_PROCESS_CACHE_BYTES = 128 * 1024**2  # the query node's own copies of such small tables
+_IN_PROCESS_KINDS = (SubPlanKind.FLAT, SubPlanKind.SCAN, SubPlanKind.COUNT)
 
 
 class ExecutorPool:
@@ -132,6 +137,9 @@ class DistributedExecutor:
         self._pool = pool
         self._group_size = settings.executors.fragments_per_group
         self._local = LocalExecutor(connections)
+        self._settings = settings
+        self._in_process: PlanExecutor | None = None  # built on first use
+        self._in_process_lock = threading.Lock()
         # Half of the fail-over deadline waiting for a call, half for a ping (_await).
         self._probe_s = settings.executors.failover_seconds / 2
         # Executors that stopped answering -> the ping that clears them once answered (None: not sent).
@@ -167,7 +175,7 @@ class DistributedExecutor:
             with lance_errors(f"count_rows on '{target.ref.qualified_name}'", target.ref.database):
                 return snapshot.row_count  # from the manifest: no executor, no data read
         plans = plan_count(snapshot, ref, predicate, self._group_size)
-        return sum(self._run_all(plans, target))
+        return sum(self._run_all(plans, target, snapshot))
 
     def explain(self, target: QueryTarget, query: QueryRequest, verbose: bool) -> str:
         plans = self.plan(target, query)
@@ -217,25 +225,37 @@ class DistributedExecutor:
             plans = plan_query(snapshot, ref, query, self._group_size)
         if not plans:  # an empty table: nothing to distribute
             return self._local.search(QueryTarget(ref.ref, ref.version), query)
-        results = self._run_all(plans, QueryTarget(ref.ref, ref.version))
+        results = self._run_all(plans, QueryTarget(ref.ref, ref.version), snapshot)
         if plans[0].kind is SubPlanKind.WHOLE_QUERY:
             return results[0]
         if plans[0].kind is SubPlanKind.SCAN:
             return merge_scan(results, query)
         return merge_nearest(results, query)
 
-    def _run_all(self, plans: Sequence[SubPlan], target: QueryTarget) -> list[Any]:
-        """Run every sub-plan: one batched call per executor, each plan failing over alone."""
+    def _run_all(self, plans: Sequence[SubPlan], target: QueryTarget, snapshot: Snapshot) -> list[Any]:
+        """Run every sub-plan: one batched call per executor, each plan failing over alone.
+
+        A query that is one small sub-plan runs here instead; so does a sub-plan whose
+        executors have all stopped answering (or failed it twice each): the query node is
+        the last resort.
+        """
+        METRICS.observe("subplans_per_query", len(plans))
+        if len(plans) == 1 and plans[0].kind in _IN_PROCESS_KINDS \
+                and snapshot.row_count <= IN_PROCESS_MAX_ROWS:
+            return [self._run_here(plans[0], target)]
         routes = [self._pool.route(plan.partition) for plan in plans]
         tried: list[list[str]] = [[] for _ in plans]
         attempts = [0] * len(plans)
         results: list[Any] = [None] * len(plans)
         todo = list(range(len(plans)))
-        METRICS.observe("subplans_per_query", len(plans))
         while todo:
             suspects = self._current_suspects()
             batches: dict[str, list[int]] = {}
+            here = []
             for i in todo:
+                if attempts[i] >= 2 * len(routes[i]) or suspects.issuperset(routes[i]):
+                    here.append(i)
+                    continue
                 # The route's order, but executors that stopped answering (now or in an earlier
                 # query) and those this sub-plan already tried go last.
                 name = min(routes[i], key=lambda n, i=i: (tried[i].count(n), n in suspects))
@@ -247,6 +267,8 @@ class DistributedExecutor:
                 .execute_batch.remote([plans[i] for i in members])
                 for name, members in batches.items()
             }
+            for i in here:  # while the executors work
+                results[i] = self._run_here(plans[i], target)
             stopped = self._await(calls)  # now suspects, with any other executor that stopped
             todo = []
             for name, call in calls.items():
@@ -262,15 +284,10 @@ class DistributedExecutor:
                         self._pool.forget(name)
                     with self._suspects_lock:  # tried last until it answers a ping again
                         self._suspects.setdefault(name, None)
-                    for i in members:
-                        attempts[i] += 1
-                        if attempts[i] >= 2 * len(routes[i]):
-                            raise Unavailable(
-                                f"no plan executor could answer for "
-                                f"'{target.ref.qualified_name}': {type(exc).__name__}"
-                            ) from exc
                     METRICS.inc("failovers_total", len(members))
                     logger.warning("%d sub-plans failed over from %s: %s", len(members), name, exc)
+                    for i in members:
+                        attempts[i] += 1
                     todo.extend(members)
                     continue
                 except RayTaskError as exc:
@@ -280,6 +297,15 @@ class DistributedExecutor:
                     results[i] = answer
         return results
 
+    def _run_here(self, plan: SubPlan, target: QueryTarget) -> Any:
+        """Run ``plan`` in this process, with a small cache of its own (no executor hop)."""
+        with self._in_process_lock:
+            if self._in_process is None:
+                plain = self._settings.to_plain()
+                plain["executors"].update(cache_bytes=IN_PROCESS_CACHE_BYTES, spill_dir=None)
+                self._in_process = PlanExecutor("query-node", plain)
+        with lance_errors(f"query on '{target.ref.qualified_name}'", target.ref.database):
+            return self._in_process.execute(plan)
 
     def _current_suspects(self) -> set[str]:
         """Executors to try last: they stopped answering and have not answered a ping since."""
