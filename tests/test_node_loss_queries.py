@@ -124,6 +124,10 @@ def _scenario(workdir: Path) -> dict:
         return {"dashboard_agent_listen_port": free_port(), "metrics_export_port": free_port(),
                 "runtime_env_agent_port": free_port()}
 
+    # The default ingress (settings.server.proxy): HAProxy, read by Serve's processes as they start;
+    # its stats and metrics ports of this cluster's own (its files are per node already).
+    os.environ.update(RAY_SERVE_ENABLE_HA_PROXY="1", RAY_SERVE_HAPROXY_STATS_PORT=str(free_port()),
+                      RAY_SERVE_HAPROXY_METRICS_PORT=str(free_port()))
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 3, "include_dashboard": False,
                                                             **ports()})
     worker = cluster.add_node(num_cpus=3, **ports())
@@ -143,7 +147,7 @@ def _scenario(workdir: Path) -> dict:
         "executors": {"num_executors": 4, "replicas": 2, "fragments_per_group": 1, "num_cpus": 0.25},
     }
     # The proxy on the head node alone: the clients connect there, as through a load balancer
-    # that stopped routing to the lost node.
+    # that stopped routing to the lost node (and two nodes on one host cannot both bind the port).
     serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app({"settings": settings}), name="lancedb", route_prefix="/")
     url = f"http://127.0.0.1:{port}"
