@@ -244,8 +244,7 @@ class DistributedExecutor:
                 and snapshot.row_count <= IN_PROCESS_MAX_ROWS:
             return [self._run_here(plans[0], target)]
         routes = [self._pool.route(plan.partition) for plan in plans]
-        tried: list[list[str]] = [[] for _ in plans]
-        attempts = [0] * len(plans)
+        tried: list[list[str]] = [[] for _ in plans]  # the executors each sub-plan was sent to
         results: list[Any] = [None] * len(plans)
         todo = list(range(len(plans)))
         while todo:
@@ -253,7 +252,7 @@ class DistributedExecutor:
             batches: dict[str, list[int]] = {}
             here = []
             for i in todo:
-                if attempts[i] >= 2 * len(routes[i]) or suspects.issuperset(routes[i]):
+                if len(tried[i]) >= 2 * len(routes[i]) or suspects.issuperset(routes[i]):
                     here.append(i)
                     continue
                 # The route's order, but executors that stopped answering (now or in an earlier
@@ -263,7 +262,7 @@ class DistributedExecutor:
                 batches.setdefault(name, []).append(i)
             sent = time.monotonic()
             calls = {
-                name: self._pool.handle(name, fresh=any(attempts[i] for i in members))
+                name: self._pool.handle(name, fresh=any(len(tried[i]) > 1 for i in members))
                 .execute_batch.remote([plans[i] for i in members])
                 for name, members in batches.items()
             }
@@ -286,8 +285,6 @@ class DistributedExecutor:
                         self._suspects.setdefault(name, None)
                     METRICS.inc("failovers_total", len(members))
                     logger.warning("%d sub-plans failed over from %s: %s", len(members), name, exc)
-                    for i in members:
-                        attempts[i] += 1
                     todo.extend(members)
                     continue
                 except RayTaskError as exc:
