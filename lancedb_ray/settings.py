@@ -211,6 +211,10 @@ class ExecutorSettings(StrictModel):
     spill_bytes: int = 8 * 1024**3
     prewarm: list[str] = Field(default_factory=list)  # "database/table" names
     num_cpus: float = 0.5
+    # An executor whose call is unanswered for half this long is pinged; if the ping is not
+    # answered in the other half (its node lost, its process frozen), its sub-plans go to the
+    # next executor: a lost executor slows a query by at most this much.
+    failover_seconds: float = Field(3.0, gt=0)
 
 
 class EventBusBackend(str, Enum):

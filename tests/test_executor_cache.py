@@ -80,6 +80,25 @@ def test_count_without_a_filter_comes_from_the_manifest(table) -> None:
     assert node.count(QueryTarget(REF, 1), None) == 500
 
 
+def test_a_query_of_one_small_sub_plan_runs_on_the_query_node(table) -> None:
+    """No executor hop where it costs more than the work: one flat/scan/count sub-plan, few rows."""
+    settings = Settings(storage={"root": {"uri": str(_root(table))}})
+    catalog = StorageCatalog(StorageSettings(root={"uri": str(_root(table))}))
+    connections = Connections(catalog, 60.0, LatestVersions(VersionRegistry(), 60.0))
+    node = DistributedExecutor(settings, connections, _NoExecutors())  # type: ignore[arg-type]
+    for version in (1, None):  # one fragment; all four (one bucket of fragments_per_group 8)
+        target = QueryTarget(REF, version)
+        if version:
+            table.checkout(version)
+        try:
+            assert node.count(target, "tag = 't3'") == table.count_rows("tag = 't3'")
+            query = QueryRequest(filter="tag = 't3' AND maybe > 100", k=20, columns=["id", "maybe"])
+            want = table.search().where("tag = 't3' AND maybe > 100").select(["id", "maybe"]).limit(20)
+            assert node.search(target, query).to_pylist() == want.to_arrow().to_pylist()
+        finally:
+            table.checkout_latest()
+
+
 @pytest.mark.parametrize("predicate", ["id >= 400 AND id < 1700", "id IN (1, 13, 1999, 5000)"])
 def test_filters_on_scalar_indexed_columns_run_on_the_source(table, predicate: str) -> None:
     snapshot, target = _snapshot(table)

@@ -215,6 +215,27 @@ def test_a_frozen_executor_is_failed_over(tables) -> None:
     assert got == want
 
 
+def test_with_every_executor_frozen_the_query_node_answers(tables) -> None:
+    """The query node is the last resort: when no executor of a sub-plan answers, it runs it."""
+    remote, embedded = tables
+    queries = _queries(3)
+    want = [embedded.search(q).bypass_vector_index().limit(5).to_arrow()["id"].to_pylist()
+            for q in queries]
+    want.append(embedded.count_rows("group = 'g2'"))
+    pids = [ray.get(ray.get_actor(f"plan-executor-{i}", namespace=NAMESPACE)
+                    .__ray_call__.remote(lambda _self: os.getpid())) for i in range(2)]
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        got: list = [remote.search(q).bypass_vector_index().limit(5).to_arrow()["id"].to_pylist()
+                     for q in queries]
+        got.append(remote.count_rows("group = 'g2'"))
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+    assert got == want
+
+
 def test_prewarm_loads_a_table_before_its_first_query(live_service: LiveService) -> None:
     from lancedb_ray.execution.distributed import DistributedExecutor, ExecutorPool
     from lancedb_ray.settings import Settings

@@ -25,6 +25,8 @@ def _status(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_status_shows_nodes_deployments_executors_and_agent(live_service: LiveService) -> None:
     table = live_service.connect().create_table("shown", pa.table({"id": list(range(50))}))
+    for start in (50, 100):  # three fragments: sub-plans on the executors, not the query node alone
+        table.add(pa.table({"id": list(range(start, start + 50))}))
     table.count_rows("id > 3")  # the executors' caches have something to show
     result = _status("--json")
     assert result.returncode == 0, result.stderr[-3000:]

@@ -25,7 +25,7 @@ from ray.exceptions import (
     RayTaskError,
 )
 
-from lancedb_ray.errors import LanceDBRayError, Unavailable
+from lancedb_ray.errors import LanceDBRayError
 from lancedb_ray.execution import hashing
 from lancedb_ray.execution.base import QueryTarget
 from lancedb_ray.execution.executor_actor import PlanExecutor
@@ -62,11 +62,13 @@ METRICS = MetricSet(
 )
 _EXECUTOR_FAULTS = (ActorDiedError, ActorUnavailableError, RayActorError, GetTimeoutError)
 SUBPLAN_TIMEOUT_S = 120.0  # a sub-plan still running (and its executor answering) this long fails
-PROBE_AFTER_S = 2.0  # an executor silent this long is pinged ...
-PING_TIMEOUT_S = 3.0  # ... and given up on if the ping takes longer than this ...
-SUSPECT_S = 10.0  # ... and tried last by the next queries for this long
 QUERY_NODE_INDEX_CACHE = 64 * 1024**2
 QUERY_NODE_METADATA_CACHE = 256 * 1024**2
+# A query that is one flat, scan or count sub-plan over a table this small runs on the query node:
+# the executor hop (an actor call, ~1-2 ms) costs more than the work (bench/executor_hop.py).
+IN_PROCESS_MAX_ROWS = 10_000
+IN_PROCESS_CACHE_BYTES = 128 * 1024**2  # the query node's own copies of such small tables
+_IN_PROCESS_KINDS = (SubPlanKind.FLAT, SubPlanKind.SCAN, SubPlanKind.COUNT)
 
 
 class ExecutorPool:
@@ -135,8 +137,13 @@ class DistributedExecutor:
         self._pool = pool
         self._group_size = settings.executors.fragments_per_group
         self._local = LocalExecutor(connections)
-        # Executors that stopped answering -> (tried last until, a ping that clears them once answered).
-        self._suspects: dict[str, tuple[float, Any]] = {}
+        self._settings = settings
+        self._in_process: PlanExecutor | None = None  # built on first use
+        self._in_process_lock = threading.Lock()
+        # Half of the fail-over deadline waiting for a call, half for a ping (_await).
+        self._probe_s = settings.executors.failover_seconds / 2
+        # Executors that stopped answering -> the ping that clears them once answered (None: not sent).
+        self._suspects: dict[str, Any] = {}
         self._suspects_lock = threading.Lock()
         # The query node only plans: manifests and index metadata, no index partitions.
         self._snapshots = Snapshots(process_session(QUERY_NODE_INDEX_CACHE, QUERY_NODE_METADATA_CACHE))
@@ -168,7 +175,7 @@ class DistributedExecutor:
             with lance_errors(f"count_rows on '{target.ref.qualified_name}'", target.ref.database):
                 return snapshot.row_count  # from the manifest: no executor, no data read
         plans = plan_count(snapshot, ref, predicate, self._group_size)
-        return sum(self._run_all(plans, target))
+        return sum(self._run_all(plans, target, snapshot))
 
     def explain(self, target: QueryTarget, query: QueryRequest, verbose: bool) -> str:
         plans = self.plan(target, query)
@@ -218,36 +225,50 @@ class DistributedExecutor:
             plans = plan_query(snapshot, ref, query, self._group_size)
         if not plans:  # an empty table: nothing to distribute
             return self._local.search(QueryTarget(ref.ref, ref.version), query)
-        results = self._run_all(plans, QueryTarget(ref.ref, ref.version))
+        results = self._run_all(plans, QueryTarget(ref.ref, ref.version), snapshot)
         if plans[0].kind is SubPlanKind.WHOLE_QUERY:
             return results[0]
         if plans[0].kind is SubPlanKind.SCAN:
             return merge_scan(results, query)
         return merge_nearest(results, query)
 
-    def _run_all(self, plans: Sequence[SubPlan], target: QueryTarget) -> list[Any]:
-        """Run every sub-plan: one batched call per executor, each plan failing over alone."""
-        suspects = self._current_suspects()
-        routes = [sorted(self._pool.route(plan.partition), key=lambda name: name in suspects)
-                  for plan in plans]
-        attempts = [0] * len(plans)
+    def _run_all(self, plans: Sequence[SubPlan], target: QueryTarget, snapshot: Snapshot) -> list[Any]:
+        """Run every sub-plan: one batched call per executor, each plan failing over alone.
+
+        A query that is one small sub-plan runs here instead; so does a sub-plan whose
+        executors have all stopped answering (or failed it twice each): the query node is
+        the last resort.
+        """
+        METRICS.observe("subplans_per_query", len(plans))
+        if len(plans) == 1 and plans[0].kind in _IN_PROCESS_KINDS \
+                and snapshot.row_count <= IN_PROCESS_MAX_ROWS:
+            return [self._run_here(plans[0], target)]
+        routes = [self._pool.route(plan.partition) for plan in plans]
+        tried: list[list[str]] = [[] for _ in plans]  # the executors each sub-plan was sent to
         results: list[Any] = [None] * len(plans)
         todo = list(range(len(plans)))
-        METRICS.observe("subplans_per_query", len(plans))
         while todo:
+            suspects = self._current_suspects()
             batches: dict[str, list[int]] = {}
+            here = []
             for i in todo:
-                batches.setdefault(routes[i][attempts[i] % len(routes[i])], []).append(i)
+                if len(tried[i]) >= 2 * len(routes[i]) or suspects.issuperset(routes[i]):
+                    here.append(i)
+                    continue
+                # The route's order, but executors that stopped answering (now or in an earlier
+                # query) and those this sub-plan already tried go last.
+                name = min(routes[i], key=lambda n, i=i: (tried[i].count(n), n in suspects))
+                tried[i].append(name)
+                batches.setdefault(name, []).append(i)
             sent = time.monotonic()
             calls = {
-                name: self._pool.handle(name, fresh=any(attempts[i] for i in members))
+                name: self._pool.handle(name, fresh=any(len(tried[i]) > 1 for i in members))
                 .execute_batch.remote([plans[i] for i in members])
                 for name, members in batches.items()
             }
-            stopped = self._await(calls)
-            with self._suspects_lock:
-                for name in stopped:
-                    self._suspects[name] = (time.monotonic() + SUSPECT_S, None)
+            for i in here:  # while the executors work
+                results[i] = self._run_here(plans[i], target)
+            stopped = self._await(calls)  # now suspects, with any other executor that stopped
             todo = []
             for name, call in calls.items():
                 members = batches[name]
@@ -260,13 +281,8 @@ class DistributedExecutor:
                     METRICS.observe("call_seconds", time.monotonic() - sent, outcome="failed")
                     if isinstance(exc, ActorDiedError):
                         self._pool.forget(name)
-                    for i in members:
-                        attempts[i] += 1
-                        if attempts[i] >= 2 * len(routes[i]):
-                            raise Unavailable(
-                                f"no plan executor could answer for "
-                                f"'{target.ref.qualified_name}': {type(exc).__name__}"
-                            ) from exc
+                    with self._suspects_lock:  # tried last until it answers a ping again
+                        self._suspects.setdefault(name, None)
                     METRICS.inc("failovers_total", len(members))
                     logger.warning("%d sub-plans failed over from %s: %s", len(members), name, exc)
                     todo.extend(members)
@@ -278,43 +294,71 @@ class DistributedExecutor:
                     results[i] = answer
         return results
 
+    def _run_here(self, plan: SubPlan, target: QueryTarget) -> Any:
+        """Run ``plan`` in this process, with a small cache of its own (no executor hop)."""
+        with self._in_process_lock:
+            if self._in_process is None:
+                plain = self._settings.to_plain()
+                plain["executors"].update(cache_bytes=IN_PROCESS_CACHE_BYTES, spill_dir=None)
+                self._in_process = PlanExecutor("query-node", plain)
+        with lance_errors(f"query on '{target.ref.qualified_name}'", target.ref.database):
+            return self._in_process.execute(plan)
 
     def _current_suspects(self) -> set[str]:
-        """Executors to try last: silent recently, and not answered a ping since."""
-        now = time.monotonic()
+        """Executors to try last: they stopped answering and have not answered a ping since."""
         with self._suspects_lock:
-            for name, (until, ping) in list(self._suspects.items()):
-                if until <= now or (ping is not None and ray.wait([ping], timeout=0)[0]):
-                    del self._suspects[name]
-                elif ping is None:
-                    self._suspects[name] = (until, self._pool.handle(name).ready.remote())
+            for name, ping in list(self._suspects.items()):
+                if ping is None:
+                    self._suspects[name] = self._pool.handle(name).ready.remote()
+                elif ray.wait([ping], timeout=0)[0]:
+                    try:
+                        ray.get(ping, timeout=0)
+                        del self._suspects[name]  # it answers again
+                    except _EXECUTOR_FAULTS:  # dead or restarting: ask again next time
+                        self._suspects[name] = None
             return set(self._suspects)
 
     def _await(self, calls: dict[str, Any]) -> set[str]:
         """Wait for every executor's answer together; give up on those that stop answering.
 
-        A call still running after ``PROBE_AFTER_S`` gets its executor pinged: a busy
-        executor answers the ping (it serves calls concurrently) and is waited for; one
-        that does not answer within ``PING_TIMEOUT_S`` (its node lost, its process frozen)
+        A call still running after half the fail-over deadline gets its executor pinged:
+        a busy executor answers the ping (it serves calls concurrently) and is waited for;
+        one that does not answer within the other half (its node lost, its process frozen)
         is given up on, so its sub-plans fail over in seconds rather than at the timeout.
         """
         pending = dict(calls)
         stopped: set[str] = set()
         deadline = time.monotonic() + SUBPLAN_TIMEOUT_S
         while pending:
-            ready, _ = ray.wait(list(pending.values()), num_returns=len(pending), timeout=PROBE_AFTER_S)
+            ready, _ = ray.wait(list(pending.values()), num_returns=len(pending), timeout=self._probe_s)
             pending = {name: call for name, call in pending.items() if call not in ready}
             if not pending:
                 break
             if time.monotonic() > deadline:
                 return stopped | set(pending)
-            pings = {name: self._pool.handle(name).ready.remote() for name in pending}
-            answered, _ = ray.wait(list(pings.values()), num_returns=len(pings), timeout=PING_TIMEOUT_S)
-            for name, ping in pings.items():
-                if ping not in answered:
-                    stopped.add(name)
-                    del pending[name]
+            # Every executor is pinged, not only the silent ones: executors fail together when
+            # their node is lost, and the next round must not pick one that is gone too.
+            silent = self._silent({name: self._pool.handle(name).ready.remote()
+                                   for name in self._pool.names})
+            with self._suspects_lock:
+                for name in silent:
+                    self._suspects.setdefault(name, None)
+            for name in silent & pending.keys():
+                stopped.add(name)
+                del pending[name]
         return stopped
+
+    def _silent(self, pings: dict[str, Any]) -> set[str]:
+        """The executors whose ping is unanswered after half the fail-over deadline, or failed."""
+        answered, _ = ray.wait(list(pings.values()), num_returns=len(pings), timeout=self._probe_s)
+        silent = {name for name, ping in pings.items() if ping not in answered}
+        for name, ping in pings.items():
+            if ping in answered:
+                try:
+                    ray.get(ping, timeout=0)
+                except _EXECUTOR_FAULTS:
+                    silent.add(name)
+        return silent
 
 
 def _cause(exc: RayTaskError, target: QueryTarget) -> LanceDBRayError:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 REGISTRY_NAME = "version-registry"
+HEAD_RESOURCE = "node:__internal_head__"  # the resource Ray gives the head node alone
 _LOG = logging.getLogger(__name__)
 
 
@@ -95,13 +96,20 @@ class RemoteRegistry:
 
 
 def start_registry(namespace: str) -> RemoteRegistry:
-    """The deployment's registry actor, created by the first replica that asks."""
+    """The deployment's registry actor, created by the first replica that asks.
+
+    It sits on the head node, beside the Serve controller: every query asks it, so
+    it must not go down with a worker node (each query would then wait until Ray
+    noticed the node's loss and restarted it elsewhere).
+    """
     import ray
 
     handle = (
         ray.remote(VersionRegistry)
         .options(name=REGISTRY_NAME, namespace=namespace, lifetime="detached", get_if_exists=True,
-                 max_restarts=-1, max_concurrency=64, num_cpus=0)
+                 max_restarts=-1, max_concurrency=64, num_cpus=0,
+                 # A resource only the head node has (a soft node affinity is ignored with get_if_exists).
+                 resources={HEAD_RESOURCE: 0.001})
         .remote()
     )
     return RemoteRegistry(handle)
