@@ -246,3 +246,30 @@ def test_index_prewarm_of_an_unknown_name_fails_as_embedded(tmp_path: Path) -> N
         table.prewarm_index("nope")
     with pytest.raises(type(want.value), match="not found: name=nope"):
         executor.prewarm_index(target, "nope")
+
+
+class _NoPool:
+    """A deployment whose executors the test does not start: what the query node does alone."""
+
+    names: list[str] = []
+    replicas = 1
+
+
+def test_index_prewarm_of_a_small_table_warms_the_query_node(tmp_path: Path) -> None:
+    """A small table's single sub-plans run on the query node: its lance session gets the index,
+    and the first query on the scalar index then loads nothing more into it."""
+    created = lancedb.connect(tmp_path / "db").create_table("t", _rows(0, 300))
+    created.create_index("id", config=BTree())
+    catalog = StorageCatalog(StorageSettings(root={"uri": str(tmp_path)}))
+    connections = Connections(catalog, 60.0, LatestVersions(VersionRegistry(), 60.0))
+    node = DistributedExecutor(Settings(storage={"root": {"uri": str(tmp_path)}}), connections,
+                               _NoPool())  # type: ignore[arg-type]
+    query = QueryRequest(filter="id = 7", k=10, columns=["id", "tag"])
+    plans = node.plan(QueryTarget(REF, None), query)
+    assert [(p.kind, p.cache_key) for p in plans] == [(SubPlanKind.SCAN, None)]  # on the source
+    node.prewarm_index(QueryTarget(REF, None), "id_idx")
+    here = node._here()  # the executor inside the query node
+    loaded = here.cache_stats()["index_cache_bytes"]
+    assert node.search(QueryTarget(REF, None), query).to_pylist() == \
+        created.search().where("id = 7").select(["id", "tag"]).limit(10).to_arrow().to_pylist()
+    assert here.cache_stats()["index_cache_bytes"] == loaded

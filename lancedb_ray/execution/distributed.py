@@ -227,6 +227,8 @@ class DistributedExecutor:
     def _broadcast(self, calls: dict[str, Any], target: QueryTarget) -> None:
         """Wait for every executor's answer: its error as the query node would raise it, and an
         executor that is gone or silent as a transient fault (the client retries)."""
+        if not calls:  # an empty table has no buckets to load
+            return
         try:
             ray.get(list(calls.values()), timeout=SUBPLAN_TIMEOUT_S)
         except RayTaskError as exc:
