@@ -13,7 +13,7 @@ import lancedb
 import numpy as np
 import pyarrow as pa
 import pytest
-from lancedb.index import BTree
+from lancedb.index import BTree, IvfPq
 
 from lancedb_ray.execution.base import QueryTarget
 from lancedb_ray.execution.distributed import DistributedExecutor
@@ -199,3 +199,77 @@ def test_bucket_copies_hold_only_the_columns_a_query_reads(table, tmp_path: Path
     everything = QueryRequest(filter="tag = 't2'", k=UNLIMITED)  # every column: the whole copy
     got = merge_scan(executor.execute_batch(plan_query(snapshot, target, everything, 1)), everything)
     assert got.to_pydict() == table.search().where(everything.filter).limit(None).to_arrow().to_pydict()
+
+
+def _indexed(root: Path, name: str) -> lancedb.table.LanceTable:
+    rng = np.random.default_rng(3)
+    vectors = pa.array(rng.normal(size=(1000, 8)).astype("float32").tolist(), pa.list_(pa.float32(), 8))
+    created = lancedb.connect(root / "db").create_table(name, pa.table({"id": np.arange(1000),
+                                                                        "vector": vectors}))
+    created.create_index("vector", config=IvfPq(num_partitions=4, num_sub_vectors=2))
+    return created
+
+
+@pytest.mark.parametrize("prewarm_index", [True, False])
+def test_index_prewarm_leaves_the_first_query_nothing_to_read(tmp_path: Path, prewarm_index: bool) -> None:
+    """Data and index prewarmed: the first ANN query reads nothing of the index from storage,
+    only the segment's vectors for the re-ranking (one cache miss, one read); without the index
+    prewarm it reads the index too."""
+    table = _indexed(tmp_path, "t")
+    snapshot = Snapshot.of(table.to_lance())
+    target = DatasetRef(REF, snapshot.dataset.uri, snapshot.dataset.version, snapshot.fingerprint)
+    executor = PlanExecutor("warm", Settings(storage={"root": {"uri": str(tmp_path)}}).to_plain())
+    executor.prewarm(plan_count(snapshot, target, None, group_size=8))  # the data files' metadata
+    if prewarm_index:
+        executor.prewarm_index(target, "vector_idx")
+    query = QueryRequest(vector=[0.5] * 8, k=5, columns=["id"])
+    plans = plan_query(snapshot, target, query, group_size=8)
+    assert [p.kind for p in plans] == [SubPlanKind.INDEX_SEGMENT]
+    source = executor._dataset(target)  # the dataset object the sub-plan reads through
+    source.io_stats_incremental()
+    misses = executor.cache_stats()["misses"]
+    got = executor.execute_batch(plans)[0]
+    reads = source.io_stats_incremental().read_iops
+    assert executor.cache_stats()["misses"] - misses == 1
+    assert (reads == 1) if prewarm_index else (reads > 1), reads
+    want = table.search([0.5] * 8).select(["id"]).limit(5).to_arrow()
+    # The same candidates; the segment sub-plan ranks them by exact distance (see subplans._nearest).
+    assert sorted(got["id"].to_pylist()) == sorted(want["id"].to_pylist())
+
+
+def test_index_prewarm_of_an_unknown_name_fails_as_embedded(tmp_path: Path) -> None:
+    table = _indexed(tmp_path, "t")
+    snapshot = Snapshot.of(table.to_lance())
+    target = DatasetRef(REF, snapshot.dataset.uri, snapshot.dataset.version, snapshot.fingerprint)
+    executor = PlanExecutor("warm", Settings(storage={"root": {"uri": str(tmp_path)}}).to_plain())
+    with pytest.raises(RuntimeError, match="not found: name=nope") as want:
+        table.prewarm_index("nope")
+    with pytest.raises(type(want.value), match="not found: name=nope"):
+        executor.prewarm_index(target, "nope")
+
+
+class _NoPool:
+    """A deployment whose executors the test does not start: what the query node does alone."""
+
+    names: list[str] = []
+    replicas = 1
+
+
+def test_index_prewarm_of_a_small_table_warms_the_query_node(tmp_path: Path) -> None:
+    """A small table's single sub-plans run on the query node: its lance session gets the index,
+    and the first query on the scalar index then loads nothing more into it."""
+    created = lancedb.connect(tmp_path / "db").create_table("t", _rows(0, 300))
+    created.create_index("id", config=BTree())
+    catalog = StorageCatalog(StorageSettings(root={"uri": str(tmp_path)}))
+    connections = Connections(catalog, 60.0, LatestVersions(VersionRegistry(), 60.0))
+    node = DistributedExecutor(Settings(storage={"root": {"uri": str(tmp_path)}}), connections,
+                               _NoPool())  # type: ignore[arg-type]
+    query = QueryRequest(filter="id = 7", k=10, columns=["id", "tag"])
+    plans = node.plan(QueryTarget(REF, None), query)
+    assert [(p.kind, p.cache_key) for p in plans] == [(SubPlanKind.SCAN, None)]  # on the source
+    node.prewarm_index(QueryTarget(REF, None), "id_idx")
+    here = node._here()  # the executor inside the query node
+    loaded = here.cache_stats()["index_cache_bytes"]
+    assert node.search(QueryTarget(REF, None), query).to_pylist() == \
+        created.search().where("id = 7").select(["id", "tag"]).limit(10).to_arrow().to_pylist()
+    assert here.cache_stats()["index_cache_bytes"] == loaded

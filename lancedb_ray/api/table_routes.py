@@ -305,7 +305,8 @@ async def index_stats(request: Request, table_id: str, index_name: str) -> dict[
 @router.post("/{table_id}/index/{index_name}/prewarm/")
 async def prewarm_index(request: Request, table_id: str, index_name: str) -> dict[str, Any]:
     ref = _ref(request, table_id)
-    await run_in_threadpool(services(request).indexes.prewarm, ref, index_name)
+    await run_in_threadpool(services(request).indexes.prewarm, ref, index_name,
+                            services(request).executor)
     return {}
 
 

@@ -37,3 +37,6 @@ class QueryExecutor(Protocol):
 
     def prewarm(self, tables: list[str]) -> None:
         """Load ``tables`` ("database/table") where queries will read them."""
+
+    def prewarm_index(self, target: QueryTarget, name: str) -> None:
+        """Load index ``name`` of ``target`` into the lance caches the queries use."""

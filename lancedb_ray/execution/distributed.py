@@ -25,7 +25,7 @@ from ray.exceptions import (
     RayTaskError,
 )
 
-from lancedb_ray.errors import LanceDBRayError
+from lancedb_ray.errors import LanceDBRayError, Unavailable
 from lancedb_ray.execution import hashing
 from lancedb_ray.execution.base import QueryTarget
 from lancedb_ray.execution.executor_actor import PlanExecutor
@@ -195,7 +195,8 @@ class DistributedExecutor:
         return self._pool.unanswered(timeout_s)
 
     def prewarm(self, tables: list[str]) -> None:
-        """Load every bucket of ``tables`` ("database/table") into its owners' caches."""
+        """Load every bucket of ``tables`` ("database/table") into its owners' caches (and this
+        process's, for a table small enough that its queries run here)."""
         for name in tables:
             database, _, table_id = name.partition("/")
             target = QueryTarget(TableRef.parse(database, table_id), None)
@@ -205,8 +206,36 @@ class DistributedExecutor:
             for plan in plans:
                 for owner in hashing.owners(plan.partition, self._pool.names, self._pool.replicas):
                     by_owner.setdefault(owner, []).append(plan)
-            ray.get([self._pool.handle(owner).prewarm.remote(owned)
-                     for owner, owned in by_owner.items()])
+            self._broadcast({owner: self._pool.handle(owner).prewarm.remote(owned)
+                             for owner, owned in by_owner.items()}, target)
+            if self._runs_here(plans, snapshot):
+                with lance_errors(f"prewarm of '{target.ref.qualified_name}'", target.ref.database):
+                    self._here().prewarm(plans)
+
+    def prewarm_index(self, target: QueryTarget, name: str) -> None:
+        """Load index ``name`` into every executor's lance caches (and this process's, for a
+        small table): any executor may run a sub-plan that reads it (each owns some of the
+        table's partitions and takes the others' on fail-over), and lance loads an index whole."""
+        snapshot, ref = self._resolve(target)
+        self._broadcast({owner: self._pool.handle(owner).prewarm_index.remote(ref, name)
+                         for owner in self._pool.names}, target)
+        if snapshot.row_count <= IN_PROCESS_MAX_ROWS:
+            with lance_errors(f"prewarm of index '{name}' on '{target.ref.qualified_name}'",
+                              target.ref.database):
+                self._here().prewarm_index(ref, name)
+
+    def _broadcast(self, calls: dict[str, Any], target: QueryTarget) -> None:
+        """Wait for every executor's answer: its error as the query node would raise it, and an
+        executor that is gone or silent as a transient fault (the client retries)."""
+        if not calls:  # an empty table has no buckets to load
+            return
+        try:
+            ray.get(list(calls.values()), timeout=SUBPLAN_TIMEOUT_S)
+        except RayTaskError as exc:
+            raise _cause(exc, target) from None
+        except _EXECUTOR_FAULTS as exc:
+            raise Unavailable(f"a plan executor did not answer ({type(exc).__name__}); "
+                              "try again") from None
 
     def _resolve(self, target: QueryTarget) -> tuple[Snapshot, DatasetRef]:
         """The version to read and its snapshot: no storage request on a warm, unchanged table."""
@@ -240,8 +269,7 @@ class DistributedExecutor:
         the last resort.
         """
         METRICS.observe("subplans_per_query", len(plans))
-        if len(plans) == 1 and plans[0].kind in _IN_PROCESS_KINDS \
-                and snapshot.row_count <= IN_PROCESS_MAX_ROWS:
+        if self._runs_here(plans, snapshot):
             return [self._run_here(plans[0], target)]
         routes = [self._pool.route(plan.partition) for plan in plans]
         tried: list[list[str]] = [[] for _ in plans]  # the executors each sub-plan was sent to
@@ -296,13 +324,23 @@ class DistributedExecutor:
 
     def _run_here(self, plan: SubPlan, target: QueryTarget) -> Any:
         """Run ``plan`` in this process, with a small cache of its own (no executor hop)."""
+        with lance_errors(f"query on '{target.ref.qualified_name}'", target.ref.database):
+            return self._here().execute(plan)
+
+    def _here(self) -> PlanExecutor:
+        """The executor inside this process, for small tables' queries (built on first use)."""
         with self._in_process_lock:
             if self._in_process is None:
                 plain = self._settings.to_plain()
                 plain["executors"].update(cache_bytes=IN_PROCESS_CACHE_BYTES, spill_dir=None)
                 self._in_process = PlanExecutor("query-node", plain)
-        with lance_errors(f"query on '{target.ref.qualified_name}'", target.ref.database):
-            return self._in_process.execute(plan)
+            return self._in_process
+
+    @staticmethod
+    def _runs_here(plans: Sequence[SubPlan], snapshot: Snapshot) -> bool:
+        """A query that is one flat, scan or count sub-plan over a small table runs here."""
+        return len(plans) == 1 and plans[0].kind in _IN_PROCESS_KINDS \
+            and snapshot.row_count <= IN_PROCESS_MAX_ROWS
 
     def _current_suspects(self) -> set[str]:
         """Executors to try last: they stopped answering and have not answered a ping since."""

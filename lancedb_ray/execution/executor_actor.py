@@ -23,7 +23,7 @@ from lancedb_ray.execution import subplans
 from lancedb_ray.execution.base import QueryTarget
 from lancedb_ray.execution.cache import FragmentCache
 from lancedb_ray.execution.local import LocalExecutor
-from lancedb_ray.execution.plan import SubPlan, SubPlanKind
+from lancedb_ray.execution.plan import DatasetRef, SubPlan, SubPlanKind
 from lancedb_ray.settings import Settings
 from lancedb_ray.storage.catalog import StorageCatalog
 from lancedb_ray.storage.connections import Connections
@@ -73,20 +73,30 @@ class PlanExecutor:
                 subplans.cached_copy(plan, self._open, self._cache)
         return len(plans)
 
+    def prewarm_index(self, dataset: DatasetRef, name: str) -> None:
+        """Load index ``name`` where this executor's sub-plans read it: the lance session of the
+        datasets it opens, and its embedded connection (which runs the whole-query sub-plans)."""
+        self._dataset(dataset).prewarm_index(name)
+        self._local.prewarm_index(QueryTarget(dataset.ref, dataset.version), name)
+
     def cache_stats(self) -> dict[str, Any]:
-        return {"executor": self._name, **asdict(self._cache.stats())}
+        return {"executor": self._name, **asdict(self._cache.stats()),
+                "index_cache_bytes": self._session.index_cache_size_bytes()}
 
     def _open(self, plan: SubPlan) -> LanceDataset:
-        key = (plan.dataset.uri, plan.dataset.version, plan.dataset.fingerprint)
+        return self._dataset(plan.dataset)
+
+    def _dataset(self, ref: DatasetRef) -> LanceDataset:
+        key = (ref.uri, ref.version, ref.fingerprint)
         with self._lock:
             dataset = self._datasets.get(key)
             if dataset is not None:
                 self._datasets.move_to_end(key)
                 return dataset
         dataset = lance.dataset(
-            plan.dataset.uri,
-            version=plan.dataset.version,
-            storage_options=self._catalog.resolve(plan.dataset.ref.database).storage_options or None,
+            ref.uri,
+            version=ref.version,
+            storage_options=self._catalog.resolve(ref.ref.database).storage_options or None,
             session=self._session,
         )
         with self._lock:

@@ -37,3 +37,9 @@ class LocalExecutor:
 
     def prewarm(self, tables: list[str]) -> None:
         """Nothing to load: without executors every query reads the table from storage."""
+
+    def prewarm_index(self, target: QueryTarget, name: str) -> None:
+        """Into this process's connection cache, where ``search`` reads the table."""
+        table = self._connections.table(target.ref, target.version)
+        with lance_errors(f"prewarm of index '{name}' on '{target.ref.qualified_name}'", target.ref.database):
+            table.prewarm_index(name)

@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow as pa
 
 from lancedb_ray.errors import AlreadyExists, InvalidInput, LanceDBRayError, NotFound, Unavailable
+from lancedb_ray.execution.base import QueryExecutor, QueryTarget
 from lancedb_ray.protocol import CreateIndexRequest
 from lancedb_ray.service.tables import TableService
 from lancedb_ray.storage.connections import Connections
@@ -124,13 +125,13 @@ class IndexService:
             _LOG.warning("index stats of '%s' without pending builds: %s", ref.qualified_name, exc)
             return []
 
-    def prewarm(self, ref: TableRef, name: str) -> None:
-        """Load the index into this query node's lance cache, as embedded ``prewarm_index``."""
+    def prewarm(self, ref: TableRef, name: str, executor: QueryExecutor) -> None:
+        """Load the index at the table's current version where ``executor`` answers queries
+        (the plan executors' lance caches when they run), as embedded ``prewarm_index`` does."""
         table = self._connections.table(ref)
         if name not in {i.name for i in table.list_indices()}:
             raise NotFound(f"index '{name}' was not found on table '{ref.qualified_name}'")
-        with lance_errors(f"prewarm of index '{name}' on '{ref.qualified_name}'", ref.database):
-            table.prewarm_index(name)
+        executor.prewarm_index(QueryTarget(ref, None), name)
 
     def drop(self, ref: TableRef, name: str, request_id: str | None) -> None:
         validate_name("index", name)
