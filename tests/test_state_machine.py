@@ -12,6 +12,7 @@ ordering is defined). CI runs a bounded, derandomized number of examples; set
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import shutil
@@ -23,6 +24,7 @@ from typing import Any
 import lancedb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -179,6 +181,11 @@ def has_boundary_tie(all_distances: list[float], n: int) -> bool:
     if n <= 0 or n >= len(all_distances):
         return False
     return math.isclose(all_distances[n - 1], all_distances[n], rel_tol=1e-6, abs_tol=1e-6)
+
+
+def _ties(values: list[float]) -> bool:
+    """Whether two neighbours in a ranking are equal (their order is then open)."""
+    return any(math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-6) for a, b in itertools.pairwise(values))
 
 
 # -- the machine ------------------------------------------------------------------------------
@@ -412,6 +419,131 @@ class DifferentialMachine(RuleBasedStateMachine):
                            .column("_distance").to_pylist()) if population else []
         same_nearest(remote[1], local[1], has_boundary_tie(distances, k + offset), ordering, offset)
 
+    def _exact_distances(self, q: list[float], metric: str, where: str | None) -> list[float]:
+        """Every (pre-filtered) row's exact distance to q, nearest first, from embedded."""
+        population = self.local.count_rows(where)
+        if not population:
+            return []
+        return sorted(self.local.search(q).distance_type(metric).bypass_vector_index()
+                      .where(where, prefilter=True).select([]).limit(population).to_arrow()
+                      .column("_distance").to_pylist())
+
+    @rule(queries=st.lists(VECTORS, min_size=2, max_size=3), k=st.integers(1, 8), where=FILTERS,
+          prefilter=st.booleans(), metric=st.sampled_from(["l2", "cosine", "dot"]))
+    def multi_vector_search(self, queries: list[list[float]], k: int, where: str | None,
+                            prefilter: bool, metric: str) -> None:
+        """Several query vectors in one query: lancedb answers each, tagged with query_index."""
+
+        def search(t: Any) -> pa.Table:
+            builder = t.search(queries).distance_type(metric).bypass_vector_index()
+            if where:
+                builder = builder.where(where, prefilter=prefilter)
+            return builder.select(["id", "price"]).limit(k).to_arrow()
+
+        remote, local = self.both(lambda t: _outcome(lambda: search(t)))
+        assert remote[0] == local[0], (remote, local)
+        if remote[0] == "error":
+            return
+        r, lo = remote[1], local[1]
+        assert r.schema == lo.schema
+        for index, q in enumerate(queries):
+            mine = [pc.equal(table.column("query_index"), index) for table in (r, lo)]
+            distances = self._exact_distances(q, metric, where if where and prefilter else None)
+            same_nearest(r.filter(mine[0]), lo.filter(mine[1]), has_boundary_tie(distances, k),
+                         None, 0)
+
+    @rule(q=VECTORS, term=st.sampled_from(["kiwi", "pie", "apple"]), k=st.integers(1, 10),
+          where=st.sampled_from([None, "id < 6", "price > 0"]))
+    def hybrid_search(self, q: list[float], term: str, k: int, where: str | None) -> None:
+        """Vector + full-text, fused by the default reranker (RRF) on the client.
+
+        RRF scores ranks: they are determined only where the vector and full-text rankings
+        have no ties (equal texts score equally in BM25, so that is often not so). Then ids and
+        scores must agree (rows tied on the fused score may come in any order, and which of
+        them the limit cuts is open); otherwise every answered id must at least be among the
+        k nearest or the k best-scoring rows (determined unless a tie at the k-th), and the
+        number of rows must agree.
+        """
+        if not self._has_index("FTS"):
+            return
+
+        def search(t: Any) -> pa.Table:
+            builder = t.search(query_type="hybrid").vector(q).text(term).bypass_vector_index()
+            if where:
+                builder = builder.where(where, prefilter=True)
+            return builder.limit(k).to_arrow()
+
+        remote, local = self.both(lambda t: _outcome(lambda: search(t)))
+        assert remote[0] == local[0], (remote, local)
+        if remote[0] == "error":
+            return
+        r, lo = remote[1], local[1]
+        assert r.num_rows == lo.num_rows
+        nearest = self.local.search(q).bypass_vector_index().where(where).limit(k + 1).to_arrow()
+        best = self.local.search(term, query_type="fts").where(where).limit(k + 1).to_arrow()
+        vector_ties = _ties(nearest.column("_distance").to_pylist())
+        text_ties = _ties(best.column("_score").to_pylist())
+        if not vector_ties and not text_ties:
+            scores = [t.column("_relevance_score").to_pylist() for t in (r, lo)]
+            np.testing.assert_allclose(scores[0], scores[1], rtol=1e-5)
+            cut = scores[1][-1] + 1e-7 if lo.num_rows == k else -1.0  # ties at the cut: open
+            above = [sorted(i for i, s in zip(t.column("id").to_pylist(), ss, strict=True) if s > cut)
+                     for t, ss in zip((r, lo), scores, strict=True)]
+            assert above[0] == above[1]
+        elif not _ties(nearest.column("_distance").to_pylist()[-2:]) and not _ties(
+                best.column("_score").to_pylist()[-2:]):
+            candidates = {*nearest.column("id").to_pylist()[:k], *best.column("id").to_pylist()[:k]}
+            assert set(r.column("id").to_pylist()) <= candidates
+
+    @precondition(lambda self: self._has_index("IVF_PQ"))
+    @rule(q=VECTORS, k=st.integers(1, 10), where=st.sampled_from([None, "id < 6", "price > 0"]),
+          thorough=st.booleans(), nprobes=st.integers(1, 2), refine=st.sampled_from([None, 1, 3]))
+    def ann_search(self, q: list[float], k: int, where: str | None, thorough: bool, nprobes: int,
+                   refine: int | None) -> None:
+        """Search through the IVF_PQ index (lance's default metric, l2).
+
+        Each side trains its own index (k-means and PQ codebooks from samples), so approximate
+        answers may differ between two correct implementations. What is determined: probing
+        every partition and refining at least every row's worth of candidates is exact search,
+        so then both must give embedded's exact answer. Otherwise only that each answered row is
+        a row of the table, nearest first, at its exact distance when refined (the PQ distance
+        is the index's own), and no more than k rows.
+        """
+        rows = self.local.count_rows()
+        if thorough:
+            nprobes, refine = 2, max(1, math.ceil(rows / k))  # IVF_PQ(num_partitions=2)
+
+        def search(t: Any) -> pa.Table:
+            builder = t.search(q).nprobes(nprobes).select(["id", "vector"])
+            if refine:
+                builder = builder.refine_factor(refine)
+            if where:
+                builder = builder.where(where, prefilter=True)
+            return builder.limit(k).to_arrow()
+
+        remote, local = self.both(lambda t: _outcome(lambda: search(t)))
+        assert remote[0] == local[0], (remote, local)
+        if remote[0] == "error":
+            return
+        r = remote[1]
+        if thorough:
+            exact = self.local.search(q).bypass_vector_index().select(["id", "vector"]).where(
+                where, prefilter=True).limit(k).to_arrow()
+            boundary = has_boundary_tie(self._exact_distances(q, "l2", where), k)
+            same_nearest(r, exact, boundary, None, 0)
+            return
+        assert r.num_rows <= k
+        distances = r.column("_distance").to_pylist()
+        assert distances == sorted(distances)
+        stored = {(row["id"], tuple(row["vector"]))
+                  for row in self.local.search().where(where).select(["id", "vector"])
+                  .limit(None).to_arrow().to_pylist()}
+        for row in r.to_pylist():
+            assert (row["id"], tuple(row["vector"])) in stored
+            if refine:
+                exact = float(np.sum((np.asarray(row["vector"]) - np.asarray(q, np.float32)) ** 2))
+                assert math.isclose(row["_distance"], exact, rel_tol=1e-4, abs_tol=1e-4)
+
     @rule(where=FILTERS, limit=st.one_of(st.none(), st.integers(1, 10)),
           offset=st.integers(0, 3), ordering=ORDERINGS, columns=PROJECTIONS)
     def scan(self, where: str | None, limit: int | None, offset: int,
@@ -506,6 +638,13 @@ def _replay(service: LiveService) -> None:
                      ordering=[{"column_name": "price", "ascending": False, "nulls_first": False}],
                      columns=None)
         machine.full_text_search(term="kiwi", k=15, where="id < 20")
+        machine.multi_vector_search(queries=[[0.5, -1.0, 2.0, 0.25], [-3.0, 0.1, 0.0, 1.0]], k=5,
+                                    where="price > 1", prefilter=True, metric="cosine")
+        machine.hybrid_search(q=[0.5, -1.0, 2.0, 0.25], term="kiwi", k=6, where=None)
+        machine.ann_search(q=[1.0, 2.0, -0.5, 0.0], k=5, where="id < 6", thorough=True, nprobes=1,
+                           refine=None)
+        machine.ann_search(q=[1.0, 2.0, -0.5, 0.0], k=8, where=None, thorough=False, nprobes=1,
+                           refine=3)
         machine.vector_search(q=[0.5, -1.0, 2.0, 0.25], k=7, where="price > 1", prefilter=False,
                               columns=["id", "price"], offset=2,
                               ordering=[{"column_name": "price", "ascending": False,
