@@ -6,16 +6,20 @@ Hypothesis drives the official Python client against the service in both deploym
 searches into buckets; executors off: an in-process query node) and embedded lancedb on a
 local directory. After every step both tables must agree (version, schema, every row);
 every query must give the same answer (ids and distances for exact search, ordered where
-ordering is defined). CI runs a bounded, derandomized number of examples; set
-``LANCEDB_RAY_STATEFUL=long`` for a longer random search.
+ordering is defined; per query vector when one query has several). Hybrid search and search
+through a vector index compare what is determined (see their rules). CI runs a bounded,
+derandomized number of examples; set ``LANCEDB_RAY_STATEFUL=long`` for a longer random search.
 """
 
 from __future__ import annotations
 
+import itertools
+import json
 import math
 import os
 import shutil
 import tempfile
+import urllib.request
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -23,6 +27,7 @@ from typing import Any
 import lancedb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -179,6 +184,11 @@ def has_boundary_tie(all_distances: list[float], n: int) -> bool:
     if n <= 0 or n >= len(all_distances):
         return False
     return math.isclose(all_distances[n - 1], all_distances[n], rel_tol=1e-6, abs_tol=1e-6)
+
+
+def _ties(values: list[float]) -> bool:
+    """Whether two neighbours in a ranking are equal (their order is then open)."""
+    return any(math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-6) for a, b in itertools.pairwise(values))
 
 
 # -- the machine ------------------------------------------------------------------------------
@@ -412,6 +422,131 @@ class DifferentialMachine(RuleBasedStateMachine):
                            .column("_distance").to_pylist()) if population else []
         same_nearest(remote[1], local[1], has_boundary_tie(distances, k + offset), ordering, offset)
 
+    def _exact_distances(self, q: list[float], metric: str, where: str | None) -> list[float]:
+        """Every (pre-filtered) row's exact distance to q, nearest first, from embedded."""
+        population = self.local.count_rows(where)
+        if not population:
+            return []
+        return sorted(self.local.search(q).distance_type(metric).bypass_vector_index()
+                      .where(where, prefilter=True).select([]).limit(population).to_arrow()
+                      .column("_distance").to_pylist())
+
+    @rule(queries=st.lists(VECTORS, min_size=2, max_size=3), k=st.integers(1, 8), where=FILTERS,
+          prefilter=st.booleans(), metric=st.sampled_from(["l2", "cosine", "dot"]))
+    def multi_vector_search(self, queries: list[list[float]], k: int, where: str | None,
+                            prefilter: bool, metric: str) -> None:
+        """Several query vectors in one query: lancedb answers each, tagged with query_index."""
+
+        def search(t: Any) -> pa.Table:
+            builder = t.search(queries).distance_type(metric).bypass_vector_index()
+            if where:
+                builder = builder.where(where, prefilter=prefilter)
+            return builder.select(["id", "price"]).limit(k).to_arrow()
+
+        remote, local = self.both(lambda t: _outcome(lambda: search(t)))
+        assert remote[0] == local[0], (remote, local)
+        if remote[0] == "error":
+            return
+        r, lo = remote[1], local[1]
+        assert r.schema == lo.schema
+        for index, q in enumerate(queries):
+            mine = [pc.equal(table.column("query_index"), index) for table in (r, lo)]
+            distances = self._exact_distances(q, metric, where if where and prefilter else None)
+            same_nearest(r.filter(mine[0]), lo.filter(mine[1]), has_boundary_tie(distances, k),
+                         None, 0)
+
+    @rule(q=VECTORS, term=st.sampled_from(["kiwi", "pie", "apple"]), k=st.integers(1, 10),
+          where=st.sampled_from([None, "id < 6", "price > 0"]))
+    def hybrid_search(self, q: list[float], term: str, k: int, where: str | None) -> None:
+        """Vector + full-text, fused by the default reranker (RRF) on the client.
+
+        RRF scores ranks: they are determined only where the vector and full-text rankings
+        have no ties (equal texts score equally in BM25, so that is often not so). Then ids and
+        scores must agree (rows tied on the fused score may come in any order, and which of
+        them the limit cuts is open); otherwise every answered id must at least be among the
+        k nearest or the k best-scoring rows (determined unless a tie at the k-th), and the
+        number of rows must agree.
+        """
+        if not self._has_index("FTS"):
+            return
+
+        def search(t: Any) -> pa.Table:
+            builder = t.search(query_type="hybrid").vector(q).text(term).bypass_vector_index()
+            if where:
+                builder = builder.where(where, prefilter=True)
+            return builder.limit(k).to_arrow()
+
+        remote, local = self.both(lambda t: _outcome(lambda: search(t)))
+        assert remote[0] == local[0], (remote, local)
+        if remote[0] == "error":
+            return
+        r, lo = remote[1], local[1]
+        assert r.num_rows == lo.num_rows
+        nearest = self.local.search(q).bypass_vector_index().where(where).limit(k + 1).to_arrow()
+        best = self.local.search(term, query_type="fts").where(where).limit(k + 1).to_arrow()
+        vector_ties = _ties(nearest.column("_distance").to_pylist())
+        text_ties = _ties(best.column("_score").to_pylist())
+        if not vector_ties and not text_ties:
+            scores = [t.column("_relevance_score").to_pylist() for t in (r, lo)]
+            np.testing.assert_allclose(scores[0], scores[1], rtol=1e-5)
+            cut = scores[1][-1] + 1e-7 if lo.num_rows == k else -1.0  # ties at the cut: open
+            above = [sorted(i for i, s in zip(t.column("id").to_pylist(), ss, strict=True) if s > cut)
+                     for t, ss in zip((r, lo), scores, strict=True)]
+            assert above[0] == above[1]
+        elif not _ties(nearest.column("_distance").to_pylist()[-2:]) and not _ties(
+                best.column("_score").to_pylist()[-2:]):
+            candidates = {*nearest.column("id").to_pylist()[:k], *best.column("id").to_pylist()[:k]}
+            assert set(r.column("id").to_pylist()) <= candidates
+
+    @precondition(lambda self: self._has_index("IVF_PQ"))
+    @rule(q=VECTORS, k=st.integers(1, 10), where=st.sampled_from([None, "id < 6", "price > 0"]),
+          thorough=st.booleans(), nprobes=st.integers(1, 2), refine=st.sampled_from([None, 1, 3]))
+    def ann_search(self, q: list[float], k: int, where: str | None, thorough: bool, nprobes: int,
+                   refine: int | None) -> None:
+        """Search through the IVF_PQ index (lance's default metric, l2).
+
+        Each side trains its own index (k-means and PQ codebooks from samples), so approximate
+        answers may differ between two correct implementations. What is determined: probing
+        every partition and refining at least every indexed row's worth of candidates is exact search,
+        so then both must give embedded's exact answer. Otherwise only that each answered row is
+        a row of the table, nearest first, at its exact distance when refined (the PQ distance
+        is the index's own), and no more than k rows.
+        """
+        if thorough:  # IVF_PQ(num_partitions=2); the index may still hold deleted rows, so the
+            # refine covers more rows than a run writes (add_many: <= 300 a step, <= 40 steps)
+            nprobes, refine = 2, math.ceil(20_000 / k)
+
+        def search(t: Any) -> pa.Table:
+            builder = t.search(q).nprobes(nprobes).select(["id", "vector"])
+            if refine:
+                builder = builder.refine_factor(refine)
+            if where:
+                builder = builder.where(where, prefilter=True)
+            return builder.limit(k).to_arrow()
+
+        remote, local = self.both(lambda t: _outcome(lambda: search(t)))
+        assert remote[0] == local[0], (remote, local)
+        if remote[0] == "error":
+            return
+        r = remote[1]
+        if thorough:
+            exact = self.local.search(q).bypass_vector_index().select(["id", "vector"]).where(
+                where, prefilter=True).limit(k).to_arrow()
+            boundary = has_boundary_tie(self._exact_distances(q, "l2", where), k)
+            same_nearest(r, exact, boundary, None, 0)
+            return
+        assert r.num_rows <= k
+        distances = r.column("_distance").to_pylist()
+        assert distances == sorted(distances)
+        stored = {(row["id"], tuple(row["vector"]))
+                  for row in self.local.search().where(where).select(["id", "vector"])
+                  .limit(None).to_arrow().to_pylist()}
+        for row in r.to_pylist():
+            assert (row["id"], tuple(row["vector"])) in stored
+            if refine:
+                exact = float(np.sum((np.asarray(row["vector"]) - np.asarray(q, np.float32)) ** 2))
+                assert math.isclose(row["_distance"], exact, rel_tol=1e-4, abs_tol=1e-4)
+
     @rule(where=FILTERS, limit=st.one_of(st.none(), st.integers(1, 10)),
           offset=st.integers(0, 3), ordering=ORDERINGS, columns=PROJECTIONS)
     def scan(self, where: str | None, limit: int | None, offset: int,
@@ -453,13 +588,22 @@ class DifferentialMachine(RuleBasedStateMachine):
     def count(self, where: str | None) -> None:
         self.same_outcome(lambda t: t.count_rows(where))
 
+    def _agent_jobs(self) -> list[tuple]:
+        """The agent's jobs on the table (kind, state, version): to tell its maintenance commits
+        (compaction, index optimisation) apart from a write applied twice."""
+        url = f"{self.SERVICE.url}/v1/admin/jobs?database={self.database}&table=t&limit=1000"
+        request = urllib.request.Request(url, headers={"x-api-key": self.SERVICE.api_key})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            jobs = json.loads(response.read())["jobs"]
+        return [(job["kind"], job["state"], job.get("result_version")) for job in jobs]
+
     # -- the tables agree after every step ----------------------------------------------------
 
     @invariant()
     def same_tables(self) -> None:
         if self.remote is None:
             return
-        assert self.remote.version == self.local.version
+        assert self.remote.version == self.local.version, self._agent_jobs()
         assert self.remote.schema == self.local.schema
         remote, local = self.both(lambda t: t.search().limit(None).to_arrow())
         assert _rows(remote) == _rows(local)
@@ -506,6 +650,13 @@ def _replay(service: LiveService) -> None:
                      ordering=[{"column_name": "price", "ascending": False, "nulls_first": False}],
                      columns=None)
         machine.full_text_search(term="kiwi", k=15, where="id < 20")
+        machine.multi_vector_search(queries=[[0.5, -1.0, 2.0, 0.25], [-3.0, 0.1, 0.0, 1.0]], k=5,
+                                    where="price > 1", prefilter=True, metric="cosine")
+        machine.hybrid_search(q=[0.5, -1.0, 2.0, 0.25], term="kiwi", k=6, where=None)
+        machine.ann_search(q=[1.0, 2.0, -0.5, 0.0], k=5, where="id < 6", thorough=True, nprobes=1,
+                           refine=None)
+        machine.ann_search(q=[1.0, 2.0, -0.5, 0.0], k=8, where=None, thorough=False, nprobes=1,
+                           refine=3)
         machine.vector_search(q=[0.5, -1.0, 2.0, 0.25], k=7, where="price > 1", prefilter=False,
                               columns=["id", "price"], offset=2,
                               ordering=[{"column_name": "price", "ascending": False,
@@ -526,6 +677,16 @@ def _replay(service: LiveService) -> None:
         machine.delete(predicate="price IS NULL")
         machine.count(where="text = 'a'")
         machine.same_tables()
+        # Seed from LANCEDB_RAY_STATEFUL=long (executors off): a merge source with a null in a
+        # non-nullable column is refused only where the null would be written (the service
+        # refused the whole source).
+        machine.update(where=None, update={"values": {"text": "updated"}})
+        machine.alter_column(change={"path": "text", "nullable": False})
+        for update, insert in ((True, False), (False, True)):
+            machine.merge_insert(rows=[(99, [0.0, -1.0, 0.0, 0.0], None, None, [])],
+                                 columns=("id", "vector", "text", "price", "labels"), update=update,
+                                 insert=insert, delete=False, update_filter=None, delete_filter=None)
+            machine.same_tables()
     finally:
         machine.teardown()
 

@@ -56,7 +56,7 @@ def conform(data: pa.Table, schema: pa.Schema, partial: bool = False) -> pa.Tabl
     With ``partial`` (a merge_insert source) the columns ``data`` omits stay omitted:
     lance then keeps their values on updated rows and decides, as embedded lancedb
     does, whether new rows may lack them. Padding them with nulls would overwrite
-    the stored values.
+    the stored values. Nulls in non-nullable columns are lance's to refuse too.
     """
     incoming = set(data.schema.names)
     expected = set(schema.names)
@@ -86,7 +86,11 @@ def conform(data: pa.Table, schema: pa.Schema, partial: bool = False) -> pa.Tabl
         else:
             column = pa.nulls(data.num_rows, field.type)
         if not field.nullable and column.null_count:
-            raise InvalidInput(f"column '{field.name}' is not nullable but has null values")
+            if not partial:
+                raise InvalidInput(f"column '{field.name}' is not nullable but has null values")
+            # A merge writes only some source rows: lance refuses nulls in the rows it writes
+            # (as embedded lancedb does), so a null in a row that matches nothing is fine.
+            field = field.with_nullable(True)
         fields.append(field)
         columns.append(column)
     return pa.Table.from_arrays(columns, schema=pa.schema(fields, metadata=schema.metadata))
