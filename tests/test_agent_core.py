@@ -496,3 +496,40 @@ def test_the_reconciler_recovers_a_rename_abandoned_by_a_crash(tmp_path: Path, m
     marker = Markers(location).read("t")
     assert (marker is None) if not moved else (marker is not None and not marker.active)
     assert lancedb.connect(root / "db").open_table(kept).count_rows() == 300
+
+
+def test_a_retried_create_index_job_does_not_commit_the_index_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An attempt that failed after its commit landed: the retry finds the index it committed and
+    builds nothing; an index older than the job is rebuilt, as the client asked."""
+    from lancedb_ray.agent import index_requests
+    from lancedb_ray.agent.execute import JobRunner
+    from lancedb_ray.agent.tables import TableReader
+    from lancedb_ray.settings import Settings
+    from lancedb_ray.storage.catalog import StorageCatalog
+    from lancedb_ray.storage.connections import Connections
+
+    settings = Settings(storage={"root": {"uri": str(tmp_path / "data")}})
+    table = lancedb.connect(tmp_path / "data" / "db").create_table("t", pa.table({"id": list(range(300))}))
+    reader = TableReader(Connections(StorageCatalog(settings.storage), 0.0))
+    builds: list[str] = []
+    monkeypatch.setattr(index_requests, "build_requested_index",
+                        lambda storage, database, name, request, ctx: builds.append(name) or 99)
+
+    def job(attempts: int) -> Job:
+        recorded = Job.new("db", "t", JobKind.CREATE_INDEX, table.version, trigger="request",
+                           index="id_idx", request={"column": "id", "index_type": "BTREE"})
+        for _ in range(attempts):
+            recorded = recorded.started()
+        return recorded
+
+    retried = job(2)
+    table.create_index("id", config=BTree())  # what its first attempt committed before failing
+    outcome = JobRunner(settings, reader).run(retried)
+    assert builds == [] and outcome.result_version == table.version
+    assert "earlier attempt" in outcome.detail
+
+    assert JobRunner(settings, reader).run(job(2)).result_version == 99  # the index predates the job
+    assert JobRunner(settings, reader).run(job(1)).result_version == 99  # a first attempt builds
+    assert builds == ["t", "t"]

@@ -101,6 +101,10 @@ class JobRunner:
         from lancedb_ray.agent.index_requests import build_requested_index, segmented_build_params
 
         assert job.request is not None
+        earlier = self._committed_by_an_earlier_attempt(job, state)
+        if earlier is not None:
+            return Outcome(earlier, f"index '{job.index}' was committed by an earlier attempt "
+                                    f"(at or before version {earlier})", True, state)
         ops = self.indexers
         ctx = ops.JobContext.from_settings(self._settings, report)
         params = segmented_build_params(job.request)
@@ -122,6 +126,22 @@ class JobRunner:
             detail = f"built index '{job.index}'"
         after = self._reader.inspect(job.database, job.table)
         return Outcome(version, f"{detail} at version {version}", True, after)
+
+    def _committed_by_an_earlier_attempt(self, job: Job, state: TableState) -> int | None:
+        """The table's version if an earlier attempt of ``job`` already committed its index.
+
+        An attempt can fail after its commit landed (reading the table back, saving the job's
+        record); building again on the retry would commit the same index a second time. The
+        index counts as this job's when every segment of it was created after the job was.
+        """
+        if job.attempts <= 1 or job.index is None:
+            return None
+        dataset = self._reader.dataset(job.database, job.table)
+        for index in dataset.describe_indices() if dataset is not None else []:
+            if index.name == job.index and index.segments and all(
+                    segment.created_at.timestamp() >= job.created_at for segment in index.segments):
+                return state.version
+        return None
 
     def _gpu(self) -> bool:
         """The setting; else whether the cluster has GPUs now (asked each time: the cluster changes)
