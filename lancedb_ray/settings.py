@@ -151,16 +151,25 @@ class ApiKey(StrictModel):
     @field_validator("databases")
     @classmethod
     def _patterns(cls, patterns: list[str]) -> list[str]:
-        for pattern in patterns:
-            if not _DATABASE_PATTERN.fullmatch(pattern):
-                raise ValueError(f"'{pattern}' is neither a database name nor a 'prefix*' pattern")
-        return patterns
+        return database_patterns(patterns)
 
     def allows(self, database: str) -> bool:
-        return any(
-            database.startswith(pattern[:-1]) if pattern.endswith("*") else database == pattern
-            for pattern in self.databases
-        )
+        return matches_database(self.databases, database)
+
+
+def database_patterns(patterns: list[str]) -> list[str]:
+    """``patterns`` if each is a database name, a ``prefix*`` pattern or ``*``."""
+    for pattern in patterns:
+        if not _DATABASE_PATTERN.fullmatch(pattern):
+            raise ValueError(f"'{pattern}' is neither a database name nor a 'prefix*' pattern")
+    return patterns
+
+
+def matches_database(patterns: list[str], database: str) -> bool:
+    return any(
+        database.startswith(pattern[:-1]) if pattern.endswith("*") else database == pattern
+        for pattern in patterns
+    )
 
 
 class ServerSettings(StrictModel):
@@ -303,6 +312,18 @@ class AgentSettings(StrictModel):
     # A job whose tasks could not start for this long (no resources, none coming) is failed
     # with the reason, then retried: long enough for an autoscaler to bring a node.
     stall_seconds: float = 600.0
+    # Databases (names or ``prefix*``) the agent keeps no automatic watch over: no compaction,
+    # optimisation, retraining or cleanup of their tables (index builds a client asks for still
+    # run). For tables whose every version must come from their writers: comparisons, replays.
+    unmaintained_databases: list[str] = Field(default_factory=list)
+
+    @field_validator("unmaintained_databases")
+    @classmethod
+    def _unmaintained_patterns(cls, patterns: list[str]) -> list[str]:
+        return database_patterns(patterns)
+
+    def maintains(self, database: str) -> bool:
+        return not matches_database(self.unmaintained_databases, database)
 
 
 class LoggingSettings(StrictModel):

@@ -195,6 +195,18 @@ def test_versions_past_the_retention_are_cleaned_up_last() -> None:
     assert decide(state(versions=1, oldest_age_s=7200), settings, time.time()) == []
 
 
+def test_unmaintained_databases_get_no_automatic_job() -> None:
+    settings = AgentSettings(version_retention_seconds=3600, unmaintained_databases=["replay*", "audit"])
+    index = IndexState("id_idx", "BTree", ("id",), 10, 5, 10)
+    everything = state(indices=(index,), fragments=(1000,) * 8, oldest_age_s=7200)
+    assert len(decide(everything, settings, time.time())) == 3  # database "db" is maintained
+    for database in ("replay", "replay-7", "audit"):
+        assert decide(replace(everything, database=database), settings, time.time()) == []
+    assert len(decide(replace(everything, database="audits"), settings, time.time())) == 3
+    with pytest.raises(ValueError, match="prefix"):
+        AgentSettings(unmaintained_databases=["a*b"])
+
+
 def test_still_needed_matches_kind_and_index() -> None:
     index = vector_index(indexed=100_000, unindexed=200_000, trained=100_000)
     current = state(indices=(index,))

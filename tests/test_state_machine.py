@@ -42,7 +42,7 @@ from hypothesis.stateful import (
 from lancedb.index import FTS, Bitmap, BTree, IvfPq, LabelList
 
 from tests.support.local_node import LocalNode
-from tests.support.service import LiveService, wait_for_index_builds
+from tests.support.service import STATEFUL_DATABASES, LiveService, wait_for_index_builds
 
 pytestmark = pytest.mark.ray
 
@@ -202,7 +202,7 @@ class DifferentialMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.directory = tempfile.mkdtemp(prefix="stateful-embedded-")
-        self.database = f"db{uuid.uuid4().hex[:10]}"
+        self.database = f"{STATEFUL_DATABASES[:-1]}{uuid.uuid4().hex[:10]}"  # no agent maintenance
         self.remote_db = self.SERVICE.connect(self.database)
         self.local_db = lancedb.connect(self.directory)
         self.remote: Any = None

@@ -26,6 +26,8 @@ class Need:
 
 def decide(state: TableState, settings: AgentSettings, now: float) -> list[Need]:
     """Everything ``state`` calls for, in the order the jobs should run."""
+    if not settings.maintains(state.database):
+        return []
     needs = [*_compaction(state, settings), *_retraining(state, settings), *_indexing(state, settings),
              *_cleanup(state, settings, now)]
     return sorted(needs, key=lambda need: KIND_ORDER.index(need.kind))

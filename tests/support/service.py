@@ -29,6 +29,7 @@ from tests.support.tenants import TENANT_KEYS
 INDEXED = timedelta(seconds=120)
 
 API_KEY = "test-key"
+STATEFUL_DATABASES = "stateful*"  # the state machine's databases (see service_settings)
 
 
 def wait_healthy(url: str, timeout_s: float = 180) -> None:
@@ -122,7 +123,9 @@ def service_settings(root: Path) -> dict[str, Any]:
             "embedded": {"directory": str(root / "events")},
             "outbox_directory": str(root / "outbox"),
         },
-        "agent": {"jobs_directory": str(root / "jobs")},
+        # The differential state machine compares version numbers with embedded lancedb, which
+        # never commits on its own: the agent keeps no automatic watch over its databases.
+        "agent": {"jobs_directory": str(root / "jobs"), "unmaintained_databases": [STATEFUL_DATABASES]},
         # Small buckets, so that test tables of a few fragments spread over both executors.
         "executors": {"num_executors": 2, "fragments_per_group": 2, "num_cpus": 0.25,
                       "spill_dir": str(root / "spill")},
