@@ -47,9 +47,6 @@ def test_large_index_requests_train_on_the_gpu_node_then_fall_back_to_cpu(tmp_pa
 
 
 def _scenario(workdir: Path) -> dict:
-    import lancedb
-    import numpy as np
-    import pyarrow as pa
     import ray
     from ray.cluster_utils import Cluster
 
@@ -59,7 +56,7 @@ def _scenario(workdir: Path) -> dict:
     from lancedb_ray.settings import Settings
     from lancedb_ray.storage.catalog import StorageCatalog
     from lancedb_ray.storage.connections import Connections
-    from tests.support.service import free_port
+    from tests.support.multinode import node_ports, vector_table
 
     class Warnings(logging.Handler):
         def __init__(self) -> None:
@@ -69,24 +66,11 @@ def _scenario(workdir: Path) -> dict:
         def emit(self, record: logging.LogRecord) -> None:
             self.messages.append(record.getMessage())
 
-    def ports() -> dict:  # its own, not Ray's defaults, which the shared cluster may hold
-        return {"dashboard_agent_listen_port": free_port(), "metrics_export_port": free_port(),
-                "runtime_env_agent_port": free_port()}
-
-    rng = np.random.default_rng(0)
-    table = None
-    for start in range(0, 4000, 1000):  # 4 fragments, so 2 segments
-        vectors = rng.normal(size=(1000, 16)).astype(np.float32)
-        data = pa.table({"id": np.arange(start, start + 1000),
-                         "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), 16)})
-        if table is None:
-            table = lancedb.connect(workdir / "data" / "db").create_table("t", data)
-        else:
-            table.add(data)
+    vector_table(workdir / "data" / "db", rows=4000, dim=16, fragment_rows=1000)  # 4 fragments: 2 segments
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False,
-                                                            **ports()})
-    gpu_node = cluster.add_node(num_cpus=2, num_gpus=1, **ports())
+                                                            **node_ports()})
+    gpu_node = cluster.add_node(num_cpus=2, num_gpus=1, **node_ports())
     ray.init(address=cluster.address, log_to_driver=False)
     cluster.wait_for_nodes()
     warnings = Warnings()
@@ -117,18 +101,20 @@ def _scenario(workdir: Path) -> dict:
         while ray.cluster_resources().get("GPU") and time.monotonic() < deadline:
             time.sleep(0.2)  # until the cluster knows the node is gone
         result["gpu_group_scaled_to_zero"] = build(gpu_group=True, gpu_wait_seconds=2)
-        result["gpu_group_scaled_up"] = _scale_up_on_request(cluster, ports, build)
+        result["gpu_group_scaled_up"] = _scale_up_on_request(cluster, build)
     finally:
         ray.shutdown()
         cluster.shutdown()
     return result
 
 
-def _scale_up_on_request(cluster, ports, build) -> dict:
+def _scale_up_on_request(cluster, build) -> dict:
     """``build`` on a thread with the GPU group at zero; this thread plays the autoscaler."""
     import threading
 
     import ray.autoscaler.sdk
+
+    from tests.support.multinode import node_ports
 
     requests: list[list[dict]] = []
     asked = threading.Event()
@@ -148,7 +134,7 @@ def _scale_up_on_request(cluster, ports, build) -> dict:
         if not asked.wait(120):
             worker.join(300)
             return {"requests": requests, "state": "no request", "build": done}
-        joined = cluster.add_node(num_cpus=2, num_gpus=1, **ports())  # nodes join from the main thread
+        joined = cluster.add_node(num_cpus=2, num_gpus=1, **node_ports())  # nodes join from the main thread
         worker.join(300)
     finally:
         ray.autoscaler.sdk.request_resources = real

@@ -40,9 +40,6 @@ def _scenario(workdir: Path) -> dict:
     import asyncio
 
     import lance
-    import lancedb
-    import numpy as np
-    import pyarrow as pa
     import ray
     from ray.cluster_utils import Cluster
 
@@ -50,29 +47,16 @@ def _scenario(workdir: Path) -> dict:
     from lancedb_ray.agent.jobs import Job, JobKind, JobState
     from lancedb_ray.agent.store import LocalJobStore
     from lancedb_ray.settings import Settings
-    from tests.support.service import free_port
-
-    def ports() -> dict:
-        return {"dashboard_agent_listen_port": free_port(), "metrics_export_port": free_port(),
-                "runtime_env_agent_port": free_port()}
+    from tests.support.multinode import node_ports, vector_table
 
     rows, dim = 40_000, 64
-    rng = np.random.default_rng(0)
-    table = None
-    for start in range(0, rows, 10_000):
-        vectors = rng.normal(size=(10_000, dim)).astype(np.float32)
-        data = pa.table({"id": np.arange(start, start + 10_000),
-                         "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), dim)})
-        if table is None:
-            table = lancedb.connect(workdir / "data" / "db").create_table("t", data)
-        else:
-            table.add(data)
+    table = vector_table(workdir / "data" / "db", rows=rows, dim=dim, fragment_rows=10000)
     uri = table.to_lance().uri
     start_version = lance.dataset(uri).version
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False,
-                                                            **ports()})
-    worker = cluster.add_node(num_cpus=2, resources={"indexer": 4}, **ports())
+                                                            **node_ports()})
+    worker = cluster.add_node(num_cpus=2, resources={"indexer": 4}, **node_ports())
     ray.init(address=cluster.address, log_to_driver=False)
     cluster.wait_for_nodes()
     settings = Settings(
@@ -114,7 +98,7 @@ def _scenario(workdir: Path) -> dict:
             killed.append(record.step)
         elif killed and not waiting and record is not None and record.waiting:
             waiting.append(record.waiting)  # said why it waits; now a replacement joins
-            cluster.add_node(num_cpus=2, resources={"indexer": 4}, **ports())
+            cluster.add_node(num_cpus=2, resources={"indexer": 4}, **node_ports())
         time.sleep(0.02)
     if not outcome:  # the agent's thread cannot be stopped mid-task: say what was seen, leave at once
         print(json.dumps({"killed_during": killed[0] if killed else "", "state": "stuck",

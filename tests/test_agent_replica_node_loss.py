@@ -38,9 +38,6 @@ def test_killing_the_agents_node_mid_job_leaves_one_whole_index(tmp_path: Path) 
 
 def _scenario(workdir: Path) -> dict:
     import lance
-    import lancedb
-    import numpy as np
-    import pyarrow as pa
     import ray
     from ray import serve
     from ray.cluster_utils import Cluster
@@ -49,29 +46,16 @@ def _scenario(workdir: Path) -> dict:
     from lancedb_ray.agent.jobs import Job, JobKind, JobState
     from lancedb_ray.agent.store import LocalJobStore
     from lancedb_ray.settings import Settings
-    from tests.support.service import free_port
-
-    def ports() -> dict:
-        return {"dashboard_agent_listen_port": free_port(), "metrics_export_port": free_port(),
-                "runtime_env_agent_port": free_port()}
+    from tests.support.multinode import node_ports, vector_table
 
     rows, dim = 40_000, 64
-    rng = np.random.default_rng(0)
-    table = None
-    for start in range(0, rows, 10_000):
-        vectors = rng.normal(size=(10_000, dim)).astype(np.float32)
-        data = pa.table({"id": np.arange(start, start + 10_000),
-                         "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), dim)})
-        if table is None:
-            table = lancedb.connect(workdir / "data" / "db").create_table("t", data)
-        else:
-            table.add(data)
+    table = vector_table(workdir / "data" / "db", rows=rows, dim=dim, fragment_rows=10000)
     uri = table.to_lance().uri
     start_version = lance.dataset(uri).version
 
     cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 2, "resources": {"indexer": 4}, "include_dashboard": False, **ports()})
-    agent_node = cluster.add_node(num_cpus=1, resources={"agent_node": 1}, **ports())
+        "num_cpus": 2, "resources": {"indexer": 4}, "include_dashboard": False, **node_ports()})
+    agent_node = cluster.add_node(num_cpus=1, resources={"agent_node": 1}, **node_ports())
     ray.init(address=cluster.address, log_to_driver=False)
     cluster.wait_for_nodes()
     settings = Settings(
@@ -105,7 +89,7 @@ def _scenario(workdir: Path) -> dict:
             cluster.remove_node(agent_node)  # the agent's replica dies with its node, mid-build
             killed.append(record.step)
             indexes_after_kill.append([index["name"] for index in lance.dataset(uri).list_indices()])
-            cluster.add_node(num_cpus=1, resources={"agent_node": 1}, **ports())  # Serve's replacement
+            cluster.add_node(num_cpus=1, resources={"agent_node": 1}, **node_ports())  # Serve's replacement
         time.sleep(0.02)
     final = outcome[0] if outcome else store.get(job.id)
     serve.shutdown()

@@ -109,15 +109,12 @@ def _scenario(workdir: Path) -> dict:
     warnings = _Warnings()
     logging.getLogger("lancedb_ray").addHandler(warnings)
 
-    from tests.support.service import free_port
 
-    def ports() -> dict:  # its own, not Ray's defaults, which the shared cluster may hold
-        return {"dashboard_agent_listen_port": free_port(), "metrics_export_port": free_port(),
-                "runtime_env_agent_port": free_port()}
+    from tests.support.multinode import node_ports
 
     cluster = Cluster(initialize_head=True,
-                      head_node_args={"num_cpus": 2, "include_dashboard": False, **ports()})
-    gpu_node = cluster.add_node(num_cpus=2, num_gpus=1, resources={"gpu_node": 1}, **ports())
+                      head_node_args={"num_cpus": 2, "include_dashboard": False, **node_ports()})
+    gpu_node = cluster.add_node(num_cpus=2, num_gpus=1, resources={"gpu_node": 1}, **node_ports())
     ray.init(address=cluster.address, log_to_driver=False)
     cluster.wait_for_nodes()
     result: dict = {"head_node_id": cluster.head_node.node_id, "gpu_node_id": gpu_node.node_id}

@@ -118,19 +118,17 @@ def _scenario(workdir: Path) -> dict:
 
     from lancedb_ray.api.app import build_app
     from lancedb_ray.keys import DEV_KEY
+    from tests.support.multinode import node_ports
     from tests.support.service import free_port, wait_healthy
 
-    def ports() -> dict:
-        return {"dashboard_agent_listen_port": free_port(), "metrics_export_port": free_port(),
-                "runtime_env_agent_port": free_port()}
 
     # The default ingress (settings.server.proxy): HAProxy, read by Serve's processes as they start;
     # its stats and metrics ports of this cluster's own (its files are per node already).
     os.environ.update(RAY_SERVE_ENABLE_HA_PROXY="1", RAY_SERVE_HAPROXY_STATS_PORT=str(free_port()),
                       RAY_SERVE_HAPROXY_METRICS_PORT=str(free_port()))
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 3, "include_dashboard": False,
-                                                            **ports()})
-    worker = cluster.add_node(num_cpus=3, **ports())
+                                                            **node_ports()})
+    worker = cluster.add_node(num_cpus=3, **node_ports())
     ray.init(address=cluster.address, namespace="lancedb-ray", log_to_driver=False)
     cluster.wait_for_nodes()
     head_id = ray.get_runtime_context().get_node_id()  # the driver runs on the head node
