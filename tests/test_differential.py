@@ -284,6 +284,20 @@ def _outcome(operation: Callable[[], Any]) -> tuple[str, Any]:
         return "error", None
 
 
+def _same_upsert(pair: Pair, source: pa.Table, update: bool, insert: bool) -> None:
+    """``merge_insert("id")`` with the given ``when_*`` options: same outcome, same table after."""
+
+    def merge(t: Any) -> tuple[str, Any]:
+        builder = t.merge_insert("id")
+        builder = builder.when_matched_update_all() if update else builder
+        builder = builder.when_not_matched_insert_all() if insert else builder
+        return _outcome(lambda: _merge_counts(builder.execute(source)))
+
+    remote, local = pair.both(merge)
+    assert remote == local
+    pair.check_state()
+
+
 def _strict_pair(db, embedded) -> Pair:
     """id and vector not nullable, the rest nullable: merge sources may omit either kind."""
     data = make_rows(6)
@@ -305,16 +319,7 @@ def _strict_pair(db, embedded) -> Pair:
 def test_partial_merge_insert_keeps_omitted_columns(db, embedded, columns, update, insert) -> None:
     pair = _strict_pair(db, embedded)
     source = make_rows(4, start=4, seed=7).select(columns)
-
-    def merge(t: Any) -> tuple[str, Any]:
-        builder = t.merge_insert("id")
-        builder = builder.when_matched_update_all() if update else builder
-        builder = builder.when_not_matched_insert_all() if insert else builder
-        return _outcome(lambda: _merge_counts(builder.execute(source)))
-
-    remote, local = pair.both(merge)
-    assert remote == local
-    pair.check_state()
+    _same_upsert(pair, source, update, insert)
 
 
 def test_partial_merge_insert_with_nulls_and_a_filter(db, embedded) -> None:
@@ -342,16 +347,7 @@ def test_merge_source_nulls_in_a_non_nullable_column_count_only_where_written(
                                 for f in data.schema]))
     pair = Pair(db.create_table("strict_text", data), embedded.create_table("strict_text", data))
     source = pa.table({"id": pa.array([key], pa.int64()), "text": pa.array([None], pa.string())})
-
-    def merge(t: Any) -> tuple[str, Any]:
-        builder = t.merge_insert("id")
-        builder = builder.when_matched_update_all() if update else builder
-        builder = builder.when_not_matched_insert_all() if insert else builder
-        return _outcome(lambda: _merge_counts(builder.execute(source)))
-
-    remote, local = pair.both(merge)
-    assert remote == local
-    pair.check_state()
+    _same_upsert(pair, source, update, insert)
 
 
 def test_dropping_a_missing_table_raises_as_embedded_does(db, embedded) -> None:
