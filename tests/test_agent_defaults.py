@@ -13,9 +13,8 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import lancedb
@@ -26,6 +25,7 @@ from lancedb.index import IvfPq
 
 from tests.support.processes import serve_ingress_ports
 from tests.support.service import INDEXED, free_port, wait_healthy
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.ray
 DEFAULT_KEY = "lancedb-ray-dev-key"  # the default API key: nothing is configured
@@ -39,16 +39,6 @@ def rows(count: int, start: int = 0, dim: int = 16) -> pa.Table:
                            pa.list_(pa.float32(), dim)),
     })
 
-
-def wait_for(condition: Callable[[], Any], timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        time.sleep(0.5)
 
 
 @pytest.fixture(scope="module")
@@ -104,11 +94,11 @@ def test_appended_rows_are_indexed_on_pure_defaults_with_two_cpus(two_cpu_servic
     table.add(rows(200, 1000))
     assert table.index_stats("vector_idx").num_unindexed_rows == 200
     wait_for(lambda: table.index_stats("vector_idx").num_unindexed_rows == 0, 180,
-             "the agent to index the appended rows on a 2-CPU cluster")
+             "the agent to index the appended rows on a 2-CPU cluster", interval_s=0.5)
     # The job's record is written just after the commit that the client already sees.
     jobs = wait_for(lambda: [job for job in admin_jobs(two_cpu_service, "items")
                              if job["kind"] == "optimize_indices" and job["state"] != "running"], 30,
-                    "the job's final record")
+                    "the job's final record", interval_s=0.5)
     assert [job["state"] for job in jobs] == ["succeeded"], jobs
     hits = table.search(rows(200, 1000)["vector"][50].as_py()).nprobes(2).refine_factor(20).limit(1)
     assert hits.to_arrow()["id"].to_pylist() == [1050]

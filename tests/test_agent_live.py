@@ -12,7 +12,6 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ from lancedb_ray import cli
 from lancedb_ray.agent.jobs import Job, JobKind, JobState
 from lancedb_ray.agent.store import LocalJobStore
 from tests.support.service import INDEXED, LiveService
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.ray
 APP = "lancedb"
@@ -43,16 +43,6 @@ def rows(count: int, start: int = 0, dim: int = 16) -> pa.Table:
                            pa.list_(pa.float32(), dim)),
     })
 
-
-def wait_for(condition: Callable[[], Any], timeout_s: float, what: str, interval_s: float = 0.25) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        time.sleep(interval_s)
 
 
 def job_store(service: LiveService) -> LocalJobStore:
