@@ -192,7 +192,9 @@ def test_killing_an_executor_loses_no_query(tables) -> None:
     # Once it answers again (a silent executor is tried last for a few seconds), queries refill it.
     deadline = time.monotonic() + 90
     while _stats("plan-executor-0")["entries"] == 0 and stats["entries"] == 0:
-        assert time.monotonic() < deadline, "the restarted executor never got its partitions back"
+        assert time.monotonic() < deadline, (
+            "the restarted executor never got its partitions back: "
+            f"{[_stats(f'plan-executor-{i}') for i in range(2)]}")
         for q in queries[:5]:
             remote.search(q).bypass_vector_index().limit(5).to_arrow()
 

@@ -142,8 +142,10 @@ class DistributedExecutor:
         self._in_process_lock = threading.Lock()
         # Half of the fail-over deadline waiting for a call, half for a ping (_await).
         self._probe_s = settings.executors.failover_seconds / 2
-        # Executors that stopped answering -> the ping that clears them once answered (None: not sent).
-        self._suspects: dict[str, Any] = {}
+        self._failover_s = settings.executors.failover_seconds
+        # Executors that stopped answering -> (the ping that clears them once answered, when it was
+        # sent); None: not sent yet.
+        self._suspects: dict[str, tuple[Any, float] | None] = {}
         self._suspects_lock = threading.Lock()
         # The query node only plans: manifests and index metadata, no index partitions.
         self._snapshots = Snapshots(process_session(QUERY_NODE_INDEX_CACHE, QUERY_NODE_METADATA_CACHE))
@@ -343,17 +345,24 @@ class DistributedExecutor:
             and snapshot.row_count <= IN_PROCESS_MAX_ROWS
 
     def _current_suspects(self) -> set[str]:
-        """Executors to try last: they stopped answering and have not answered a ping since."""
+        """Executors to try last: they stopped answering and have not answered a ping since.
+
+        A ping unanswered for the whole fail-over deadline is sent again through a fresh handle:
+        a call sent while an actor restarts can be lost, and a lost ping must not keep a restarted
+        executor out of its partitions for good.
+        """
+        now = time.monotonic()
         with self._suspects_lock:
-            for name, ping in list(self._suspects.items()):
-                if ping is None:
-                    self._suspects[name] = self._pool.handle(name).ready.remote()
-                elif ray.wait([ping], timeout=0)[0]:
+            for name, pending in list(self._suspects.items()):
+                if pending is not None and ray.wait([pending[0]], timeout=0)[0]:
                     try:
-                        ray.get(ping, timeout=0)
+                        ray.get(pending[0], timeout=0)
                         del self._suspects[name]  # it answers again
                     except _EXECUTOR_FAULTS:  # dead or restarting: ask again next time
                         self._suspects[name] = None
+                elif pending is None or now - pending[1] > self._failover_s:
+                    handle = self._pool.handle(name, fresh=pending is not None)
+                    self._suspects[name] = (handle.ready.remote(), now)
             return set(self._suspects)
 
     def _await(self, calls: dict[str, Any]) -> set[str]:
