@@ -189,9 +189,10 @@ class ServerSettings(StrictModel):
     proxy: Literal["haproxy", "serve"] = "haproxy"
     max_body_bytes: int = 512 * 1024 * 1024
     # Writes through the service are read by the next query on every replica (version
-    # registry). This bounds writes made outside it: 0 re-reads the latest version from
-    # storage per request; >0 trusts the registry that long (no storage request per query).
-    read_consistency_seconds: float = 0.0
+    # registry). This bounds writes made outside it (embedded lancedb on the same storage):
+    # each table's latest version is re-read from storage once per this interval, shared by
+    # every replica; 0 re-reads it on every request (a storage request per query).
+    read_consistency_seconds: float = Field(1.0, ge=0)
     idempotency_window: int = 20  # recent versions searched for a retried write's request id
     # A multipart upload not completed within this is expired by the agent (its staged data
     # deleted). Below lance's 7 days, after which version cleanup deletes unreferenced data files.

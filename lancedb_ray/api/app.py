@@ -24,7 +24,7 @@ from lancedb_ray.keys import check_serving
 from lancedb_ray.service.container import Services
 from lancedb_ray.settings import Settings
 from lancedb_ray.storage.connections import Connections
-from lancedb_ray.storage.versions import start_registry
+from lancedb_ray.storage.versions import RegistryView, start_registry
 
 _AGENT_CALL_S = 60.0
 _AGENT_PENDING_S = 5.0  # index stats answer without pending builds rather than wait longer
@@ -42,10 +42,11 @@ class QueryNode:
         logging_setup.configure(self._settings.logging)
         self._agent = agent  # the LanceAgent's handle: bound here so Serve deploys it in this app
         self._publisher = ChangePublisher(self._settings.events)
-        registry = start_registry(self._settings.ray.namespace)
+        # This replica's copy of the version registry: a warm query makes no round trip for it.
+        self._registry = RegistryView(start_registry(self._settings.ray.namespace))
         index_jobs = AgentIndexJobs(agent) if agent is not None else None
         install_services(
-            Services.build(self._settings, self._publisher.emit, self._executor_factory, registry,
+            Services.build(self._settings, self._publisher.emit, self._executor_factory, self._registry,
                            index_jobs)
         )
 
@@ -66,6 +67,7 @@ class QueryNode:
 
     def __del__(self) -> None:
         self._publisher.close()
+        self._registry.close()
 
 
 class AgentIndexJobs:

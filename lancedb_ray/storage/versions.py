@@ -8,6 +8,14 @@ without listing storage per query. Writes made outside the service (embedded
 lancedb on the same storage) are found by re-reading storage once the entry is
 older than ``read_consistency_seconds``; that read is shared by every replica.
 
+Each query node replica keeps a copy of the registry (``RegistryView``) that a
+background thread keeps current by long-polling, so a warm query asks neither
+storage nor the registry. A commit that moves a table waits until every
+following replica has applied it; a replica that does not answer in time is
+dropped, and by then its copy's lease has run out, so it asks the registry
+itself until it follows again. Either way no replica reads behind a write that
+was acknowledged.
+
 If the actor restarts, it starts empty: every table is then re-read from
 storage once, so nothing stale is ever served from a lost registry.
 """
@@ -15,14 +23,22 @@ storage once, so nothing stale is ever served from a lost registry.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 REGISTRY_NAME = "version-registry"
 HEAD_RESOURCE = "node:__internal_head__"  # the resource Ray gives the head node alone
 _LOG = logging.getLogger(__name__)
+# A replica's copy is trusted for LEASE_S after it sent the request that brought its last answer.
+# A commit waits ACK_WAIT_S at most for the replicas to apply it: past twice the lease, a replica
+# that has not applied it no longer trusts its copy. A follower's request waits POLL_S for news.
+LEASE_S = 1.0
+ACK_WAIT_S = 2 * LEASE_S + 0.5
+POLL_S = 0.4
 
 
 @dataclass(frozen=True)
@@ -34,16 +50,44 @@ class TableVersion:
     checked_at: float  # time.time() when storage or a writer last confirmed it
 
 
+@dataclass(frozen=True)
+class Changes:
+    """What a follower has not applied yet: entries published after ``applied``."""
+
+    incarnation: str  # the registry's: a new one (restart) means "forget your copy"
+    seq: int  # apply these, then ask again with this as ``applied``
+    entries: dict[str, TableVersion]
+
+
 class VersionRegistry:
     """Table key -> latest known version; plain methods, run as a Ray actor or in-process."""
 
     def __init__(self) -> None:
         self._tables: dict[str, TableVersion] = {}
-        self._lock = threading.Lock()
+        self._seqs: dict[str, int] = {}  # the publish that last changed each entry
+        self._seq = 0
+        self._incarnation = uuid.uuid4().hex
+        self._followers: dict[str, int] = {}  # follower -> the last publish it has applied
+        self._changed = threading.Condition()
 
     def get(self, key: str) -> TableVersion | None:
-        with self._lock:
+        with self._changed:
             return self._tables.get(key)
+
+    def changes(self, follower: str, incarnation: str | None, applied: int, wait_s: float) -> Changes:
+        """The entries ``follower`` lacks, once there are any (or after ``wait_s``).
+
+        Asking with ``applied`` acknowledges every publish up to it: commits waiting for this
+        follower go on.
+        """
+        with self._changed:
+            if incarnation != self._incarnation:
+                applied = 0  # a new follower, or one that followed the registry's last life
+            self._followers[follower] = applied
+            self._changed.notify_all()
+            self._changed.wait_for(lambda: self._seq > applied, timeout=wait_s)
+            entries = {key: self._tables[key] for key, seq in self._seqs.items() if seq > applied}
+            return Changes(self._incarnation, self._seq, entries)
 
     def publish(self, key: str, version: int, recreated: bool = False,
                 seen: TableVersion | None = None) -> TableVersion:
@@ -55,7 +99,7 @@ class VersionRegistry:
         version, the table was re-created outside the service and a new generation starts.
         """
         now = time.time()
-        with self._lock:
+        with self._changed:
             known = self._tables.get(key)
             generation = known.generation if known else 0
             if recreated:
@@ -66,12 +110,38 @@ class VersionRegistry:
                 entry = TableVersion(version, generation + 1, now)
             else:
                 return known  # a read that raced a newer commit: keep the newer version
+            self._seq += 1
             self._tables[key] = entry
+            self._seqs[key] = self._seq
+            self._changed.notify_all()
+            moved = known is None or (known.version, known.generation) != (entry.version,
+                                                                             entry.generation)
+            if moved:  # a mere re-confirmation needs no one to wait for it
+                self._await_followers(self._seq)
             return entry
+
+    def _await_followers(self, seq: int) -> None:
+        """Until every follower has applied publish ``seq``; drop those that do not in time."""
+        deadline = time.monotonic() + ACK_WAIT_S
+        while True:
+            behind = [name for name, applied in self._followers.items() if applied < seq]
+            left = deadline - time.monotonic()
+            if not behind:
+                return
+            if left <= 0:
+                for name in behind:  # its lease has run out: it asks the registry until it follows
+                    del self._followers[name]
+                _LOG.warning("version registry: %d replicas did not apply a commit in %.1fs",
+                             len(behind), ACK_WAIT_S)
+                return
+            self._changed.wait(left)
 
 
 class Registry(Protocol):
     def get(self, key: str) -> TableVersion | None: ...
+
+    def changes(self, follower: str, incarnation: str | None, applied: int, wait_s: float
+                ) -> Changes: ...
 
     def publish(self, key: str, version: int, recreated: bool = False,
                 seen: TableVersion | None = None) -> TableVersion: ...
@@ -88,11 +158,74 @@ class RemoteRegistry:
 
         return ray.get(self._handle.get.remote(key))
 
+    def changes(self, follower: str, incarnation: str | None, applied: int, wait_s: float
+                ) -> Changes:
+        import ray
+
+        call = self._handle.changes.remote(follower, incarnation, applied, wait_s)
+        return ray.get(call, timeout=wait_s + ACK_WAIT_S)
+
     def publish(self, key: str, version: int, recreated: bool = False,
                 seen: TableVersion | None = None) -> TableVersion:
         import ray
 
         return ray.get(self._handle.publish.remote(key, version, recreated, seen))
+
+
+class RegistryView:
+    """This process's copy of a registry, kept current by a follower thread (long-polling).
+
+    ``get`` answers from the copy while its lease holds (no round trip), else from the
+    registry itself. ``publish`` goes to the registry, which answers once every follower,
+    this one included, has applied it.
+    """
+
+    def __init__(self, registry: Registry) -> None:
+        self._registry = registry
+        self._name = f"{os.uname().nodename}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._entries: dict[str, TableVersion] = {}
+        self._incarnation: str | None = None
+        self._applied = 0
+        self._valid_until = 0.0  # monotonic
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
+        self._follower = threading.Thread(target=self._follow, name="version-registry-follower",
+                                          daemon=True)
+        self._follower.start()
+
+    def get(self, key: str) -> TableVersion | None:
+        with self._lock:
+            if time.monotonic() < self._valid_until:
+                return self._entries.get(key)
+        return self._registry.get(key)
+
+    def changes(self, follower: str, incarnation: str | None, applied: int, wait_s: float
+                ) -> Changes:
+        return self._registry.changes(follower, incarnation, applied, wait_s)
+
+    def publish(self, key: str, version: int, recreated: bool = False,
+                seen: TableVersion | None = None) -> TableVersion:
+        return self._registry.publish(key, version, recreated, seen)
+
+    def close(self) -> None:
+        self._stopped.set()
+
+    def _follow(self) -> None:
+        while not self._stopped.is_set():
+            sent = time.monotonic()
+            try:
+                news = self._registry.changes(self._name, self._incarnation, self._applied, POLL_S)
+            except Exception:  # noqa: BLE001 - the registry restarts or moves: its lease runs out
+                _LOG.debug("version registry: follower request failed", exc_info=True)
+                self._stopped.wait(POLL_S)  # not a busy loop while the registry is away
+                continue
+            with self._lock:
+                if news.incarnation != self._incarnation:
+                    self._entries = {}
+                    self._incarnation = news.incarnation
+                self._entries.update(news.entries)
+                self._applied = news.seq
+                self._valid_until = sent + LEASE_S
 
 
 def start_registry(namespace: str) -> RemoteRegistry:

@@ -117,7 +117,10 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 
 def service_settings(root: Path) -> dict[str, Any]:
     return {
-        "server": {"api_keys": [API_KEY, *TENANT_KEYS], "num_replicas": 2, "num_cpus": 0.25},
+        # read_consistency_seconds 0: tests write with embedded lancedb straight on the service's
+        # storage (an outside writer) and read the result through the service at once.
+        "server": {"api_keys": [API_KEY, *TENANT_KEYS], "num_replicas": 2, "num_cpus": 0.25,
+                   "read_consistency_seconds": 0.0},
         "storage": {"root": {"uri": str(root / "data")}},
         "events": {
             "embedded": {"directory": str(root / "events")},
