@@ -252,10 +252,12 @@ async def update(request: Request, table_id: str) -> dict[str, Any]:
 async def query(request: Request, table_id: str) -> Response:
     ref = _ref(request, table_id)
     body = await _query_body(request, QueryRequest)
-    result = await run_in_threadpool(
-        services(request).executor.search, QueryTarget(ref, body.version), body
-    )
-    return Response(await run_in_threadpool(arrow_file_bytes, result), media_type=ARROW_FILE)
+    executor = services(request).executor
+
+    def answer() -> bytes:  # search and encode in one hop to the thread pool
+        return arrow_file_bytes(executor.search(QueryTarget(ref, body.version), body))
+
+    return Response(await run_in_threadpool(answer), media_type=ARROW_FILE)
 
 
 @router.post("/{table_id}/explain_plan/")

@@ -29,7 +29,7 @@ class Snapshots:
 
     def get(self, opened: OpenTable, storage_options: dict[str, str]) -> Snapshot:
         """The snapshot of ``opened`` at its current version, opened from storage only once."""
-        uri, version = opened.table.uri, opened.table.version
+        uri, version = opened.uri, opened.version
         key = (uri, opened.generation, version)
         with self._lock:
             found = self._entries.get(key)

@@ -171,6 +171,8 @@ def _refines_from_cache(plan: SubPlan, source: LanceDataset, cache: FragmentCach
     whose copy (vectors and projected columns) would not fit in half the memory budget.
     """
     query = plan.query
+    if not on_object_store(plan.dataset.uri):
+        return False  # lance's refine reads a local disk through the page cache, faster than a copy
     if plan.cache_key is None or query.filter or isinstance(query.columns, dict):
         return False
     if query.lower_bound is not None or query.upper_bound is not None:
@@ -178,6 +180,11 @@ def _refines_from_cache(plan: SubPlan, source: LanceDataset, cache: FragmentCach
     rows = sum(source.get_fragment(fid).metadata.physical_rows for fid in plan.fragment_ids)
     width = len(plan.vector or ()) * 4 + 16 * (len(query.columns or source.schema.names) + 1)
     return rows * width <= cache.memory_budget // 2
+
+
+def on_object_store(uri: str) -> bool:
+    """Whether reads of ``uri`` are object-store requests (a round trip each), not a local disk's."""
+    return "://" in uri and not uri.startswith("file://")
 
 
 def _index_segment_refined_from_cache(plan: SubPlan, source: LanceDataset, cache: FragmentCache

@@ -54,7 +54,15 @@ class OpenTable:
     table: LanceTable
     generation: int
     opened_at: float  # monotonic, for read_consistency_seconds
-    opened_wall: float = 0.0  # wall clock, for the client's read-freshness header
+    opened_wall: float  # wall clock, for the client's read-freshness header
+    # The handle's version and location, read once: each read of the handle's own properties
+    # is a call into lancedb's event loop, and a warm query should make none.
+    version: int
+    uri: str
+
+    @classmethod
+    def of(cls, table: LanceTable, generation: int) -> OpenTable:
+        return cls(table, generation, time.monotonic(), time.time(), table.version, table.uri)
 
 
 class Connections:
@@ -112,16 +120,18 @@ class Connections:
         with self._lock:
             cached = self._tables.get(ref)
         if known is not None and cached is not None and cached.generation == known.generation:
-            if cached.table.version < known.version:  # written through another replica
-                PROBES.inc("version_probes_total")
-                with lance_errors(f"table '{ref.qualified_name}'", ref.database):
-                    cached.table.checkout_latest()
-            return cached
-        # Opened again, not checkout_latest(): that never moves a handle back, and a table
-        # dropped and re-created outside the service starts its versions again.
-        table = self._open(ref, None)
-        entry = self._versions.observed(self._key(ref), table.version, seen)
-        opened = OpenTable(table, entry.generation, time.monotonic(), time.time())
+            if cached.version >= known.version:
+                return cached
+            PROBES.inc("version_probes_total")  # written through another replica
+            with lance_errors(f"table '{ref.qualified_name}'", ref.database):
+                cached.table.checkout_latest()
+            opened = OpenTable.of(cached.table, cached.generation)
+        else:
+            # Opened again, not checkout_latest(): that never moves a handle back, and a table
+            # dropped and re-created outside the service starts its versions again.
+            table = self._open(ref, None)
+            entry = self._versions.observed(self._key(ref), table.version, seen)
+            opened = OpenTable.of(table, entry.generation)
         with self._lock:
             self._tables[ref] = opened
         return opened
@@ -147,7 +157,7 @@ class Connections:
         if cached is None:
             return
         if (min_time is not None and cached.opened_wall < min_time) or (
-            min_version is not None and cached.table.version < min_version
+            min_version is not None and cached.version < min_version
         ):
             self.forget(ref)
 
@@ -167,7 +177,7 @@ class Connections:
                 cached = self._tables.get(ref)
             if cached is not None and time.monotonic() - cached.opened_at < seconds:
                 return cached
-        opened = OpenTable(self._open(ref, None), 0, time.monotonic(), time.time())
+        opened = OpenTable.of(self._open(ref, None), 0)
         if seconds > 0:
             with self._lock:
                 self._tables[ref] = opened
