@@ -26,6 +26,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -125,12 +126,8 @@ def run_system(storage: str, name: str, open_table, queries: np.ndarray, truth: 
     return result
 
 
-def start_service(storage: dict, state: Path, name: str, prefix: str, namespace: str) -> str:
-    from ray import serve
-
-    from lancedb_ray.api.app import build_app
-
-    settings = Settings(
+def service_settings(storage: dict, state: Path, namespace: str) -> Settings:
+    return Settings(
         server={"api_keys": [API_KEY], "num_replicas": 2, "num_cpus": 0.25},
         storage=storage,
         executors={"num_executors": 2, "num_cpus": 0.25, "spill_dir": str(state / "spill")},
@@ -139,6 +136,15 @@ def start_service(storage: dict, state: Path, name: str, prefix: str, namespace:
         agent={"enabled": False, "jobs_directory": str(state / "jobs")},
         ray={"namespace": namespace},
     )
+
+
+def start_service(settings: Settings, name: str, prefix: str) -> str:
+    """Serve the app; its secrets (an account key) must be in the secrets file already
+    (``tests.support.secrets.shared``): Ray's processes read them from there, never from Ray."""
+    from ray import serve
+
+    from lancedb_ray.api.app import build_app
+
     serve.run(build_app({"settings": settings.to_plain()}), name=name, route_prefix=prefix)
     return prefix
 
@@ -239,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     import ray
 
     from tests.support.proxy import CountingProxy
+    from tests.support.secrets import secrets_file, shared
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -250,6 +257,9 @@ def main(argv: list[str] | None = None) -> int:
     queries = vectors[rng.choice(len(vectors), args.queries, replace=False)]
     queries = queries + rng.normal(size=queries.shape).astype("float32") * 0.02
 
+    # As a deployment does, every Ray process reads the secrets (Azurite's account key) from a file.
+    stack = ExitStack()
+    stack.enter_context(secrets_file(work / "secrets.yaml"))
     ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
     from ray import serve
 
@@ -273,8 +283,8 @@ def main(argv: list[str] | None = None) -> int:
 
     results: list[Result] = []
     # -- local directory --------------------------------------------------------------------
-    start_service({"root": {"uri": str(work / "local")}}, work / "state-local", "local", "/local",
-                  NAMESPACE)
+    start_service(service_settings({"root": {"uri": str(work / "local")}}, work / "state-local",
+                                   NAMESPACE), "local", "/local")
     build("/local")
 
     def embedded_local():
@@ -309,8 +319,10 @@ def main(argv: list[str] | None = None) -> int:
             proxy = CountingProxy(azurite.port, delay_s=delay)
             root = azurite.location(PROVIDER, "bench", prefix="dbs", endpoint=proxy.endpoint(PROVIDER))
             app = namespace.removeprefix("lancedb-ray-")
-            start_service({"root": root.model_dump()}, work / f"state-{app}", app, f"/{app}",
-                          namespace)
+            settings = service_settings({"root": root.model_dump()}, work / f"state-{app}", namespace)
+            sharing = ExitStack()  # for as long as the app runs: restarted executors read it too
+            sharing.enter_context(shared(settings))
+            start_service(settings, app, f"/{app}")
             if delay == 0.0:
                 build(f"/{app}")  # once: the slow setting reads the same blobs
             where = StorageCatalog(StorageSettings(root=root)).locate("bench")
@@ -325,10 +337,12 @@ def main(argv: list[str] | None = None) -> int:
             results.append(run_system(storage, "service", remote(f"/{app}"), queries, truth, 8,
                                       args, restart_executors(namespace), counter))
             stop_service(app, namespace)
+            sharing.close()
             proxy.close()
     print(write_report(results, args, out))
     serve.shutdown()
     ray.shutdown()
+    stack.close()
     if azurite is not None:
         azurite.stop()
     shutil.rmtree(work, ignore_errors=True)

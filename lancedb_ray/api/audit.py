@@ -8,24 +8,40 @@ Names the key (never the key itself), the database, the table, the operation
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from typing import Any
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
+from starlette.requests import Request
 
 from lancedb_ray.api.auth import READ_ROUTES
 
 logger = logging.getLogger("lancedb_ray.audit")
 
 
-def install_audit(app: FastAPI) -> None:
-    @app.middleware("http")
-    async def audit(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        response = await call_next(request)
+class AuditLog:
+    """A plain ASGI middleware (no response streaming through a task, as ``@app.middleware`` has)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status: int | None = None
+
+        async def send_and_note(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        await self.app(scope, receive, send_and_note)
+        request = Request(scope)
         key = getattr(request.state, "api_key", None)
-        route = request.scope.get("route")
-        operation = getattr(route, "name", None)
-        if key is not None and operation and operation not in READ_ROUTES:
-            params = request.scope.get("path_params") or {}
+        operation = getattr(scope.get("route"), "name", None)
+        if status is not None and key is not None and operation and operation not in READ_ROUTES:
+            params = scope.get("path_params") or {}
             logger.info(
                 "audit key=%s database=%s table=%s operation=%s request_id=%s status=%d",
                 key.name,
@@ -33,6 +49,9 @@ def install_audit(app: FastAPI) -> None:
                 params.get("table_id") or params.get("namespace_id") or "-",
                 operation,
                 request.headers.get("x-request-id", "-"),
-                response.status_code,
+                status,
             )
-        return response
+
+
+def install_audit(app: FastAPI) -> None:
+    app.add_middleware(AuditLog)

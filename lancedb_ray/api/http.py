@@ -6,10 +6,9 @@ around a local one); ``api.app`` wraps it in a Serve deployment.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Any
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
 
 from lancedb_ray.api import admin_routes, health_routes, namespace_routes, table_routes, unsupported_routes
 from lancedb_ray.api.audit import install_audit
@@ -40,6 +39,26 @@ class _CollapseLeadingSlashes:
         await self.app(scope, receive, send)
 
 
+class _AdvertiseProtocol:
+    """Every answer names the protocol level it speaks (``phalanx-version``)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_version(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                headers = [*message.get("headers", ()), (b"phalanx-version", PHALANX_VERSION.encode())]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_version)
+
+
 def create_app(services: Services | None = None) -> FastAPI:
     # No /openapi.json or docs: they would answer without a key.
     app = FastAPI(title="lancedb-ray query node", docs_url=None, redoc_url=None, openapi_url=None)
@@ -49,14 +68,7 @@ def create_app(services: Services | None = None) -> FastAPI:
     install_audit(app)
     install_observability(app)  # inside the slash rewrite: it sees the routed path
     app.add_middleware(_CollapseLeadingSlashes)
-
-    @app.middleware("http")
-    async def advertise_protocol(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        response = await call_next(request)
-        response.headers["phalanx-version"] = PHALANX_VERSION
-        return response
+    app.add_middleware(_AdvertiseProtocol)
 
     app.include_router(health_routes.router)
     app.include_router(table_routes.router)
