@@ -270,7 +270,8 @@ def main(argv: list[str] | None = None) -> int:
     # As a deployment does, every Ray process reads the secrets (Azurite's account key) from a file.
     stack = ExitStack()
     stack.enter_context(secrets_file(work / "secrets.yaml"))
-    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
+    # address="local": a cluster of its own, even where another (`ray start`) runs on this machine.
+    ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False)
     from ray import serve
 
     port = int(os.environ.get("BENCH_PORT", "8765"))

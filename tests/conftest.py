@@ -8,13 +8,12 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 # The service runs behind Serve's HAProxy ingress by default (settings.server.proxy); test that path.
 os.environ.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1")
 
-from tests.support.processes import free_port, serve_ingress_ports  # noqa: E402
+from tests.support.processes import serve_ingress_env  # noqa: E402
 
-# HAProxy's stats and metrics ports are fixed by default: free ones let test sessions coexist.
-os.environ.setdefault("RAY_SERVE_HAPROXY_STATS_PORT", str(free_port()))
-os.environ.setdefault("RAY_SERVE_HAPROXY_METRICS_PORT", str(free_port()))
-# So are the replicas' ports, shared by SO_REUSEPORT across clusters: a range of this session's own.
-for _name, _value in serve_ingress_ports().items():
+# Serve's ingress (replica ports, HAProxy's ports and files) is shared by every Ray cluster on a
+# machine unless each is given its own: this session's, so that sessions and the clusters its
+# tests start (CLI runs, benchmarks) coexist.
+for _name, _value in serve_ingress_env().items():
     os.environ.setdefault(_name, _value)
 
 pytest_plugins: list[str] = [

@@ -9,26 +9,16 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.support.processes import free_port, serve_ingress_ports
+from tests.support.processes import free_port, serve_ingress_env, session_replica_port
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "bench" / "query_bench.py"
 
 
-def _ports_of_its_own() -> dict[str, str]:
-    """Serve replica ports for the benchmark's own Ray cluster, apart from this session's."""
-    ours = int(os.environ["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"])
-    while True:
-        ports = serve_ingress_ports()
-        if abs(int(ports["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"]) - ours) > 100:
-            return ports
-
-
 def test_the_query_benchmark_runs_on_every_storage(tmp_path: Path) -> None:
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
-           "BENCH_PORT": str(free_port()), **_ports_of_its_own(),
-           "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
-           "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port())}
+           "BENCH_PORT": str(free_port()),
+           **serve_ingress_env(avoid=session_replica_port())}
     env.pop("LANCEDB_RAY_SECRETS", None)  # the benchmark makes its own, as a deployment would
     run = subprocess.run(
         [sys.executable, str(SCRIPT), "--rows", "3000", "--dim", "16", "--queries", "30",

@@ -18,17 +18,17 @@ import pyarrow as pa
 import pytest
 
 from lancedb_ray.settings import Settings
-from tests.support.processes import serve_ingress_ports
+from tests.support.processes import serve_ingress_env, session_replica_port
 from tests.support.service import free_port, wait_healthy
 
 
 def _isolated_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     """The environment of a CLI run whose local directories live under ``tmp_path``.
 
-    A Ray cluster it starts gets Serve replica ports apart from the session's (``serve_ingress_ports``).
+    A Ray cluster it starts gets a Serve ingress apart from the session's (``serve_ingress_env``).
     """
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LANCEDB_RAY_", "AZURE"))}
-    env.update(serve_ingress_ports())
+    env.update(serve_ingress_env(avoid=session_replica_port()))
     env.update({"LANCEDB_RAY_EVENTS__EMBEDDED__DIRECTORY": str(tmp_path / "events"),
                 "LANCEDB_RAY_EVENTS__OUTBOX_DIRECTORY": str(tmp_path / "outbox"),
                 "LANCEDB_RAY_AGENT__JOBS_DIRECTORY": str(tmp_path / "jobs")})
@@ -95,9 +95,8 @@ def ray_head(tmp_path: Path) -> Iterator[str]:
               "print(ray.get_runtime_context().gcs_address, flush=True)\n"
               "sys.stdin.read()\n"  # until the test closes stdin
               "ray.shutdown()\n")
-    # HAProxy ports of its own: the cluster's processes, not the CLI, run Serve's proxy.
-    env = _isolated_env(tmp_path, RAY_SERVE_HAPROXY_STATS_PORT=str(free_port()),
-                        RAY_SERVE_HAPROXY_METRICS_PORT=str(free_port()))
+    # A Serve ingress of its own (_isolated_env): the cluster's processes run Serve's proxy.
+    env = _isolated_env(tmp_path)
     head = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, text=True, env=env)
     try:
@@ -116,9 +115,7 @@ def ray_head(tmp_path: Path) -> Iterator[str]:
 def test_failed_deployment_ends_the_command_with_serves_message(tmp_path: Path, ray_head: str) -> None:
     # Passes every check before Ray, and fails in the replica: prewarming a table that does not exist.
     env = _isolated_env(tmp_path, LANCEDB_RAY_EXECUTORS__PREWARM='["nodb/missing_table"]',
-                        LANCEDB_RAY_EXECUTORS__NUM_EXECUTORS="1", LANCEDB_RAY_AGENT__ENABLED="false",
-                        RAY_SERVE_HAPROXY_STATS_PORT=str(free_port()),
-                        RAY_SERVE_HAPROXY_METRICS_PORT=str(free_port()))
+                        LANCEDB_RAY_EXECUTORS__NUM_EXECUTORS="1", LANCEDB_RAY_AGENT__ENABLED="false")
     result = subprocess.run(
         [sys.executable, "-m", "lancedb_ray.cli", "serve", "--port", str(free_port()),
          "--storage", str(tmp_path / "data"), "--address", ray_head],
@@ -138,10 +135,7 @@ def test_serve_command_serves_and_stops_cleanly(tmp_path: Path) -> None:
                         LANCEDB_RAY_EXECUTORS__NUM_EXECUTORS="1",
                         # the flags below must beat these
                         LANCEDB_RAY_SERVER__PORT=str(free_port()),
-                        LANCEDB_RAY_STORAGE__ROOT__URI=str(tmp_path / "not-here"),
-                        # HAProxy ports of its own, beside the test session's Serve instance
-                        RAY_SERVE_HAPROXY_STATS_PORT=str(free_port()),
-                        RAY_SERVE_HAPROXY_METRICS_PORT=str(free_port()))
+                        LANCEDB_RAY_STORAGE__ROOT__URI=str(tmp_path / "not-here"))
     process = subprocess.Popen(
         [sys.executable, "-m", "lancedb_ray.cli", "serve", "--port", str(port),
          "--storage", str(storage), "--api-key", "cli-key"],

@@ -8,6 +8,7 @@ import random
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,20 +22,41 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def serve_ingress_ports() -> dict[str, str]:
-    """Ports of its own for one Ray cluster's Serve replicas, as environment variables for it.
+def serve_ingress_env(avoid: int | None = None) -> dict[str, str]:
+    """Serve ingress of its own for one Ray cluster, as environment variables for it.
 
-    Serve's replicas listen on ports taken in order from a fixed range (30000 up) with
-    SO_REUSEPORT: two clusters on one machine (a test session and a CLI it starts, or two
-    sessions) would share them, and the kernel would hand one cluster's requests to the
-    other's replicas (a 401 or 404 from an application nobody asked).
+    Two clusters on one machine (a test session and a CLI or benchmark it starts) would
+    otherwise share it. Serve's replicas listen on ports taken in order from a fixed range
+    (30000 up) with SO_REUSEPORT, so the kernel would hand one cluster's requests to the
+    other's replicas (a 401 or 404 from an application nobody asked); and HAProxy keeps its
+    configuration, admin socket and server state in fixed files under /tmp/haproxy-serve, so
+    one cluster's reload would route by the other's applications. ``avoid``: the first
+    replica port of another cluster, kept clear of. The files go to a short directory of their
+    own: HAProxy refuses socket paths over 97 characters, and Serve adds the node id to it.
     """
-    http = random.randrange(10_000, 21_000 - _SERVE_PORTS)
+    while True:
+        http = random.randrange(10_000, 21_000 - _SERVE_PORTS)
+        if avoid is None or abs(http - avoid) > 2 * _SERVE_PORTS:
+            break
     grpc = http + 11_000  # both below Linux's ephemeral ports (32768 up)
+    haproxy_dir = Path(tempfile.mkdtemp(prefix="haproxy-", dir="/tmp"))
     return {"RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(http),
             "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(http + _SERVE_PORTS),
             "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": str(grpc),
-            "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": str(grpc + _SERVE_PORTS)}
+            "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": str(grpc + _SERVE_PORTS),
+            "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
+            "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
+            "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(haproxy_dir / "haproxy.cfg"),
+            "RAY_SERVE_HAPROXY_SOCKET_PATH": str(haproxy_dir / "admin.sock"),
+            "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(haproxy_dir),
+            "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(haproxy_dir / "server-state"),
+            "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": str(haproxy_dir / "metrics.sock")}
+
+
+def session_replica_port() -> int | None:
+    """The first Serve replica port of this test session's cluster (see ``serve_ingress_env``)."""
+    port = os.environ.get("RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT")
+    return int(port) if port else None
 
 
 _SERVE_PORTS = 40  # replicas one test cluster runs at once, with room
@@ -55,7 +77,7 @@ def stop_process(process: subprocess.Popen[bytes] | None, timeout_s: float = 10)
 def run_scenario(module: str, workdir: Path, timeout_s: float) -> dict[str, Any]:
     """Run ``python -m module workdir`` (a Ray cluster of its own) and return the JSON it prints last."""
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
-           **serve_ingress_ports()}
+           **serve_ingress_env(avoid=session_replica_port())}
     process = subprocess.run([sys.executable, "-m", module, str(workdir)],
                              cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout_s)
     assert process.returncode == 0, process.stdout[-3000:] + process.stderr[-5000:]
