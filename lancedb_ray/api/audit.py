@@ -13,30 +13,24 @@ from typing import Any
 from fastapi import FastAPI
 from starlette.requests import Request
 
+from lancedb_ray.api.asgi import HttpMiddleware, Message, Send, on_response_start
 from lancedb_ray.api.auth import READ_ROUTES
 
 logger = logging.getLogger("lancedb_ray.audit")
 
 
-class AuditLog:
-    """A plain ASGI middleware (no response streaming through a task, as ``@app.middleware`` has)."""
+class AuditLog(HttpMiddleware):
+    """Logs a write or admin action once it is answered (its status is in the line)."""
 
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: dict[str, Any], receive: Any, send: Send) -> None:
         status: int | None = None
 
-        async def send_and_note(message: dict[str, Any]) -> None:
+        def note(message: Message) -> Message:
             nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
+            status = message["status"]
+            return message
 
-        await self.app(scope, receive, send_and_note)
+        await self.app(scope, receive, on_response_start(send, note))
         request = Request(scope)
         key = getattr(request.state, "api_key", None)
         operation = getattr(scope.get("route"), "name", None)

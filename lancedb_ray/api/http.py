@@ -11,6 +11,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from lancedb_ray.api import admin_routes, health_routes, namespace_routes, table_routes, unsupported_routes
+from lancedb_ray.api.asgi import HttpMiddleware, Message, Send, on_response_start
 from lancedb_ray.api.audit import install_audit
 from lancedb_ray.api.context import install_services
 from lancedb_ray.api.errors import install_error_handlers
@@ -39,24 +40,15 @@ class _CollapseLeadingSlashes:
         await self.app(scope, receive, send)
 
 
-class _AdvertiseProtocol:
+class _AdvertiseProtocol(HttpMiddleware):
     """Every answer names the protocol level it speaks (``phalanx-version``)."""
 
-    def __init__(self, app: Any) -> None:
-        self.app = app
+    async def handle(self, scope: dict[str, Any], receive: Any, send: Send) -> None:
+        def with_version(message: Message) -> Message:
+            headers = [*message.get("headers", ()), (b"phalanx-version", PHALANX_VERSION.encode())]
+            return {**message, "headers": headers}
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def send_with_version(message: dict[str, Any]) -> None:
-            if message["type"] == "http.response.start":
-                headers = [*message.get("headers", ()), (b"phalanx-version", PHALANX_VERSION.encode())]
-                message = {**message, "headers": headers}
-            await send(message)
-
-        await self.app(scope, receive, send_with_version)
+        await self.app(scope, receive, on_response_start(send, with_version))
 
 
 def create_app(services: Services | None = None) -> FastAPI:

@@ -16,6 +16,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from lancedb_ray.api.asgi import HttpMiddleware, Message, Send, on_response_start
 from lancedb_ray.logging_setup import REQUEST, RequestInfo
 from lancedb_ray.metrics import Metric, MetricSet
 
@@ -42,53 +43,38 @@ def install_observability(app: FastAPI) -> None:
     app.add_middleware(RequestContext)  # outermost of the two: the id is set before anything logs
 
 
-class RequestContext:
+class RequestContext(HttpMiddleware):
     """Binds the request's id and database for logging, and returns the id in a header."""
 
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: dict[str, Any], receive: Any, send: Send) -> None:
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", ())}
         request_id = headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
         token = REQUEST.set(RequestInfo(request_id, headers.get("x-lancedb-database"), scope))
 
-        async def send_with_id(message: dict[str, Any]) -> None:
-            if message["type"] == "http.response.start":
-                kept = [(k, v) for k, v in message.get("headers", ()) if k.lower() != b"x-request-id"]
-                message = {**message, "headers": [*kept, (b"x-request-id", request_id.encode("latin-1"))]}
-            await send(message)
+        def with_id(message: Message) -> Message:
+            kept = [(k, v) for k, v in message.get("headers", ()) if k.lower() != b"x-request-id"]
+            return {**message, "headers": [*kept, (b"x-request-id", request_id.encode("latin-1"))]}
 
         try:
-            await self.app(scope, receive, send_with_id)
+            await self.app(scope, receive, on_response_start(send, with_id))
         finally:
             REQUEST.reset(token)
 
 
-class RequestMetrics:
+class RequestMetrics(HttpMiddleware):
     """Counts and times each request by the template of the route that served it."""
 
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: dict[str, Any], receive: Any, send: Send) -> None:
         started = time.monotonic()
         status = 500  # if the app raises before answering, the server answers 500
 
-        async def send_and_note(message: dict[str, Any]) -> None:
+        def note(message: Message) -> Message:
             nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
+            status = message["status"]
+            return message
 
         try:
-            await self.app(scope, receive, send_and_note)
+            await self.app(scope, receive, on_response_start(send, note))
         finally:
             route = route_template(scope)
             method = scope["method"] if scope["method"] in _METHODS else "other"
