@@ -146,14 +146,18 @@ def service_settings(storage: dict, state: Path, namespace: str) -> Settings:
     )
 
 
-def start_service(settings: Settings, name: str, prefix: str) -> str:
-    """Serve the app; its secrets (an account key) must be in the secrets file already
-    (``tests.support.secrets.shared``): Ray's processes read them from there, never from Ray."""
+def start_service(settings: Settings, name: str, base: str, prefix: str) -> str:
+    """Serve the app and wait until its route answers; its secrets (an account key) must be in
+    the secrets file already (``tests.support.secrets.shared``): Ray's processes read them from
+    there, never from Ray."""
     from ray import serve
 
     from lancedb_ray.api.app import build_app
+    from tests.support.service import wait_routed
 
     serve.run(build_app({"settings": settings.to_plain()}), name=name, route_prefix=prefix)
+    # Serve's ingress takes a new route a little after serve.run returns (see wait_routed).
+    wait_routed(base + prefix, API_KEY)
     return prefix
 
 
@@ -295,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     results: list[Result] = []
     # -- local directory --------------------------------------------------------------------
     start_service(service_settings({"root": {"uri": str(work / "local")}}, work / "state-local",
-                                   NAMESPACE), "local", "/local")
+                                   NAMESPACE), "local", base, "/local")
     build("/local")
 
     def embedded_local():
@@ -333,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
             settings = service_settings({"root": root.model_dump()}, work / f"state-{app}", namespace)
             sharing = ExitStack()  # for as long as the app runs: restarted executors read it too
             sharing.enter_context(shared(settings))
-            start_service(settings, app, f"/{app}")
+            start_service(settings, app, base, f"/{app}")
             if delay == 0.0:
                 build(f"/{app}")  # once: the slow setting reads the same blobs
             where = StorageCatalog(StorageSettings(root=root)).locate("bench")

@@ -10,8 +10,8 @@ os.environ.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1")
 
 from tests.support.processes import serve_ingress_env  # noqa: E402
 
-# Serve's ingress (replica ports, HAProxy's ports and files) is shared by every Ray cluster on a
-# machine unless each is given its own: this session's, so that sessions and the clusters its
+# Serve's ingress ports (replicas', HAProxy's stats and metrics) are shared by every Ray cluster on
+# a machine unless each is given its own: this session's, so that sessions and the clusters its
 # tests start (CLI runs, benchmarks) coexist.
 for _name, _value in serve_ingress_env().items():
     os.environ.setdefault(_name, _value)

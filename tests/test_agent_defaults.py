@@ -23,7 +23,7 @@ import pyarrow as pa
 import pytest
 from lancedb.index import IvfPq
 
-from tests.support.processes import serve_ingress_ports
+from tests.support.processes import serve_ingress_env, session_replica_port
 from tests.support.service import INDEXED, free_port, wait_healthy
 from tests.support.waiting import wait_for
 
@@ -49,10 +49,8 @@ def two_cpu_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     env = {**os.environ,
            "RAY_ADDRESS": "local",  # a Ray instance of its own ...
            "RAY_OVERRIDE_RESOURCES": json.dumps({"CPU": 2}),  # ... of exactly 2 CPUs, like this machine
-           # Free HAProxy ports, beside the test session's Serve instance (Ray's defaults are fixed).
-           "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
-           "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
-           **serve_ingress_ports()}  # and replica ports apart from the session's
+           # Serve ingress ports apart from the test session's (Ray's defaults are fixed).
+           **serve_ingress_env(avoid=session_replica_port())}
     env = {k: v for k, v in env.items() if not k.startswith("LANCEDB_RAY_")}  # nothing tuned
     process = subprocess.Popen(
         # --port: a free one, beside other services on this machine; --storage: where a user puts data.

@@ -8,7 +8,6 @@ import random
 import socket
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -23,34 +22,26 @@ def free_port() -> int:
 
 
 def serve_ingress_env(avoid: int | None = None) -> dict[str, str]:
-    """Serve ingress of its own for one Ray cluster, as environment variables for it.
+    """Serve ingress ports of its own for one Ray cluster, as environment variables for it.
 
     Two clusters on one machine (a test session and a CLI or benchmark it starts) would
-    otherwise share it. Serve's replicas listen on ports taken in order from a fixed range
+    otherwise share them. Serve's replicas listen on ports taken in order from a fixed range
     (30000 up) with SO_REUSEPORT, so the kernel would hand one cluster's requests to the
-    other's replicas (a 401 or 404 from an application nobody asked); and HAProxy keeps its
-    configuration, admin socket and server state in fixed files under /tmp/haproxy-serve, so
-    one cluster's reload would route by the other's applications. ``avoid``: the first
-    replica port of another cluster, kept clear of. The files go to a short directory of their
-    own: HAProxy refuses socket paths over 97 characters, and Serve adds the node id to it.
+    other's replicas (a 401 or 404 from an application nobody asked); HAProxy's stats and
+    metrics ports are fixed too (its files are per node already). ``avoid``: the first
+    replica port of another cluster, kept clear of.
     """
     while True:
         http = random.randrange(10_000, 21_000 - _SERVE_PORTS)
         if avoid is None or abs(http - avoid) > 2 * _SERVE_PORTS:
             break
     grpc = http + 11_000  # both below Linux's ephemeral ports (32768 up)
-    haproxy_dir = Path(tempfile.mkdtemp(prefix="haproxy-", dir="/tmp"))
     return {"RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(http),
             "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(http + _SERVE_PORTS),
             "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": str(grpc),
             "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": str(grpc + _SERVE_PORTS),
             "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
-            "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
-            "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(haproxy_dir / "haproxy.cfg"),
-            "RAY_SERVE_HAPROXY_SOCKET_PATH": str(haproxy_dir / "admin.sock"),
-            "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(haproxy_dir),
-            "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(haproxy_dir / "server-state"),
-            "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": str(haproxy_dir / "metrics.sock")}
+            "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port())}
 
 
 def session_replica_port() -> int | None:
