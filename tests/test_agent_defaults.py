@@ -23,7 +23,7 @@ import pyarrow as pa
 import pytest
 from lancedb.index import IvfPq
 
-from tests.support.processes import serve_ingress_env, session_replica_port
+from tests.support.processes import serve_ingress_env
 from tests.support.service import INDEXED, free_port, wait_healthy
 from tests.support.waiting import wait_for
 
@@ -50,7 +50,7 @@ def two_cpu_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
            "RAY_ADDRESS": "local",  # a Ray instance of its own ...
            "RAY_OVERRIDE_RESOURCES": json.dumps({"CPU": 2}),  # ... of exactly 2 CPUs, like this machine
            # Serve ingress ports apart from the test session's (Ray's defaults are fixed).
-           **serve_ingress_env(avoid=session_replica_port())}
+           **serve_ingress_env()}
     env = {k: v for k, v in env.items() if not k.startswith("LANCEDB_RAY_")}  # nothing tuned
     process = subprocess.Popen(
         # --port: a free one, beside other services on this machine; --storage: where a user puts data.

@@ -25,7 +25,7 @@ from lancedb_ray.settings import CredentialMode, StorageLocation, StorageSetting
 from lancedb_ray.storage import credentials
 from lancedb_ray.storage.catalog import StorageCatalog
 from tests.support.azurite import CUSTOMER, Azurite
-from tests.support.processes import free_port, serve_ingress_env, session_replica_port
+from tests.support.processes import free_port, serve_ingress_env
 
 ORACLE = textwrap.dedent("""
     import sys, lancedb, pyarrow as pa
@@ -124,7 +124,7 @@ def test_serve_with_an_az_root_and_lances_environment(azurite: Azurite, tmp_path
                        LANCEDB_RAY_EVENTS__EMBEDDED__DIRECTORY=str(tmp_path / "events"),
                        LANCEDB_RAY_EVENTS__OUTBOX_DIRECTORY=str(tmp_path / "outbox"),
                        LANCEDB_RAY_EXECUTORS__NUM_EXECUTORS="1", LANCEDB_RAY_AGENT__ENABLED="false",
-                       **serve_ingress_env(avoid=session_replica_port()))
+                       **serve_ingress_env())
     process = subprocess.Popen(
         [sys.executable, "-m", "lancedb_ray.cli", "serve", "--port", str(port),
          "--storage", f"az://{container}/root", "--api-key", "k"],

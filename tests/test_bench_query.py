@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.support.processes import free_port, serve_ingress_env, session_replica_port
+from tests.support.processes import free_port, serve_ingress_env
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "bench" / "query_bench.py"
@@ -18,7 +18,7 @@ SCRIPT = REPO / "bench" / "query_bench.py"
 def test_the_query_benchmark_runs_on_every_storage(tmp_path: Path) -> None:
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
            "BENCH_PORT": str(free_port()),
-           **serve_ingress_env(avoid=session_replica_port())}
+           **serve_ingress_env()}
     env.pop("LANCEDB_RAY_SECRETS", None)  # the benchmark makes its own, as a deployment would
     run = subprocess.run(
         [sys.executable, str(SCRIPT), "--rows", "3000", "--dim", "16", "--queries", "30",

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pytest
 
 from lancedb_ray.settings import Settings
-from tests.support.processes import serve_ingress_env, session_replica_port
+from tests.support.processes import serve_ingress_env
 from tests.support.service import free_port, wait_healthy
 
 
@@ -28,7 +28,7 @@ def _isolated_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     A Ray cluster it starts gets a Serve ingress apart from the session's (``serve_ingress_env``).
     """
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LANCEDB_RAY_", "AZURE"))}
-    env.update(serve_ingress_env(avoid=session_replica_port()))
+    env.update(serve_ingress_env())
     env.update({"LANCEDB_RAY_EVENTS__EMBEDDED__DIRECTORY": str(tmp_path / "events"),
                 "LANCEDB_RAY_EVENTS__OUTBOX_DIRECTORY": str(tmp_path / "outbox"),
                 "LANCEDB_RAY_AGENT__JOBS_DIRECTORY": str(tmp_path / "jobs")})
