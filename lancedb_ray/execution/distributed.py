@@ -309,8 +309,9 @@ class DistributedExecutor:
                     METRICS.observe("call_seconds", time.monotonic() - sent, outcome="ok")
                 except _EXECUTOR_FAULTS as exc:
                     METRICS.observe("call_seconds", time.monotonic() - sent, outcome="failed")
-                    if isinstance(exc, ActorDiedError):
-                        self._pool.forget(name)
+                    # Any fault: the next call looks the actor up again (a handle can stay stuck
+                    # after a restart; seen in CI as a restarted executor that never got work).
+                    self._pool.forget(name)
                     with self._suspects_lock:  # tried last until it answers a ping again
                         self._suspects.setdefault(name, None)
                     METRICS.inc("failovers_total", len(members))
@@ -358,7 +359,8 @@ class DistributedExecutor:
                     try:
                         ray.get(pending[0], timeout=0)
                         del self._suspects[name]  # it answers again
-                    except _EXECUTOR_FAULTS:  # dead or restarting: ask again next time
+                    except _EXECUTOR_FAULTS:  # dead or restarting: ask again, through a new handle
+                        self._pool.forget(name)
                         self._suspects[name] = None
                 elif pending is None or now - pending[1] > self._failover_s:
                     handle = self._pool.handle(name, fresh=pending is not None)
