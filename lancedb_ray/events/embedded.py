@@ -99,6 +99,8 @@ class EmbeddedConsumer:
         self._lock_path = self._directory / GROUPS_DIR / f"{quote(group, safe='')}.lock"
         self._lock_fd: int | None = None
         self._conn: sqlite3.Connection | None = None
+        # One connection, used from worker threads: closing it while a read runs crashed the process.
+        self._conn_lock = threading.Lock()
         self._position = 0  # of the last event delivered
         self._committed = 0
         self._trimmed_at = 0.0
@@ -122,9 +124,10 @@ class EmbeddedConsumer:
             self._committed = position
 
     async def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        with self._conn_lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # closing the lock file releases the group to a standby
             self._lock_fd = None
@@ -146,10 +149,12 @@ class EmbeddedConsumer:
         return True
 
     def _read(self, max_events: int) -> list[Delivery]:
-        assert self._conn is not None
-        rows = self._conn.execute(
-            "SELECT position, body FROM events WHERE position > ? ORDER BY position LIMIT ?",
-            (self._position, max_events)).fetchall()
+        with self._conn_lock:
+            if self._conn is None:  # closed meanwhile
+                return []
+            rows = self._conn.execute(
+                "SELECT position, body FROM events WHERE position > ? ORDER BY position LIMIT ?",
+                (self._position, max_events)).fetchall()
         deliveries = []
         for position, body in rows:
             self._position = position
@@ -159,15 +164,18 @@ class EmbeddedConsumer:
         return deliveries
 
     def _checkpoint(self, position: int) -> None:
-        assert self._conn is not None
-        with _transaction(self._conn):
-            self._conn.execute("UPDATE groups SET position = ? WHERE name = ?", (position, self._group))
-        if time.monotonic() - self._trimmed_at >= min(self._retention_s, 60.0):
-            self._trimmed_at = time.monotonic()
-            try:
-                trim(self._conn, self._retention_s)
-            except sqlite3.Error as exc:  # the checkpoint is written; trimming waits for the next one
-                _LOG.warning("trimming the embedded event log failed: %s", exc)
+        with self._conn_lock:
+            if self._conn is None:  # closed meanwhile: the next owner of the group reads again
+                return
+            with _transaction(self._conn):
+                self._conn.execute("UPDATE groups SET position = ? WHERE name = ?",
+                                   (position, self._group))
+            if time.monotonic() - self._trimmed_at >= min(self._retention_s, 60.0):
+                self._trimmed_at = time.monotonic()
+                try:
+                    trim(self._conn, self._retention_s)
+                except sqlite3.Error as exc:  # the checkpoint is written; trimming waits
+                    _LOG.warning("trimming the embedded event log failed: %s", exc)
 
 
 def trim(conn: sqlite3.Connection, retention_s: float) -> int:
