@@ -123,6 +123,9 @@ def serve_command(args: argparse.Namespace) -> int:
     if settings.server.proxy == "haproxy":
         os.environ.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1")
     address = settings.ray.address or os.environ.get("RAY_ADDRESS")
+    joined = address not in (None, "", "local")
+    if not joined:  # no load balancer fronts a Ray instance of our own: Serve's 30 s drain only delays Ctrl-C
+        os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "1")
     ray.init(address=address, namespace=settings.ray.namespace, log_to_driver=False)
     code = 0
     try:
@@ -148,7 +151,7 @@ def serve_command(args: argparse.Namespace) -> int:
             stop.wait()
         print("stopping...", flush=True)
     finally:
-        _shutdown(serve, ray, joined=address not in (None, "", "local"))
+        _shutdown(serve, ray, joined)
     print("stopped", flush=True)
     return code
 
