@@ -7,6 +7,9 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 # The service runs behind Serve's HAProxy ingress by default (settings.server.proxy); test that path.
 os.environ.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1")
+# As `scripts/serve` on a Ray instance of its own: no outer load balancer has to deregister a stopping
+# replica, so Serve's 30 s direct-ingress drain would only make each application's deletion wait.
+os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "1")
 
 from tests.support.processes import serve_ingress_env  # noqa: E402
 

@@ -4,13 +4,13 @@ sent again: a restarted executor is never kept out of its partitions for good.""
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 import ray
 
 from lancedb_ray.execution.distributed import DistributedExecutor
 from lancedb_ray.settings import Settings
+from tests.support.waiting import wait_for
 
 
 @ray.remote(max_concurrency=2)  # release() while wait() blocks
@@ -69,10 +69,8 @@ def test_a_lost_ping_is_sent_again_through_a_fresh_handle(gate) -> None:
     executor = _executor(pool, failover_seconds=0.5)
     executor._suspects["plan-executor-0"] = None  # it just failed a call
     assert executor._current_suspects() == {"plan-executor-0"}  # first ping sent, never answered
-    deadline = time.monotonic() + 30
-    while executor._current_suspects():
-        assert time.monotonic() < deadline, "the executor stayed a suspect behind a lost ping"
-        time.sleep(0.05)
+    wait_for(lambda: not executor._current_suspects(), 30, "the suspect's ping to be sent again",
+             interval_s=0.05)
     assert pool.fresh_handles == 1 and not pool.pings
 
 
@@ -83,8 +81,6 @@ def test_a_suspect_stays_until_its_ping_is_answered(gate) -> None:
     for _ in range(3):
         assert executor._current_suspects() == {"plan-executor-1"}
     ray.get(gate.release.remote())
-    deadline = time.monotonic() + 30
-    while executor._current_suspects():
-        assert time.monotonic() < deadline, "an answered ping did not clear the suspect"
-        time.sleep(0.05)
+    wait_for(lambda: not executor._current_suspects(), 30, "an answered ping to clear the suspect",
+             interval_s=0.05)
     assert pool.fresh_handles == 0

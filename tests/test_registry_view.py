@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
-from lancedb_ray.storage.versions import RegistryView, TableVersion, VersionRegistry
+from lancedb_ray.storage.versions import LEASE_S, RegistryView, TableVersion, VersionRegistry
+from tests.support.waiting import wait_for
 
 
 class CountingRegistry:
@@ -31,13 +32,6 @@ class CountingRegistry:
         return self.target.publish(*args, **kwargs)
 
 
-def _wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
-
-
 @pytest.fixture()
 def registry() -> CountingRegistry:
     return CountingRegistry()
@@ -47,7 +41,8 @@ def registry() -> CountingRegistry:
 def views(registry: CountingRegistry) -> Iterator[list[RegistryView]]:
     made = [RegistryView(registry), RegistryView(registry)]
     for view in made:
-        _wait_for(lambda view=view: view._valid_until > time.monotonic(), 10, "the view to follow")
+        wait_for(lambda view=view: view._valid_until > time.monotonic(), 10, "the view to follow",
+                 interval_s=0.01)
     yield made
     for view in made:
         view.close()
@@ -96,7 +91,7 @@ def test_a_view_that_stops_following_is_dropped_and_stops_trusting_its_copy(regi
     writer.publish("t", 1)
     assert stalled.get("t").version == 1
     stalled.close()  # its follower stops, as in a frozen or partitioned replica
-    _wait_for(lambda: not stalled._follower.is_alive(), 10, "the follower to stop")
+    wait_for(lambda: not stalled._follower.is_alive(), 10, "the follower to stop", interval_s=0.01)
     writer.publish("t", 2)  # waits for the stalled view, then drops it
     assert stalled.get("t").version == 2  # its lease has run out: it asked the registry
     assert time.monotonic() >= stalled._valid_until
@@ -109,8 +104,8 @@ def test_a_restarted_registry_empties_every_copy(registry, views) -> None:
     views[0].publish("t", 7)
     assert views[1].get("t").version == 7
     registry.target = VersionRegistry()  # the actor restarted: it knows nothing
-    _wait_for(lambda: views[1]._incarnation == registry.target._incarnation, 10,
-              "the view to follow the new registry")
+    wait_for(lambda: views[1]._incarnation == registry.target._incarnation, 10,
+             "the view to follow the new registry", interval_s=0.01)
     assert views[1].get("t") is None  # read from storage again, never the lost entry
 
 
@@ -122,3 +117,23 @@ def test_a_re_confirmation_does_not_wait_for_followers(registry) -> None:
     assert "gone" in registry.target._followers  # not waited out (and so not dropped)
     registry.target.publish("t", 5)  # a new version is waited for: the silent follower is dropped
     assert "gone" not in registry.target._followers
+
+
+def test_a_commit_waits_out_the_lease_of_a_follower_answered_late_in_the_last_commit() -> None:
+    """A follower that got an answer late in one commit's wait, then fell silent, trusts that answer
+    for a lease: the next commit must wait it out, not skip the follower as given up on."""
+    registry = VersionRegistry()
+    first = registry.changes("slow", None, 0, 0)
+    committing = threading.Thread(target=registry.publish, args=("t", 1))
+    started = time.monotonic()
+    committing.start()  # waits for "slow", which is silent
+    wait_for(lambda: registry.get("t") is not None, 10, "the first commit to wait", interval_s=0.01)
+    # The slow follower asks again 1.6 s into that wait (its lease, LEASE_S = 1 s, is longer than
+    # what is left of the old fixed 2.5 s wait), gets version 1, and falls silent.
+    time.sleep(max(0.0, started + 1.6 - time.monotonic()))
+    sent = time.monotonic()
+    late = registry.changes("slow", first.incarnation, first.seq, 0)
+    assert late.entries["t"].version == 1
+    committing.join()
+    registry.publish("t", 2)
+    assert time.monotonic() >= sent + LEASE_S, "acknowledged while the follower still trusted version 1"

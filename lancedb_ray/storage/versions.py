@@ -11,8 +11,10 @@ older than ``read_consistency_seconds``; that read is shared by every replica.
 Each query node replica keeps a copy of the registry (``RegistryView``) that a
 background thread keeps current by long-polling, so a warm query asks neither
 storage nor the registry. A commit that moves a table waits until every
-following replica has applied it; a replica that does not answer in time is
-dropped, and by then its copy's lease has run out, so it asks the registry
+following replica has either applied it or stopped trusting its copy: a copy is
+trusted for ``LEASE_S`` after the follower sent the request that brought it, so
+the registry waits at most ``LEASE_S`` past its last answer to a replica that
+stopped following (frozen, partitioned or gone), which then asks the registry
 itself until it follows again. Either way no replica reads behind a write that
 was acknowledged.
 
@@ -33,12 +35,12 @@ from typing import Any, Protocol
 REGISTRY_NAME = "version-registry"
 HEAD_RESOURCE = "node:__internal_head__"  # the resource Ray gives the head node alone
 _LOG = logging.getLogger(__name__)
-# A replica's copy is trusted for LEASE_S after it sent the request that brought its last answer.
-# A commit waits ACK_WAIT_S at most for the replicas to apply it: past twice the lease, a replica
-# that has not applied it no longer trusts its copy. A follower's request waits POLL_S for news.
+# A replica's copy is trusted for LEASE_S after it sent the request that brought its last answer,
+# so LEASE_S after the registry's last answer to it no copy of it is trusted any more. A follower's
+# request waits POLL_S for news.
 LEASE_S = 1.0
-ACK_WAIT_S = 2 * LEASE_S + 0.5
 POLL_S = 0.4
+STUCK_S = 10.0  # a commit whose wait outlasts this logs an error and goes on: a bug, not a state
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,12 @@ class TableVersion:
     # (generation, version) names one state of the table's data, version alone may not.
     generation: int
     checked_at: float  # time.time() when storage or a writer last confirmed it
+
+
+@dataclass
+class _Follower:
+    applied: int  # the last publish it has applied
+    answered_at: float | None = None  # monotonic time of the registry's last answer to it
 
 
 @dataclass(frozen=True)
@@ -67,7 +75,7 @@ class VersionRegistry:
         self._seqs: dict[str, int] = {}  # the publish that last changed each entry
         self._seq = 0
         self._incarnation = uuid.uuid4().hex
-        self._followers: dict[str, int] = {}  # follower -> the last publish it has applied
+        self._followers: dict[str, _Follower] = {}
         self._changed = threading.Condition()
 
     def get(self, key: str) -> TableVersion | None:
@@ -83,10 +91,13 @@ class VersionRegistry:
         with self._changed:
             if incarnation != self._incarnation:
                 applied = 0  # a new follower, or one that followed the registry's last life
-            self._followers[follower] = applied
+            known = self._followers.setdefault(follower, _Follower(applied))
+            known.applied = applied
             self._changed.notify_all()
             self._changed.wait_for(lambda: self._seq > applied, timeout=wait_s)
             entries = {key: self._tables[key] for key, seq in self._seqs.items() if seq > applied}
+            # Re-fetched: a commit may have forgotten it meanwhile (its lease had run out).
+            self._followers.setdefault(follower, _Follower(applied)).answered_at = time.monotonic()
             return Changes(self._incarnation, self._seq, entries)
 
     def publish(self, key: str, version: int, recreated: bool = False,
@@ -121,34 +132,45 @@ class VersionRegistry:
             return entry
 
     def _await_followers(self, seq: int) -> None:
-        """Until every follower has applied publish ``seq``; drop those that do not in time."""
-        deadline = time.monotonic() + ACK_WAIT_S
+        """Until every follower has applied publish ``seq`` or trusts no copy of its own any more.
+
+        A follower whose lease has run out is forgotten: it asks the registry itself (``get``)
+        until its next request makes it a follower again.
+        """
+        deadline = time.monotonic() + STUCK_S
         while True:
-            behind = [name for name, applied in self._followers.items() if applied < seq]
-            left = deadline - time.monotonic()
-            if not behind:
-                return
-            if left <= 0:
-                for name in behind:  # its lease has run out: it asks the registry until it follows
+            now = time.monotonic()
+            for name, follower in list(self._followers.items()):
+                if (follower.applied < seq and follower.answered_at is not None
+                        and now >= follower.answered_at + LEASE_S):
                     del self._followers[name]
-                _LOG.warning("version registry: %d replicas did not apply a commit in %.1fs",
-                             len(behind), ACK_WAIT_S)
+            leases = [follower.answered_at + LEASE_S for follower in self._followers.values()
+                      if follower.applied < seq and follower.answered_at is not None]
+            if not leases:
                 return
-            self._changed.wait(left)
+            if now >= deadline:
+                _LOG.error("version registry: %d replicas neither applied a commit nor let their "
+                           "leases run out in %.0fs", len(leases), STUCK_S)
+                return
+            self._changed.wait(min(min(leases), deadline) - now)
 
 
 class Registry(Protocol):
     def get(self, key: str) -> TableVersion | None: ...
 
-    def changes(self, follower: str, incarnation: str | None, applied: int, wait_s: float
-                ) -> Changes: ...
-
     def publish(self, key: str, version: int, recreated: bool = False,
                 seen: TableVersion | None = None) -> TableVersion: ...
 
 
+class FollowableRegistry(Registry, Protocol):
+    """A registry whose changes a ``RegistryView`` can follow."""
+
+    def changes(self, follower: str, incarnation: str | None, applied: int, wait_s: float
+                ) -> Changes: ...
+
+
 class RemoteRegistry:
-    """A ``VersionRegistry`` actor behind the same two methods."""
+    """A ``VersionRegistry`` actor behind the same methods."""
 
     def __init__(self, handle: Any) -> None:
         self._handle = handle
@@ -163,7 +185,7 @@ class RemoteRegistry:
         import ray
 
         call = self._handle.changes.remote(follower, incarnation, applied, wait_s)
-        return ray.get(call, timeout=wait_s + ACK_WAIT_S)
+        return ray.get(call, timeout=wait_s + 2 * LEASE_S)
 
     def publish(self, key: str, version: int, recreated: bool = False,
                 seen: TableVersion | None = None) -> TableVersion:
@@ -180,7 +202,7 @@ class RegistryView:
     this one included, has applied it.
     """
 
-    def __init__(self, registry: Registry) -> None:
+    def __init__(self, registry: FollowableRegistry) -> None:
         self._registry = registry
         self._name = f"{os.uname().nodename}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._entries: dict[str, TableVersion] = {}
@@ -198,10 +220,6 @@ class RegistryView:
             if time.monotonic() < self._valid_until:
                 return self._entries.get(key)
         return self._registry.get(key)
-
-    def changes(self, follower: str, incarnation: str | None, applied: int, wait_s: float
-                ) -> Changes:
-        return self._registry.changes(follower, incarnation, applied, wait_s)
 
     def publish(self, key: str, version: int, recreated: bool = False,
                 seen: TableVersion | None = None) -> TableVersion:
