@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from lancedb_ray.events import ChangeEvent, make_consumer, make_publisher
-from lancedb_ray.events.embedded import DATABASE_FILE, read_all
+from lancedb_ray.events.embedded import DATABASE_FILE, EmbeddedConsumer, read_all
 from lancedb_ray.settings import EventBusSettings
 from tests.test_events_contract import by_key, collect, events_of, make_events
 
@@ -119,6 +119,25 @@ def test_a_second_consumer_of_a_group_stands_by_until_the_first_closes(
     asyncio.run(scenario())
     groups = Path(settings.embedded.directory) / "groups"
     assert sorted(path.name for path in groups.iterdir()) == ["agent.lock"]
+
+
+def test_a_claim_that_finishes_after_close_leaves_the_group_free(settings: EventBusSettings) -> None:
+    """The agent cancels a poll and closes its consumer while the poll's claim of the group still
+    runs in a worker thread: that claim must not take the group after the close (it would hold the
+    group's lock and connection for ever, and no standby could take over)."""
+
+    async def scenario() -> None:
+        publisher = make_publisher(settings)
+        await publisher.publish(make_events(tables=1, versions=1))
+        await publisher.close()
+        closing = EmbeddedConsumer(settings.embedded, "agent")
+        standby = make_consumer(settings, "agent")
+        await closing.close()
+        assert closing._claim_group() is False  # the late claim, as it lands after close()
+        assert len(await collect(standby, 1)) == 1  # the group is free
+        await standby.close()
+
+    asyncio.run(scenario())
 
 
 # -- trimming ----------------------------------------------------------------------------------

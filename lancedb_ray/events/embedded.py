@@ -100,7 +100,9 @@ class EmbeddedConsumer:
         self._lock_fd: int | None = None
         self._conn: sqlite3.Connection | None = None
         # One connection, used from worker threads: closing it while a read runs crashed the process.
+        # The lock also orders a claim running in a worker thread against close().
         self._conn_lock = threading.Lock()
+        self._closed = False
         self._position = 0  # of the last event delivered
         self._committed = 0
         self._trimmed_at = 0.0
@@ -125,28 +127,33 @@ class EmbeddedConsumer:
 
     async def close(self) -> None:
         with self._conn_lock:
+            self._closed = True  # a claim still running in a worker thread gives up
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)  # closing the lock file releases the group to a standby
-            self._lock_fd = None
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)  # closing the lock file releases the group to a standby
+                self._lock_fd = None
 
     def _claim_group(self) -> bool:
-        if self._lock_fd is not None:
+        with self._conn_lock:
+            if self._closed:
+                return False
+            if self._lock_fd is not None:
+                return True
+            self._lock_path.parent.mkdir(parents=True, exist_ok=True)
+            fd = try_lock(self._lock_path)
+            if fd is None:
+                return False
+            self._lock_fd = fd
+            self._conn = connect(self._directory)
+            with _transaction(self._conn):  # from now on the group holds back trimming
+                self._conn.execute("INSERT OR IGNORE INTO groups (name, position) VALUES (?, 0)",
+                                   (self._group,))
+                (self._committed,) = self._conn.execute(
+                    "SELECT position FROM groups WHERE name = ?", (self._group,)).fetchone()
+            self._position = self._committed
             return True
-        self._lock_path.parent.mkdir(parents=True, exist_ok=True)
-        fd = try_lock(self._lock_path)
-        if fd is None:
-            return False
-        self._lock_fd = fd
-        self._conn = connect(self._directory)
-        with _transaction(self._conn):  # from now on the group holds back trimming
-            self._conn.execute("INSERT OR IGNORE INTO groups (name, position) VALUES (?, 0)", (self._group,))
-            (self._committed,) = self._conn.execute(
-                "SELECT position FROM groups WHERE name = ?", (self._group,)).fetchone()
-        self._position = self._committed
-        return True
 
     def _read(self, max_events: int) -> list[Delivery]:
         with self._conn_lock:
