@@ -45,6 +45,11 @@ class CredentialMode(str, Enum):
     AZURITE = "azurite"  # the well-known development account of the emulator
 
 
+def on_object_store(uri: str) -> bool:
+    """Whether ``uri`` names object storage (a round trip per read), not a local directory."""
+    return "://" in uri and not uri.startswith("file://")
+
+
 class StorageLocation(StrictModel):
     """Where one database (or the default root) lives, and how to reach it.
 
@@ -64,6 +69,11 @@ class StorageLocation(StrictModel):
     endpoint: str | None = None  # blob endpoint override (Azurite, sovereign clouds)
     client_id: str | None = None  # user-assigned managed identity for workload identity
     options: dict[str, str] = Field(default_factory=dict)  # extra lance options (timeouts, retries)
+
+    @property
+    def on_object_store(self) -> bool:
+        """A URI of object storage, or an account's container."""
+        return on_object_store(self.uri) if self.uri else bool(self.container)
 
     @field_validator("options")
     @classmethod
@@ -466,7 +476,7 @@ def state_root(root: StorageLocation) -> str:
 
     ``.system`` can never be a database (names may not start with a dot).
     """
-    if root.uri and ("://" not in root.uri or root.uri.startswith("file://")):
+    if root.uri and not on_object_store(root.uri):
         return str(Path(root.uri.removeprefix("file://")) / SYSTEM_DIR)
     identity = "|".join((root.account or "", root.uri or "", root.container or "", root.prefix))
     readable = re.sub(r"[^A-Za-z0-9]+", "-", root.uri or f"{root.account}-{root.container}").strip("-")

@@ -46,9 +46,11 @@ class _Pool:
         self.pings = pings
         self.fresh_handles = 0
 
-    def handle(self, name: str, fresh: bool = False) -> _Handle:
-        self.fresh_handles += fresh
+    def handle(self, name: str) -> _Handle:
         return _Handle(self.pings)
+
+    def forget(self, name: str) -> None:
+        self.fresh_handles += 1  # the next handle() is a fresh one
 
 
 @pytest.fixture()

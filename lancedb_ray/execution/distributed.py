@@ -83,8 +83,8 @@ class ExecutorPool:
         self._settings = settings.to_plain()
         self._handles: dict[str, Any] = {}
 
-    def handle(self, name: str, fresh: bool = False) -> Any:
-        if fresh or name not in self._handles:
+    def handle(self, name: str) -> Any:
+        if name not in self._handles:
             self._handles[name] = (
                 ray.remote(PlanExecutor)
                 .options(
@@ -120,7 +120,7 @@ class ExecutorPool:
         return sorted(silent)
 
     def forget(self, name: str) -> None:
-        """Drop the handle of an executor that died for good: the next call starts a new one."""
+        """Drop an executor's handle after a fault: the next call looks the actor up (or starts it)."""
         self._handles.pop(name, None)
 
     def route(self, partition: str) -> list[str]:
@@ -292,8 +292,7 @@ class DistributedExecutor:
                 batches.setdefault(name, []).append(i)
             sent = time.monotonic()
             calls = {
-                name: self._pool.handle(name, fresh=any(len(tried[i]) > 1 for i in members))
-                .execute_batch.remote([plans[i] for i in members])
+                name: self._pool.handle(name).execute_batch.remote([plans[i] for i in members])
                 for name, members in batches.items()
             }
             for i in here:  # while the executors work
@@ -363,8 +362,9 @@ class DistributedExecutor:
                         self._pool.forget(name)
                         self._suspects[name] = None
                 elif pending is None or now - pending[1] > self._failover_s:
-                    handle = self._pool.handle(name, fresh=pending is not None)
-                    self._suspects[name] = (handle.ready.remote(), now)
+                    if pending is not None:
+                        self._pool.forget(name)
+                    self._suspects[name] = (self._pool.handle(name).ready.remote(), now)
             return set(self._suspects)
 
     def _await(self, calls: dict[str, Any]) -> set[str]:

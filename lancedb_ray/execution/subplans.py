@@ -27,6 +27,7 @@ from lancedb_ray.execution.plan import (
 )
 from lancedb_ray.execution.sql import filter_columns
 from lancedb_ray.protocol import QueryRequest
+from lancedb_ray.settings import on_object_store
 
 OpenDataset = Callable[[SubPlan], LanceDataset]
 
@@ -180,11 +181,6 @@ def _refines_from_cache(plan: SubPlan, source: LanceDataset, cache: FragmentCach
     rows = sum(source.get_fragment(fid).metadata.physical_rows for fid in plan.fragment_ids)
     width = len(plan.vector or ()) * 4 + 16 * (len(query.columns or source.schema.names) + 1)
     return rows * width <= cache.memory_budget // 2
-
-
-def on_object_store(uri: str) -> bool:
-    """Whether reads of ``uri`` are object-store requests (a round trip each), not a local disk's."""
-    return "://" in uri and not uri.startswith("file://")
 
 
 def _index_segment_refined_from_cache(plan: SubPlan, source: LanceDataset, cache: FragmentCache

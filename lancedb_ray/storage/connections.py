@@ -116,7 +116,8 @@ class Connections:
         """The handle at the latest version; no storage request while the registry vouches for it."""
         if self._versions is None:
             return self._reused(ref)
-        known, seen = self._versions.trusted(self._key(ref))
+        key = self._key(ref)
+        known, seen = self._versions.trusted(key)
         with self._lock:
             cached = self._tables.get(ref)
         if known is not None and cached is not None and cached.generation == known.generation:
@@ -130,7 +131,7 @@ class Connections:
             # Opened again, not checkout_latest(): that never moves a handle back, and a table
             # dropped and re-created outside the service starts its versions again.
             table = self._open(ref, None)
-            entry = self._versions.observed(self._key(ref), table.version, seen)
+            entry = self._versions.observed(key, table.version, seen)
             opened = OpenTable.of(table, entry.generation)
         with self._lock:
             self._tables[ref] = opened

@@ -64,9 +64,7 @@ def with_environment(location: StorageLocation, env: Mapping[str, str]) -> Stora
     not read it). Credential precedence: connection string, key, SAS, the
     emulator's development key, workload identity.
     """
-    uri = location.uri or ""
-    azure = ("://" in uri and not uri.startswith("file://")) or (not uri and location.container)
-    if not azure or location.account or location.credential is not CredentialMode.NONE:
+    if not location.on_object_store or location.account or location.credential is not CredentialMode.NONE:
         return location
     fields: dict[str, object] = {}
     account = env.get("AZURE_STORAGE_ACCOUNT_NAME")

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
-from lancedb_ray.settings import StorageLocation
+from lancedb_ray.settings import StorageLocation, on_object_store
 
 _CONTAINER = re.compile(r"[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}")
 _ACCOUNT = re.compile(r"[a-z0-9]{3,24}")
@@ -89,7 +89,7 @@ Place = LocalPlace | AzurePlace
 def place_of(location: StorageLocation, account_hint: str | None = None) -> Place:
     """Normalise ``location``; ``account_hint`` is the account named by a connection string."""
     uri = location.uri
-    if uri and "://" in uri and not uri.startswith("file://"):
+    if uri and on_object_store(uri):
         return _azure_from_uri(uri, location.account or account_hint)
     if uri is None and location.container:
         return _azure_place(location.account or account_hint, location.container, location.prefix)
