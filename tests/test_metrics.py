@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from lancedb_ray.execution.distributed import IN_PROCESS_MAX_ROWS
 from lancedb_ray.metrics import ALL_SETS, MAX_SERIES, OTHER, Metric, MetricSet
 from tests.support.metric_names import all_metrics
 from tests.support.service import LiveService
@@ -79,10 +80,11 @@ def samples(text: str, name: str, **labels: str) -> list[float]:
 
 
 def test_query_node_exports_request_metrics(live_service: LiveService, db: lancedb.DBConnection) -> None:
-    vectors = [np.full(4, i, np.float32).tolist() for i in range(40)]
-    rows = pa.table({"id": list(range(40)), "vector": vectors})
+    count = IN_PROCESS_MAX_ROWS + 40  # past what a query node answers itself: the executors search
+    vectors = np.repeat(np.arange(count, dtype=np.float32)[:, None], 4, axis=1).tolist()
+    rows = pa.table({"id": list(range(count)), "vector": vectors})
     table = db.create_table("metered", rows)
-    table.add(pa.table({"id": [40, 41], "vector": [[1.0] * 4, [2.0] * 4]}))
+    table.add(pa.table({"id": [count, count + 1], "vector": [[1.0] * 4, [2.0] * 4]}))
     assert len(table.search([1.0] * 4).limit(3).to_list()) == 3
     with pytest.raises(ValueError, match="was not found"):
         db.open_table("missing").count_rows()

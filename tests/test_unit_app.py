@@ -68,12 +68,17 @@ def test_writes_and_refusals_are_audited_reads_are_not(
         refused = client.post("/v1/table/items/delete/", content=b'{"predicate": "id > 0"}',
                               headers=_headers("r-key", **{"x-request-id": "rq-delete"}))
         assert refused.status_code == 403
+        unnamed = client.post("/v1/table/items/delete/", content=b'{"predicate": "id > 1"}',
+                              headers=_headers("w-key"))  # no id sent: the line has the one answered
+        assert unnamed.status_code == 200, unnamed.text
     lines = [r.getMessage() for r in caplog.records if r.name == "lancedb_ray.audit"]
     assert lines == [
         "audit key=writer database=shop table=items operation=create_table request_id=rq-create "
         "status=200",
         "audit key=reader database=shop table=items operation=delete request_id=rq-delete "
         "status=403",
+        "audit key=writer database=shop table=items operation=delete "
+        f"request_id={unnamed.headers['x-request-id']} status=200",
     ]
     assert not any("w-key" in line or "r-key" in line for line in lines)
 

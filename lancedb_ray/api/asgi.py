@@ -29,6 +29,17 @@ class HttpMiddleware:
         raise NotImplementedError
 
 
+class ResponseStatus:
+    """The answer's status once its start is sent through ``on_response_start`` (``value`` until)."""
+
+    def __init__(self, value: int | None = None) -> None:
+        self.value = value
+
+    def __call__(self, message: Message) -> Message:
+        self.value = message["status"]
+        return message
+
+
 def on_response_start(send: Send, seen: Callable[[Message], Message]) -> Send:
     """``send``, with the response's start message (status, headers) passed through ``seen`` first."""
 

@@ -11,10 +11,10 @@ import logging
 from typing import Any
 
 from fastapi import FastAPI
-from starlette.requests import Request
 
-from lancedb_ray.api.asgi import HttpMiddleware, Message, Send, on_response_start
+from lancedb_ray.api.asgi import HttpMiddleware, ResponseStatus, Send, on_response_start
 from lancedb_ray.api.auth import READ_ROUTES
+from lancedb_ray.logging_setup import REQUEST
 
 logger = logging.getLogger("lancedb_ray.audit")
 
@@ -23,27 +23,23 @@ class AuditLog(HttpMiddleware):
     """Logs a write or admin action once it is answered (its status is in the line)."""
 
     async def handle(self, scope: dict[str, Any], receive: Any, send: Send) -> None:
-        status: int | None = None
-
-        def note(message: Message) -> Message:
-            nonlocal status
-            status = message["status"]
-            return message
-
-        await self.app(scope, receive, on_response_start(send, note))
-        request = Request(scope)
-        key = getattr(request.state, "api_key", None)
+        status = ResponseStatus()
+        await self.app(scope, receive, on_response_start(send, status))
         operation = getattr(scope.get("route"), "name", None)
-        if status is not None and key is not None and operation and operation not in READ_ROUTES:
+        if status.value is None or not operation or operation in READ_ROUTES:
+            return
+        key = (scope.get("state") or {}).get("api_key")  # set by authentication
+        request = REQUEST.get()  # set by the request context, outside this middleware
+        if key is not None and request is not None:
             params = scope.get("path_params") or {}
             logger.info(
                 "audit key=%s database=%s table=%s operation=%s request_id=%s status=%d",
                 key.name,
-                request.headers.get("x-lancedb-database", "-"),
+                request.database or "-",
                 params.get("table_id") or params.get("namespace_id") or "-",
                 operation,
-                request.headers.get("x-request-id", "-"),
-                status,
+                request.request_id,
+                status.value,
             )
 
 

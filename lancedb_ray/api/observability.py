@@ -16,7 +16,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from lancedb_ray.api.asgi import HttpMiddleware, Message, Send, on_response_start
+from lancedb_ray.api.asgi import HttpMiddleware, Message, ResponseStatus, Send, on_response_start
 from lancedb_ray.logging_setup import REQUEST, RequestInfo
 from lancedb_ray.metrics import Metric, MetricSet
 
@@ -66,19 +66,14 @@ class RequestMetrics(HttpMiddleware):
 
     async def handle(self, scope: dict[str, Any], receive: Any, send: Send) -> None:
         started = time.monotonic()
-        status = 500  # if the app raises before answering, the server answers 500
-
-        def note(message: Message) -> Message:
-            nonlocal status
-            status = message["status"]
-            return message
-
+        status = ResponseStatus(500)  # if the app raises before answering, the server answers 500
         try:
-            await self.app(scope, receive, on_response_start(send, note))
+            await self.app(scope, receive, on_response_start(send, status))
         finally:
             route = route_template(scope)
             method = scope["method"] if scope["method"] in _METHODS else "other"
-            METRICS.inc("requests_total", route=route, method=method, status_class=f"{status // 100}xx")
+            METRICS.inc("requests_total", route=route, method=method,
+                        status_class=f"{status.value // 100}xx")
             METRICS.observe("request_seconds", time.monotonic() - started, route=route, method=method)
 
 
