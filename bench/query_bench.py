@@ -26,7 +26,6 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -146,7 +145,7 @@ def service_settings(storage: dict, state: Path, namespace: str) -> Settings:
     )
 
 
-def start_service(settings: Settings, name: str, base: str, prefix: str) -> str:
+def start_service(settings: Settings, name: str, base: str, prefix: str) -> None:
     """Serve the app and wait until its route answers; its secrets (an account key) must be in
     the secrets file already (``tests.support.secrets.shared``): Ray's processes read them from
     there, never from Ray."""
@@ -158,7 +157,6 @@ def start_service(settings: Settings, name: str, base: str, prefix: str) -> str:
     serve.run(build_app({"settings": settings.to_plain()}), name=name, route_prefix=prefix)
     # Serve's ingress takes a new route a little after serve.run returns (see wait_routed).
     wait_routed(base + prefix, API_KEY)
-    return prefix
 
 
 def restart_executors(namespace: str):
@@ -256,10 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(REPO / "bench" / "results"))
     args = parser.parse_args(argv)
 
-    import ray
-
-    from tests.support.proxy import CountingProxy
-    from tests.support.secrets import secrets_file, shared
+    from tests.support.secrets import secrets_file
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -270,10 +265,21 @@ def main(argv: list[str] | None = None) -> int:
     rng = np.random.default_rng(2)
     queries = vectors[rng.choice(len(vectors), args.queries, replace=False)]
     queries = queries + rng.normal(size=queries.shape).astype("float32") * 0.02
-
     # As a deployment does, every Ray process reads the secrets (Azurite's account key) from a file.
-    stack = ExitStack()
-    stack.enter_context(secrets_file(work / "secrets.yaml"))
+    with secrets_file(work / "secrets.yaml"):
+        results = measure(args, work, data, queries)
+    print(write_report(results, args, out))
+    shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def measure(args: argparse.Namespace, work: Path, data: pa.Table, queries: np.ndarray) -> list[Result]:
+    """Every system on every storage setting, in one Ray cluster of the benchmark's own."""
+    import ray
+
+    from tests.support.proxy import CountingProxy
+    from tests.support.secrets import shared
+
     # address="local": a cluster of its own, even where another (`ray start`) runs on this machine.
     ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False)
     from ray import serve
@@ -335,33 +341,28 @@ def main(argv: list[str] | None = None) -> int:
             root = azurite.location(PROVIDER, "bench", prefix="dbs", endpoint=proxy.endpoint(PROVIDER))
             app = namespace.removeprefix("lancedb-ray-")
             settings = service_settings({"root": root.model_dump()}, work / f"state-{app}", namespace)
-            sharing = ExitStack()  # for as long as the app runs: restarted executors read it too
-            sharing.enter_context(shared(settings))
-            start_service(settings, app, base, f"/{app}")
-            if delay == 0.0:
-                build(f"/{app}")  # once: the slow setting reads the same blobs
-            where = StorageCatalog(StorageSettings(root=root)).locate("bench")
+            with shared(settings):  # for as long as the app runs: restarted executors read it too
+                start_service(settings, app, base, f"/{app}")
+                if delay == 0.0:
+                    build(f"/{app}")  # once: the slow setting reads the same blobs
+                where = StorageCatalog(StorageSettings(root=root)).locate("bench")
 
-            def embedded_blob(where=where):
-                return lancedb.connect(where.uri, storage_options=where.storage_options) \
-                    .open_table("vectors")
+                def embedded_blob(where=where):
+                    return lancedb.connect(where.uri, storage_options=where.storage_options) \
+                        .open_table("vectors")
 
-            counter = lambda proxy=proxy: proxy.requests  # noqa: E731
-            results.append(run_system(storage, "embedded lancedb", embedded_blob, queries, truth, 4,
-                                      args, reopen(embedded_blob), counter))
-            results.append(run_system(storage, "service", remote(f"/{app}"), queries, truth, 8,
-                                      args, restart_executors(namespace), counter))
-            stop_service(app, namespace)
-            sharing.close()
+                counter = lambda proxy=proxy: proxy.requests  # noqa: E731
+                results.append(run_system(storage, "embedded lancedb", embedded_blob, queries, truth,
+                                          4, args, reopen(embedded_blob), counter))
+                results.append(run_system(storage, "service", remote(f"/{app}"), queries, truth, 8,
+                                          args, restart_executors(namespace), counter))
+                stop_service(app, namespace)
             proxy.close()
-    print(write_report(results, args, out))
     serve.shutdown()
     ray.shutdown()
-    stack.close()
     if azurite is not None:
         azurite.stop()
-    shutil.rmtree(work, ignore_errors=True)
-    return 0
+    return results
 
 
 if __name__ == "__main__":

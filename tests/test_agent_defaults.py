@@ -40,7 +40,6 @@ def rows(count: int, start: int = 0, dim: int = 16) -> pa.Table:
     })
 
 
-
 @pytest.fixture(scope="module")
 def two_cpu_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``lancedb-ray serve --storage DIR --port P`` on a Ray instance of 2 CPUs; its URL."""

@@ -44,7 +44,6 @@ def rows(count: int, start: int = 0, dim: int = 16) -> pa.Table:
     })
 
 
-
 def job_store(service: LiveService) -> LocalJobStore:
     return LocalJobStore(service.settings["agent"]["jobs_directory"])
 

@@ -268,7 +268,6 @@ def test_an_empty_table(db, embedded) -> None:
     assert pair.same(lambda t: t.count_rows("id > 0")) == 0
 
 
-
 # -- what a user moving from embedded lancedb expects (issue 9) -------------------------------
 
 

@@ -109,7 +109,6 @@ def _scenario(workdir: Path) -> dict:
     warnings = _Warnings()
     logging.getLogger("lancedb_ray").addHandler(warnings)
 
-
     from tests.support.multinode import node_ports
 
     cluster = Cluster(initialize_head=True,

@@ -205,7 +205,6 @@ def test_overwrite_in_parts_replaces_the_table(
     _same(remote, local)
 
 
-
 def test_parallel_parts_do_not_count_as_concurrent_writes(
     node: Node, embedded: lancedb.DBConnection, client_parts: None
 ) -> None:
@@ -381,7 +380,6 @@ def test_upload_records_live_under_the_table(table, node: Node) -> None:
     assert not fs.exists(record)  # dropped with the table
 
 
-
 def test_a_complete_that_died_after_its_commit_is_not_committed_again(table, node: Node) -> None:
     """A request that committed and died before recording it leaves an open record and its
     claim: while the claim is fresh others are told to retry; once stale, the next complete
@@ -404,7 +402,6 @@ def test_a_complete_that_died_after_its_commit_is_not_committed_again(table, nod
     assert again.status_code == 200 and again.json()["version"] == version
     assert _dataset(node, database, "items").version == version
     assert node.service.connect(database).open_table("items").count_rows() == 50
-
 
 
 def test_a_commit_that_raised_is_answered_by_what_landed(
@@ -436,7 +433,6 @@ def test_a_commit_that_raised_is_answered_by_what_landed(
     assert node.service.connect(database).open_table("items").count_rows() == 80
 
 
-
 def test_a_stale_claim_is_taken_over_by_one_request_only(table, node: Node) -> None:
     raw, database = table
     upload_id = _create(raw, "items")
@@ -452,7 +448,6 @@ def test_a_stale_claim_is_taken_over_by_one_request_only(table, node: Node) -> N
     assert len(winners) == 1 and winners[0].since == 5  # the dead request's commit stays findable
 
 
-
 def test_parts_that_mix_append_and_overwrite_are_refused(table, node: Node) -> None:
     raw, database = table
     upload_id = _create(raw, "items")
@@ -462,7 +457,6 @@ def test_parts_that_mix_append_and_overwrite_are_refused(table, node: Node) -> N
     assert response.status_code == 400 and "overwrite" in response.text
     assert _finish(raw, "items", upload_id, "abort").status_code == 200  # not left claimed
     assert node.service.connect(database).open_table("items").count_rows() == 20
-
 
 
 def test_the_agents_reconciler_expires_uploads(tmp_path: Path) -> None:

@@ -121,11 +121,8 @@ def _scenario(workdir: Path) -> dict:
     from tests.support.multinode import node_ports
     from tests.support.service import free_port, wait_healthy
 
-
-    # The default ingress (settings.server.proxy): HAProxy, read by Serve's processes as they start;
-    # its stats and metrics ports of this cluster's own (its files are per node already).
-    os.environ.update(RAY_SERVE_ENABLE_HA_PROXY="1", RAY_SERVE_HAPROXY_STATS_PORT=str(free_port()),
-                      RAY_SERVE_HAPROXY_METRICS_PORT=str(free_port()))
+    # The default ingress (settings.server.proxy), HAProxy, with ports of this cluster's own: both
+    # come with run_scenario's environment.
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 3, "include_dashboard": False,
                                                             **node_ports()})
     worker = cluster.add_node(num_cpus=3, **node_ports())

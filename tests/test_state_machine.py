@@ -390,7 +390,6 @@ class DifferentialMachine(RuleBasedStateMachine):
             np.testing.assert_allclose(sorted(r.column("_score").to_pylist()),
                                        sorted(lo.column("_score").to_pylist()), rtol=1e-5)
 
-
     @rule(q=VECTORS, k=st.integers(1, 12), where=FILTERS, prefilter=st.booleans(),
           columns=PROJECTIONS, offset=st.integers(0, 3), ordering=ORDERINGS,
           metric=st.sampled_from(["l2", "cosine", "dot"]))
