@@ -29,6 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -133,11 +134,12 @@ def run_system(storage: str, name: str, open_table, queries: np.ndarray, truth: 
     return result
 
 
-def service_settings(storage: dict, state: Path, namespace: str) -> Settings:
+def service_settings(storage: dict, state: Path, namespace: str, **executors: Any) -> Settings:
     return Settings(
         server={"api_keys": [API_KEY], "num_replicas": 2, "num_cpus": 0.25},
         storage=storage,
-        executors={"num_executors": 2, "num_cpus": 0.25, "spill_dir": str(state / "spill")},
+        executors={"num_executors": 2, "num_cpus": 0.25, "spill_dir": str(state / "spill"),
+                   **executors},
         events={"embedded": {"directory": str(state / "events")},
                 "outbox_directory": str(state / "outbox")},
         agent={"enabled": False, "jobs_directory": str(state / "jobs")},
@@ -325,6 +327,14 @@ def measure(args: argparse.Namespace, work: Path, data: pa.Table, queries: np.nd
     results.append(run_system("local dir", "service", remote("/local"), queries, truth, 8, args,
                               restart_executors(NAMESPACE)))
     stop_service("local", NAMESPACE)
+    # On a local disk the query node runs index searches itself: the same table with the
+    # executors searching it shows what that hop would cost.
+    start_service(service_settings({"root": {"uri": str(work / "local")}}, work / "state-local-hop",
+                                   NAMESPACE, search_local_disk_indexes=True),
+                  "local-hop", base, "/local-hop")
+    results.append(run_system("local dir", "service, executors search", remote("/local-hop"),
+                              queries, truth, 8, args, restart_executors(NAMESPACE)))
+    stop_service("local-hop", NAMESPACE)
 
     azurite = None
     if not args.no_azure:

@@ -235,6 +235,11 @@ class ExecutorSettings(StrictModel):
     # answered in the other half (its node lost, its process frozen), its sub-plans go to the
     # next executor: a lost executor slows a query by at most this much.
     failover_seconds: float = Field(3.0, gt=0)
+    # Index searches of a table on a local disk run on the query node, as embedded lancedb runs
+    # them: there the executors' caches add nothing to the OS page cache, and the hop to an
+    # executor cost 3.4 ms of a query's p50 (bench/results/executor_hop_local.md). True: the
+    # executors run them too.
+    search_local_disk_indexes: bool = False
 
 
 class EventBusBackend(str, Enum):

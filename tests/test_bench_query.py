@@ -30,10 +30,13 @@ def test_the_query_benchmark_runs_on_every_storage(tmp_path: Path) -> None:
     rows = [line.split("|")[1:-1] for line in report.splitlines() if line.startswith("| ")][1:]
     by_setting = {(cells[0].strip(), cells[1].strip()): [c.strip() for c in cells[2:]] for cells in rows}
     storages = ["local dir", "Azurite", "Azurite + 10 ms proxy"]
-    assert set(by_setting) == {(s, system) for s in storages for system in ("embedded lancedb", "service")}
+    assert set(by_setting) == {(s, system) for s in storages for system in ("embedded lancedb", "service")} \
+        | {("local dir", "service, executors search")}
     for storage in storages:
         # One index, searched by both: the same recall.
         assert by_setting[storage, "service"][0] == by_setting[storage, "embedded lancedb"][0]
+    local = by_setting["local dir", "embedded lancedb"][0]
+    assert by_setting["local dir", "service, executors search"][0] == local
     for storage in storages[1:]:
         requests, repeated = by_setting[storage, "service"][-2:]
         # Counted, not asserted here: a version re-read per second (read_consistency_seconds)

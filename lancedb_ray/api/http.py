@@ -21,19 +21,17 @@ from lancedb_ray.service.container import Services
 # The protocol level this server implements: several query vectors per request
 # (0.2.0), structured full-text queries (0.3.0) and multipart writes (0.4.0); not blobs (0.5.0).
 PHALANX_VERSION = "0.4.0"
+_VERSION_HEADER = (b"phalanx-version", PHALANX_VERSION.encode())
 
 
-class _CollapseLeadingSlashes:
+class _CollapseLeadingSlashes(HttpMiddleware):
     """``host_override="http://host/"`` makes the client send ``//v1/...``: route it as ``/v1/...``.
 
     Rewritten before routing, so no redirect (which would break a streamed upload).
     """
 
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["path"].startswith("//"):
+    async def handle(self, scope: dict[str, Any], receive: Any, send: Send) -> None:
+        if scope["path"].startswith("//"):
             scope = {**scope, "path": "/" + scope["path"].lstrip("/")}
             if scope.get("raw_path"):
                 scope["raw_path"] = b"/" + scope["raw_path"].lstrip(b"/")
@@ -45,7 +43,7 @@ class _AdvertiseProtocol(HttpMiddleware):
 
     async def handle(self, scope: dict[str, Any], receive: Any, send: Send) -> None:
         def with_version(message: Message) -> Message:
-            headers = [*message.get("headers", ()), (b"phalanx-version", PHALANX_VERSION.encode())]
+            headers = [*message.get("headers", ()), _VERSION_HEADER]
             return {**message, "headers": headers}
 
         await self.app(scope, receive, on_response_start(send, with_version))

@@ -43,7 +43,7 @@ from lancedb_ray.execution.snapshots import Snapshots
 from lancedb_ray.metrics import Metric, MetricSet
 from lancedb_ray.protocol import QueryRequest
 from lancedb_ray.resources import executor_count
-from lancedb_ray.settings import Settings
+from lancedb_ray.settings import Settings, on_object_store
 from lancedb_ray.storage.connections import Connections
 from lancedb_ray.storage.lance_errors import lance_errors, translate
 from lancedb_ray.storage.session import process_session
@@ -183,7 +183,7 @@ class DistributedExecutor:
         plans = self.plan(target, query)
         lines = [f"DistributedPlan: {len(plans)} sub-plans on {len(self._pool.names)} executors"]
         for plan in plans:
-            owner = self._pool.route(plan.partition)[0]
+            owner = "query-node" if self._searched_here(plan) else self._pool.route(plan.partition)[0]
             detail = plan.index_segment or ",".join(map(str, plan.fragment_ids)) or "-"
             lines.append(f"  {plan.kind.value} [{detail}] -> {owner} k={plan.local_limit}")
         engine = self._local.explain(target, query, verbose)
@@ -221,7 +221,7 @@ class DistributedExecutor:
         snapshot, ref = self._resolve(target)
         self._broadcast({owner: self._pool.handle(owner).prewarm_index.remote(ref, name)
                          for owner in self._pool.names}, target)
-        if snapshot.row_count <= IN_PROCESS_MAX_ROWS:
+        if snapshot.row_count <= IN_PROCESS_MAX_ROWS or self._searches_here(snapshot.dataset.uri):
             with lance_errors(f"prewarm of index '{name}' on '{target.ref.qualified_name}'",
                               target.ref.database):
                 self._here().prewarm_index(ref, name)
@@ -266,9 +266,9 @@ class DistributedExecutor:
     def _run_all(self, plans: Sequence[SubPlan], target: QueryTarget, snapshot: Snapshot) -> list[Any]:
         """Run every sub-plan: one batched call per executor, each plan failing over alone.
 
-        A query that is one small sub-plan runs here instead; so does a sub-plan whose
-        executors have all stopped answering (or failed it twice each): the query node is
-        the last resort.
+        A query that is one small sub-plan runs here instead, and so do index searches on a
+        local disk (``_searches_here``); so does a sub-plan whose executors have all stopped
+        answering (or failed it twice each): the query node is the last resort.
         """
         METRICS.observe("subplans_per_query", len(plans))
         if self._runs_here(plans, snapshot):
@@ -282,7 +282,8 @@ class DistributedExecutor:
             batches: dict[str, list[int]] = {}
             here = []
             for i in todo:
-                if len(tried[i]) >= 2 * len(routes[i]) or suspects.issuperset(routes[i]):
+                if self._searched_here(plans[i]) or len(tried[i]) >= 2 * len(routes[i]) \
+                        or suspects.issuperset(routes[i]):
                     here.append(i)
                     continue
                 # The route's order, but executors that stopped answering (now or in an earlier
@@ -295,8 +296,10 @@ class DistributedExecutor:
                 name: self._pool.handle(name).execute_batch.remote([plans[i] for i in members])
                 for name, members in batches.items()
             }
-            for i in here:  # while the executors work
-                results[i] = self._run_here(plans[i], target)
+            if here:  # while the executors work
+                answers = self._run_here_batch([plans[i] for i in here], target)
+                for i, answer in zip(here, answers, strict=True):
+                    results[i] = answer
             stopped = self._await(calls)  # now suspects, with any other executor that stopped
             todo = []
             for name, call in calls.items():
@@ -328,6 +331,18 @@ class DistributedExecutor:
         """Run ``plan`` in this process, with a small cache of its own (no executor hop)."""
         with lance_errors(f"query on '{target.ref.qualified_name}'", target.ref.database):
             return self._here().execute(plan)
+
+    def _run_here_batch(self, plans: list[SubPlan], target: QueryTarget) -> list[Any]:
+        """Run ``plans`` in this process side by side, as an executor runs a batch."""
+        with lance_errors(f"query on '{target.ref.qualified_name}'", target.ref.database):
+            return self._here().execute_batch(plans)
+
+    def _searches_here(self, uri: str) -> bool:
+        """Whether index searches of the table at ``uri`` run here (ExecutorSettings)."""
+        return not on_object_store(uri) and not self._settings.executors.search_local_disk_indexes
+
+    def _searched_here(self, plan: SubPlan) -> bool:
+        return plan.kind is SubPlanKind.INDEX_SEGMENT and self._searches_here(plan.dataset.uri)
 
     def _here(self) -> PlanExecutor:
         """The executor inside this process, for small tables' queries (built on first use)."""

@@ -129,9 +129,12 @@ def service_settings(root: Path) -> dict[str, Any]:
         # The differential state machine compares version numbers with embedded lancedb, which
         # never commits on its own: the agent keeps no automatic watch over its databases.
         "agent": {"jobs_directory": str(root / "jobs"), "unmaintained_databases": [STATEFUL_DATABASES]},
-        # Small buckets, so that test tables of a few fragments spread over both executors.
+        # Small buckets, so that test tables of a few fragments spread over both executors. The
+        # suite's tables lie on a local disk, where index searches run on the query node by
+        # default: here the executors run them too, as they do for tables on object storage, so
+        # that the suite's executor tests (caches, fail-over, prewarm) reach them.
         "executors": {"num_executors": 2, "fragments_per_group": 2, "num_cpus": 0.25,
-                      "spill_dir": str(root / "spill")},
+                      "spill_dir": str(root / "spill"), "search_local_disk_indexes": True},
     }
 
 

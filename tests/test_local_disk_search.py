@@ -1,0 +1,119 @@
+"""Where an index search runs: on the query node for a table on a local disk (as embedded lancedb
+runs it: the executors' caches add nothing to the OS page cache there), on the executors for a
+table on object storage or with ``executors.search_local_disk_indexes``. Same answers either way."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lancedb
+import numpy as np
+import pyarrow as pa
+import pytest
+import ray
+from lancedb.index import IvfPq
+
+from lancedb_ray.execution import distributed
+from lancedb_ray.execution.base import QueryTarget
+from lancedb_ray.execution.distributed import DistributedExecutor
+from lancedb_ray.execution.executor_actor import PlanExecutor
+from lancedb_ray.execution.plan import SubPlan
+from lancedb_ray.protocol import QueryRequest
+from lancedb_ray.settings import Settings
+from lancedb_ray.storage.catalog import StorageCatalog
+from lancedb_ray.storage.connections import Connections
+from lancedb_ray.storage.versions import LatestVersions, VersionRegistry
+from lancedb_ray.types import TableRef
+
+DIM = 16
+REF = TableRef("db", (), "t")
+QUERY = dict(k=5, nprobes=4, refine_factor=5)
+
+
+class _Pool:
+    """Two executors that run what they are sent in this process, and note it."""
+
+    names = ["plan-executor-0", "plan-executor-1"]
+    replicas = 1
+
+    def __init__(self, settings: Settings) -> None:
+        self.sent: list[SubPlan] = []
+        self._executor = PlanExecutor("plan-executor-0", settings.to_plain())
+
+    def route(self, partition: str) -> list[str]:
+        return list(self.names)
+
+    def handle(self, name: str) -> Any:
+        return self
+
+    @property
+    def execute_batch(self) -> Any:
+        return self
+
+    def remote(self, plans: list[SubPlan]) -> Any:
+        self.sent.extend(plans)
+        return ray.put(self._executor.execute_batch(plans))
+
+
+@pytest.fixture(scope="module")
+def table_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("local-disk")
+    vectors = np.random.default_rng(0).normal(size=(2000, DIM)).astype("float32")
+    data = pa.table({"id": np.arange(2000),
+                     "vector": pa.array(vectors.tolist(), pa.list_(pa.float32(), DIM))})
+    table = lancedb.connect(root / "db").create_table("t", data)
+    table.create_index("vector", config=IvfPq(num_partitions=4, num_sub_vectors=4))
+    return root
+
+
+def _query_node(root: Path, **executors: Any) -> tuple[DistributedExecutor, _Pool]:
+    settings = Settings(storage={"root": {"uri": str(root)}}, executors=executors)
+    catalog = StorageCatalog(settings.storage)
+    connections = Connections(catalog, 0.0, LatestVersions(VersionRegistry(), 0.0))
+    pool = _Pool(settings)
+    return DistributedExecutor(settings, connections, pool), pool
+
+
+def _ids(table: pa.Table) -> list[int]:
+    return table["id"].to_pylist()
+
+
+def _embedded_ids(root: Path, vector: list[float]) -> list[int]:
+    table = lancedb.connect(root / "db").open_table("t")
+    found = table.search(vector).limit(QUERY["k"]).nprobes(QUERY["nprobes"]) \
+        .refine_factor(QUERY["refine_factor"]).to_arrow()
+    return _ids(found)
+
+
+def _vector(seed: int) -> list[float]:
+    return np.random.default_rng(seed).normal(size=DIM).astype("float32").tolist()
+
+
+def test_an_index_search_on_a_local_disk_runs_on_the_query_node(ray_cluster: None, table_dir: Path) -> None:
+    executor, pool = _query_node(table_dir)
+    target = QueryTarget(REF, None)
+    for seed in range(5):
+        vector = _vector(seed)
+        answer = executor.search(target, QueryRequest(vector=vector, **QUERY))
+        assert _ids(answer) == _embedded_ids(table_dir, vector)
+    assert pool.sent == []  # no executor was asked
+    assert "-> query-node" in executor.explain(target, QueryRequest(vector=_vector(0), **QUERY), False)
+
+
+def test_the_executors_search_when_told_to(ray_cluster: None, table_dir: Path) -> None:
+    executor, pool = _query_node(table_dir, search_local_disk_indexes=True)
+    vector = _vector(7)
+    answer = executor.search(QueryTarget(REF, None), QueryRequest(vector=vector, **QUERY))
+    assert _ids(answer) == _embedded_ids(table_dir, vector)
+    assert [plan.kind.value for plan in pool.sent] == ["index_segment"]
+
+
+def test_the_executors_search_a_table_on_object_storage(ray_cluster: None, table_dir: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    executor, pool = _query_node(table_dir)
+    monkeypatch.setattr(distributed, "on_object_store", lambda uri: True)  # as if it were a blob
+    vector = _vector(8)
+    answer = executor.search(QueryTarget(REF, None), QueryRequest(vector=vector, **QUERY))
+    assert _ids(answer) == _embedded_ids(table_dir, vector)
+    assert [plan.kind.value for plan in pool.sent] == ["index_segment"]
