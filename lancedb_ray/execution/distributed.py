@@ -146,6 +146,7 @@ class DistributedExecutor:
         # Executors that stopped answering -> (the ping that clears them once answered, when it was
         # sent); None: not sent yet.
         self._suspects: dict[str, tuple[Any, float] | None] = {}
+        self._suspect_since: dict[str, float] = {}  # for the log: how long each has been silent
         self._suspects_lock = threading.Lock()
         # The query node only plans: manifests and index metadata, no index partitions.
         self._snapshots = Snapshots(process_session(QUERY_NODE_INDEX_CACHE, QUERY_NODE_METADATA_CACHE))
@@ -369,16 +370,24 @@ class DistributedExecutor:
         now = time.monotonic()
         with self._suspects_lock:
             for name, pending in list(self._suspects.items()):
+                since = self._suspect_since.setdefault(name, now)
                 if pending is not None and ray.wait([pending[0]], timeout=0)[0]:
                     try:
                         ray.get(pending[0], timeout=0)
                         del self._suspects[name]  # it answers again
-                    except _EXECUTOR_FAULTS:  # dead or restarting: ask again, through a new handle
+                        del self._suspect_since[name]
+                        logger.info("%s answers again after %.1fs", name, now - since)
+                    except _EXECUTOR_FAULTS as exc:  # dead or restarting: ask again, through a new handle
                         self._pool.forget(name)
                         self._suspects[name] = None
+                        logger.info("%s: ping failed after %.1fs silent: %s", name, now - since,
+                                    type(exc).__name__)
                 elif pending is None or now - pending[1] > self._failover_s:
                     if pending is not None:
                         self._pool.forget(name)
+                        logger.warning("%s has not answered a ping for %.1fs (silent for %.1fs): "
+                                       "asking again through a new handle", name, now - pending[1],
+                                       now - since)
                     self._suspects[name] = (self._pool.handle(name).ready.remote(), now)
             return set(self._suspects)
 
@@ -405,8 +414,10 @@ class DistributedExecutor:
             silent = self._silent({name: self._pool.handle(name).ready.remote()
                                    for name in self._pool.names})
             with self._suspects_lock:
-                for name in silent:
-                    self._suspects.setdefault(name, None)
+                for name in silent - self._suspects.keys():
+                    logger.warning("%s did not answer a ping in %.1fs: tried last until it does",
+                                   name, self._probe_s)
+                    self._suspects[name] = None
             for name in silent & pending.keys():
                 stopped.add(name)
                 del pending[name]
