@@ -237,8 +237,8 @@ class ExecutorSettings(StrictModel):
     failover_seconds: float = Field(3.0, gt=0)
     # Index searches of a table on a local disk run on the query node, as embedded lancedb runs
     # them: there the executors' caches add nothing to the OS page cache, and the hop to an
-    # executor cost 3.4 ms of a query's p50 (bench/query_bench.py's "service, executors search"
-    # row). True: the executors run them too.
+    # executor cost 1.2-4.0 ms of a query's p50 and 13-23% of QPS (bench/query_bench.py's
+    # "service, executors search" row). True: the executors run them too.
     search_local_disk_indexes: bool = False
 
 
