@@ -61,6 +61,7 @@ METRICS = MetricSet(
     },
 )
 _EXECUTOR_FAULTS = (ActorDiedError, ActorUnavailableError, RayActorError, GetTimeoutError)
+FIRST_PING_WAIT_S = 0.05  # a query waits this long, once, for a suspect's first ping
 SUBPLAN_TIMEOUT_S = 120.0  # a sub-plan still running (and its executor answering) this long fails
 QUERY_NODE_INDEX_CACHE = 64 * 1024**2
 QUERY_NODE_METADATA_CACHE = 256 * 1024**2
@@ -388,8 +389,24 @@ class DistributedExecutor:
                         logger.warning("%s has not answered a ping for %.1fs (silent for %.1fs): "
                                        "asking again through a new handle", name, now - pending[1],
                                        now - since)
-                    self._suspects[name] = (self._pool.handle(name).ready.remote(), now)
+                    ping = self._pool.handle(name).ready.remote()
+                    self._suspects[name] = (ping, now)
+                    if pending is None and self._answers(ping):  # it is back already
+                        del self._suspects[name]
+                        del self._suspect_since[name]
             return set(self._suspects)
+
+    @staticmethod
+    def _answers(ping: Any) -> bool:
+        """Whether ``ping`` is answered within ``FIRST_PING_WAIT_S``: an executor that was marked
+        silent while a query waited on it, and is back, is not avoided by the next query."""
+        if not ray.wait([ping], timeout=FIRST_PING_WAIT_S)[0]:
+            return False
+        try:
+            ray.get(ping, timeout=0)
+            return True
+        except _EXECUTOR_FAULTS:
+            return False
 
     def _await(self, calls: dict[str, Any]) -> set[str]:
         """Wait for every executor's answer together; give up on those that stop answering.
