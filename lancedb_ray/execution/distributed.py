@@ -274,7 +274,7 @@ class DistributedExecutor:
         """
         METRICS.observe("subplans_per_query", len(plans))
         if self._runs_here(plans, snapshot):
-            return [self._run_here(plans[0], target)]
+            return self._run_here(plans[:1], target)
         routes = [self._pool.route(plan.partition) for plan in plans]
         tried: list[list[str]] = [[] for _ in plans]  # the executors each sub-plan was sent to
         results: list[Any] = [None] * len(plans)
@@ -299,7 +299,7 @@ class DistributedExecutor:
                 for name, members in batches.items()
             }
             if here:  # while the executors work
-                answers = self._run_here_batch([plans[i] for i in here], target)
+                answers = self._run_here([plans[i] for i in here], target)
                 for i, answer in zip(here, answers, strict=True):
                     results[i] = answer
             stopped = self._await(calls)  # now suspects, with any other executor that stopped
@@ -313,8 +313,7 @@ class DistributedExecutor:
                     METRICS.observe("call_seconds", time.monotonic() - sent, outcome="ok")
                 except _EXECUTOR_FAULTS as exc:
                     METRICS.observe("call_seconds", time.monotonic() - sent, outcome="failed")
-                    # Any fault: the next call looks the actor up again (a handle can stay stuck
-                    # after a restart; seen in CI as a restarted executor that never got work).
+                    # Any fault: the next call looks the actor up again rather than reuse this handle.
                     self._pool.forget(name)
                     with self._suspects_lock:  # tried last until it answers a ping again
                         self._suspects.setdefault(name, None)
@@ -329,15 +328,11 @@ class DistributedExecutor:
                     results[i] = answer
         return results
 
-    def _run_here(self, plan: SubPlan, target: QueryTarget) -> Any:
-        """Run ``plan`` in this process, with a small cache of its own (no executor hop)."""
+    def _run_here(self, plans: Sequence[SubPlan], target: QueryTarget) -> list[Any]:
+        """Run ``plans`` in this process (no executor hop), side by side as an executor runs a
+        batch, with a small cache of its own."""
         with lance_errors(f"query on '{target.ref.qualified_name}'", target.ref.database):
-            return self._here().execute(plan)
-
-    def _run_here_batch(self, plans: list[SubPlan], target: QueryTarget) -> list[Any]:
-        """Run ``plans`` in this process side by side, as an executor runs a batch."""
-        with lance_errors(f"query on '{target.ref.qualified_name}'", target.ref.database):
-            return self._here().execute_batch(plans)
+            return self._here().execute_batch(list(plans))
 
     def _searches_here(self, uri: str) -> bool:
         """Whether index searches of the table at ``uri`` run here (ExecutorSettings)."""
