@@ -31,18 +31,11 @@ ROWS, DIM = 100, 32
 def serve(args: argparse.Namespace) -> int:
     root = Path(args.root)
     env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
-    # Two services on one host: HAProxy's files and ports, and the replicas' own HTTP ports, apart.
-    base = 30000 + (args.port % 50) * 20
+    # Two services on one host: HAProxy's files apart (the CLI moves Serve's ports apart itself).
     env.update(RAY_SERVE_HAPROXY_CONFIG_FILE_LOC=str(root / "haproxy" / "haproxy.cfg"),
                RAY_SERVE_HAPROXY_SOCKET_PATH=str(root / "haproxy" / "admin.sock"),
                RAY_SERVE_HAPROXY_SERVER_STATE_BASE=str(root / "haproxy"),
-               RAY_SERVE_HAPROXY_SERVER_STATE_FILE=str(root / "haproxy" / "server-state"),
-               RAY_SERVE_HAPROXY_STATS_PORT=str(args.port + 1000),
-               RAY_SERVE_HAPROXY_METRICS_PORT=str(args.port + 2000),
-               RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT=str(base),
-               RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT=str(base + 19),
-               RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT=str(base + 10000),
-               RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT=str(base + 10019))
+               RAY_SERVE_HAPROXY_SERVER_STATE_FILE=str(root / "haproxy" / "server-state"))
     env.update(item.split("=", 1) for item in args.env)
     config = root / "settings.yaml"
     config.parent.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,7 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any
 
-from lancedb_ray import keys, logging_setup, preflight
+from lancedb_ray import keys, logging_setup, preflight, serve_ports
 from lancedb_ray.settings import Settings
 
 APP_NAME = "lancedb"
@@ -126,6 +126,8 @@ def serve_command(args: argparse.Namespace) -> int:
     joined = address not in (None, "", "local")
     if not joined:  # no load balancer fronts a Ray instance of our own: Serve's 30 s drain only delays Ctrl-C
         os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "1")
+        # and it must not share Serve's machine-wide ports with another instance on this machine
+        os.environ.update(serve_ports.ports_apart(os.environ))
     ray.init(address=address, namespace=settings.ray.namespace, log_to_driver=False)
     code = 0
     try:

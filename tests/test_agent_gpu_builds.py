@@ -48,7 +48,6 @@ def test_large_index_requests_train_on_the_gpu_node_then_fall_back_to_cpu(tmp_pa
 
 def _scenario(workdir: Path) -> dict:
     import ray
-    from ray.cluster_utils import Cluster
 
     from lancedb_ray.agent.execute import JobRunner
     from lancedb_ray.agent.jobs import Job, JobKind
@@ -56,7 +55,7 @@ def _scenario(workdir: Path) -> dict:
     from lancedb_ray.settings import Settings
     from lancedb_ray.storage.catalog import StorageCatalog
     from lancedb_ray.storage.connections import Connections
-    from tests.support.multinode import node_ports, vector_table
+    from tests.support.multinode import add_node, new_cluster, vector_table
 
     class Warnings(logging.Handler):
         def __init__(self) -> None:
@@ -68,11 +67,9 @@ def _scenario(workdir: Path) -> dict:
 
     vector_table(workdir / "data" / "db", rows=4000, dim=16, fragment_rows=1000)  # 4 fragments: 2 segments
 
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False,
-                                                            **node_ports()})
-    gpu_node = cluster.add_node(num_cpus=2, num_gpus=1, **node_ports())
+    cluster = new_cluster(num_cpus=2)
+    gpu_node = add_node(cluster, num_cpus=2, num_gpus=1)
     ray.init(address=cluster.address, log_to_driver=False)
-    cluster.wait_for_nodes()
     warnings = Warnings()
     logging.getLogger("lancedb_ray").addHandler(warnings)
     request = {"column": "vector", "index_type": "IVF_PQ", "metric_type": "l2", "num_partitions": 8,
@@ -114,7 +111,7 @@ def _scale_up_on_request(cluster, build) -> dict:
 
     import ray.autoscaler.sdk
 
-    from tests.support.multinode import node_ports
+    from tests.support.multinode import add_node
 
     requests: list[list[dict]] = []
     asked = threading.Event()
@@ -134,7 +131,7 @@ def _scale_up_on_request(cluster, build) -> dict:
         if not asked.wait(120):
             worker.join(300)
             return {"requests": requests, "state": "no request", "build": done}
-        joined = cluster.add_node(num_cpus=2, num_gpus=1, **node_ports())  # nodes join from the main thread
+        joined = add_node(cluster, num_cpus=2, num_gpus=1)  # nodes join from the main thread
         worker.join(300)
     finally:
         ray.autoscaler.sdk.request_resources = real

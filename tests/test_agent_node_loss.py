@@ -41,24 +41,21 @@ def _scenario(workdir: Path) -> dict:
 
     import lance
     import ray
-    from ray.cluster_utils import Cluster
 
     from lancedb_ray.agent.core import LanceAgent
     from lancedb_ray.agent.jobs import Job, JobKind, JobState
     from lancedb_ray.agent.store import LocalJobStore
     from lancedb_ray.settings import Settings
-    from tests.support.multinode import node_ports, vector_table
+    from tests.support.multinode import add_node, new_cluster, vector_table
 
     rows, dim = 40_000, 64
     table = vector_table(workdir / "data" / "db", rows=rows, dim=dim, fragment_rows=10000)
     uri = table.to_lance().uri
     start_version = lance.dataset(uri).version
 
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False,
-                                                            **node_ports()})
-    worker = cluster.add_node(num_cpus=2, resources={"indexer": 4}, **node_ports())
+    cluster = new_cluster(num_cpus=2)
+    worker = add_node(cluster, num_cpus=2, resources={"indexer": 4})
     ray.init(address=cluster.address, log_to_driver=False)
-    cluster.wait_for_nodes()
     settings = Settings(
         storage={"root": {"uri": str(workdir / "data")}},
         state_directory=str(workdir / "state"),
@@ -98,7 +95,7 @@ def _scenario(workdir: Path) -> dict:
             killed.append(record.step)
         elif killed and not waiting and record is not None and record.waiting:
             waiting.append(record.waiting)  # said why it waits; now a replacement joins
-            cluster.add_node(num_cpus=2, resources={"indexer": 4}, **node_ports())
+            add_node(cluster, num_cpus=2, resources={"indexer": 4})
         time.sleep(0.02)
     if not outcome:  # the agent's thread cannot be stopped mid-task: say what was seen, leave at once
         print(json.dumps({"killed_during": killed[0] if killed else "", "state": "stuck",

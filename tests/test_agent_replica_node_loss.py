@@ -40,24 +40,21 @@ def _scenario(workdir: Path) -> dict:
     import lance
     import ray
     from ray import serve
-    from ray.cluster_utils import Cluster
 
     from lancedb_ray.agent.deployment import LanceAgent, agent_options
     from lancedb_ray.agent.jobs import Job, JobKind, JobState
     from lancedb_ray.agent.store import LocalJobStore
     from lancedb_ray.settings import Settings
-    from tests.support.multinode import node_ports, vector_table
+    from tests.support.multinode import add_node, new_cluster, vector_table
 
     rows, dim = 40_000, 64
     table = vector_table(workdir / "data" / "db", rows=rows, dim=dim, fragment_rows=10000)
     uri = table.to_lance().uri
     start_version = lance.dataset(uri).version
 
-    cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 2, "resources": {"indexer": 4}, "include_dashboard": False, **node_ports()})
-    agent_node = cluster.add_node(num_cpus=1, resources={"agent_node": 1}, **node_ports())
+    cluster = new_cluster(num_cpus=2, resources={"indexer": 4})
+    agent_node = add_node(cluster, num_cpus=1, resources={"agent_node": 1})
     ray.init(address=cluster.address, log_to_driver=False)
-    cluster.wait_for_nodes()
     settings = Settings(
         storage={"root": {"uri": str(workdir / "data")}},
         state_directory=str(workdir / "state"),
@@ -89,7 +86,7 @@ def _scenario(workdir: Path) -> dict:
             cluster.remove_node(agent_node)  # the agent's replica dies with its node, mid-build
             killed.append(record.step)
             indexes_after_kill.append([index["name"] for index in lance.dataset(uri).list_indices()])
-            cluster.add_node(num_cpus=1, resources={"agent_node": 1}, **node_ports())  # Serve's replacement
+            add_node(cluster, num_cpus=1, resources={"agent_node": 1})  # Serve's replacement
         time.sleep(0.02)
     final = outcome[0] if outcome else store.get(job.id)
     serve.shutdown()

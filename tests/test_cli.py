@@ -6,6 +6,7 @@ deployment that fails anyway ends it at once with Serve's message.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -17,6 +18,7 @@ import lancedb
 import pyarrow as pa
 import pytest
 
+from lancedb_ray import serve_ports
 from lancedb_ray.settings import Settings
 from tests.support.processes import serve_ingress_env
 from tests.support.service import free_port, wait_healthy
@@ -128,6 +130,36 @@ def test_failed_deployment_ends_the_command_with_serves_message(tmp_path: Path, 
     assert "is serving" not in result.stdout
 
 
+@contextlib.contextmanager
+def _served(env: dict[str, str], *argv: str) -> Iterator[tuple[subprocess.Popen[str], list[str]]]:
+    """``lancedb-ray serve ARGV`` once it printed its prompt (as a person waits for it), and its lines.
+
+    Killed at the end if a test left it running.
+    """
+    process = subprocess.Popen([sys.executable, "-m", "lancedb_ray.cli", "serve", *argv], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        printed = []
+        for line in process.stdout:
+            printed.append(line)
+            if "Press Ctrl-C to stop." in line:
+                break
+        yield process, printed
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def _stop(process: subprocess.Popen[str], printed: list[str]) -> str:
+    """Ctrl-C, then everything the command printed; it must have ended cleanly."""
+    process.send_signal(signal.SIGINT)
+    rest, _ = process.communicate(timeout=180)
+    output = "".join(printed) + rest
+    assert process.returncode == 0, f"exit code {process.returncode}: {output[-3000:]}"
+    return output
+
+
 def test_serve_command_serves_and_stops_cleanly(tmp_path: Path) -> None:
     port = free_port()
     storage = tmp_path / "storage"
@@ -136,32 +168,45 @@ def test_serve_command_serves_and_stops_cleanly(tmp_path: Path) -> None:
                         # the flags below must beat these
                         LANCEDB_RAY_SERVER__PORT=str(free_port()),
                         LANCEDB_RAY_STORAGE__ROOT__URI=str(tmp_path / "not-here"))
-    process = subprocess.Popen(
-        [sys.executable, "-m", "lancedb_ray.cli", "serve", "--port", str(port),
-         "--storage", str(storage), "--api-key", "cli-key"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    try:
-        url = f"http://127.0.0.1:{port}"
-        printed = []
-        for line in process.stdout:  # as a person would: wait for the prompt
-            printed.append(line)
-            if "Press Ctrl-C to stop." in line:
-                break
+    url = f"http://127.0.0.1:{port}"
+    with _served(env, "--port", str(port), "--storage", str(storage), "--api-key", "cli-key") as (
+            process, printed):
         wait_healthy(url, timeout_s=30)
         db = lancedb.connect("db://clidb", api_key="cli-key", host_override=url)
         db.create_table("t", pa.table({"id": [1, 2, 3]}))
         assert db.open_table("t").count_rows() == 3
         assert (storage / "clidb" / "t.lance").is_dir(), "the database lives under --storage"
-        process.send_signal(signal.SIGINT)
-        rest, _ = process.communicate(timeout=180)
-        output = "".join(printed) + rest
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    assert process.returncode == 0, f"exit code {process.returncode}: {output[-3000:]}"
+        output = _stop(process, printed)
     assert f"lancedb-ray is serving at {url}" in output
     assert "api_key='cli-key'" in output
     assert "stopped" in output
     assert "failed to shut down" not in output, output[-3000:]  # Serve stopped, not given up on
+
+
+def test_two_services_on_one_machine_answer_each_for_itself(tmp_path: Path) -> None:
+    """Two ``lancedb-ray serve`` on one machine, apart only in port, key and directories.
+
+    Serve's machine-wide ports are left to the command (the session's own cluster runs
+    beside them too): shared, the second failed to start (HAProxy's stats port), and
+    requests to one reached the other's application through the fallback proxy's port.
+    """
+    served = {}
+    with contextlib.ExitStack() as stack:
+        for name in ("a", "b"):
+            env = {key: value for key, value in _isolated_env(tmp_path / name, RAY_ADDRESS="local",
+                                                              LANCEDB_RAY_EXECUTORS__NUM_EXECUTORS="1").items()
+                   if key not in serve_ports.SINGLE_PORTS + serve_ports.INGRESS_RANGE}
+            port = free_port()
+            process, printed = stack.enter_context(_served(
+                env, "--port", str(port), "--storage", str(tmp_path / name / "data"),
+                "--api-key", f"key-{name}"))
+            assert "Press Ctrl-C to stop." in "".join(printed), "".join(printed)[-3000:]
+            db = lancedb.connect("db://same-name", api_key=f"key-{name}", host_override=f"http://127.0.0.1:{port}")
+            served[name] = (process, printed, db)
+        for name, (_, _, db) in served.items():
+            db.create_table(f"only-{name}", pa.table({"id": [1]}))
+        for _ in range(25):  # the kernel spreads a shared port's connections: ask often
+            for name, (_, _, db) in served.items():
+                assert db.list_tables().tables == [f"only-{name}"]
+        for process, printed, _ in served.values():
+            _stop(process, printed)

@@ -90,7 +90,6 @@ def _scenario(workdir: Path) -> dict:
     import numpy as np
     import pyarrow as pa
     import ray
-    from ray.cluster_utils import Cluster
 
     from lancedb_ray.indexers import (
         TableHandle,
@@ -109,13 +108,11 @@ def _scenario(workdir: Path) -> dict:
     warnings = _Warnings()
     logging.getLogger("lancedb_ray").addHandler(warnings)
 
-    from tests.support.multinode import node_ports
+    from tests.support.multinode import add_node, new_cluster
 
-    cluster = Cluster(initialize_head=True,
-                      head_node_args={"num_cpus": 2, "include_dashboard": False, **node_ports()})
-    gpu_node = cluster.add_node(num_cpus=2, num_gpus=1, resources={"gpu_node": 1}, **node_ports())
+    cluster = new_cluster(num_cpus=2)
+    gpu_node = add_node(cluster, num_cpus=2, num_gpus=1, resources={"gpu_node": 1})
     ray.init(address=cluster.address, log_to_driver=False)
-    cluster.wait_for_nodes()
     result: dict = {"head_node_id": cluster.head_node.node_id, "gpu_node_id": gpu_node.node_id}
     try:
         model = train_vector_model(handle, "vector", "IVF_PQ", PARAMS, use_gpu=True)

@@ -69,15 +69,13 @@ def _submit(ray: str, address: str, *entrypoint: str) -> str:
 
 
 def _scenario(workdir: Path, config: Path) -> dict[str, str]:
-    from ray.cluster_utils import Cluster
 
-    from tests.support.multinode import node_ports
+    from tests.support.multinode import new_cluster
     from tests.support.service import free_port
 
     # Ports of its own: the shared cluster's dashboard agent may hold Ray's default ones.
-    cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 4, "include_dashboard": True, "dashboard_host": "127.0.0.1",
-        "dashboard_port": free_port(), **node_ports()})
+    cluster = new_cluster(num_cpus=4, include_dashboard=True, dashboard_host="127.0.0.1",
+                          dashboard_port=free_port())
     try:
         address = f"http://{cluster.head_node.address_info['webui_url']}"
         ray = str(Path(sys.executable).parent / "ray")

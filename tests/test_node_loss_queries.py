@@ -114,20 +114,17 @@ def _scenario(workdir: Path) -> dict:
     import lancedb
     import ray
     from ray import serve
-    from ray.cluster_utils import Cluster
 
     from lancedb_ray.api.app import build_app
     from lancedb_ray.keys import DEV_KEY
-    from tests.support.multinode import node_ports
+    from tests.support.multinode import add_node, new_cluster
     from tests.support.service import free_port, wait_healthy
 
     # The default ingress (settings.server.proxy), HAProxy, with ports of this cluster's own: both
     # come with run_scenario's environment.
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 3, "include_dashboard": False,
-                                                            **node_ports()})
-    worker = cluster.add_node(num_cpus=3, **node_ports())
+    cluster = new_cluster(num_cpus=3)
+    worker = add_node(cluster, num_cpus=3)
     ray.init(address=cluster.address, namespace="lancedb-ray", log_to_driver=False)
-    cluster.wait_for_nodes()
     head_id = ray.get_runtime_context().get_node_id()  # the driver runs on the head node
     port = free_port()
     settings = {

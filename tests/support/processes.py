@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from lancedb_ray import serve_ports
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -23,32 +25,24 @@ def free_port() -> int:
 
 
 def serve_ingress_env() -> dict[str, str]:
-    """Serve ingress ports of its own for one Ray cluster, as environment variables for it.
+    """Serve's machine-wide ports for one Ray cluster of a test session, as environment variables.
 
-    Two clusters on one machine (a test session and a CLI or benchmark it starts) would
-    otherwise share them. Serve's replicas listen on ports taken in order from a fixed range
-    (30000 up) with SO_REUSEPORT, so the kernel would hand one cluster's requests to the
-    other's replicas (a 401 or 404 from an application nobody asked); HAProxy's stats and
-    metrics ports are fixed too (its files are per node already). Each call takes the next
-    window of this process's block, so the clusters of one test session never share a port
-    (random windows did, now and then: a 401 from another cluster in CI).
+    Two clusters on one machine (a test session and a CLI run or scenario it starts) would
+    otherwise share them (``lancedb_ray.serve_ports`` says how: a 401 from the other cluster's
+    application). Each call takes the next ingress block of this process's range, so the
+    clusters of one test session never share a replica port (drawn blocks could, when two
+    clusters start at once).
     """
-    http = _FIRST_PORT + next(_WINDOWS) % _WINDOWS_PER_PROCESS * _WINDOW
-    grpc = http + 11_000  # both below Linux's ephemeral ports (32768 up)
-    return {"RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(http),
-            "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(http + _SERVE_PORTS),
-            "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": str(grpc),
-            "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": str(grpc + _SERVE_PORTS),
-            "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
-            "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port())}
+    first = _FIRST_PORT + next(_BLOCKS) % _BLOCKS_PER_PROCESS * serve_ports.INGRESS_PORTS
+    return serve_ports.ports_apart({}, first_ingress_port=first)
 
 
-_SERVE_PORTS = 40  # replicas one test cluster runs at once, with room
-_WINDOW = _SERVE_PORTS + 8
-_WINDOWS_PER_PROCESS = 32  # clusters one test session starts, and more
-# This process's block of windows (another session on the machine most likely has another).
-_FIRST_PORT = random.randrange(10_000, 21_000 - _WINDOWS_PER_PROCESS * _WINDOW)
-_WINDOWS = itertools.count()
+_BLOCKS_PER_PROCESS = 32  # clusters one test session starts, and more
+# This process's range of blocks, below the product's (30000 up) and, with the gRPC offset, below
+# Linux's ephemeral ports (another session on the machine most likely has another range).
+_FIRST_PORT = random.randrange(10_000, 30_000 - serve_ports.GRPC_OFFSET
+                               - _BLOCKS_PER_PROCESS * serve_ports.INGRESS_PORTS)
+_BLOCKS = itertools.count()
 
 
 def stop_process(process: subprocess.Popen[bytes] | None, timeout_s: float = 10) -> None:
