@@ -69,7 +69,7 @@ def _executor(pool: _Pool, failover_seconds: float) -> DistributedExecutor:
 def test_a_lost_ping_is_sent_again_through_a_fresh_handle(gate) -> None:
     pool = _Pool([gate.wait.remote(), ray.put("plan-executor-0")])
     executor = _executor(pool, failover_seconds=0.5)
-    executor._suspects["plan-executor-0"] = None  # it just failed a call
+    executor._mark_silent("plan-executor-0")  # it just failed a call
     assert executor._current_suspects() == {"plan-executor-0"}  # first ping sent, never answered
     wait_for(lambda: not executor._current_suspects(), 30, "the suspect's ping to be sent again",
              interval_s=0.05)
@@ -79,7 +79,7 @@ def test_a_lost_ping_is_sent_again_through_a_fresh_handle(gate) -> None:
 def test_a_suspect_stays_until_its_ping_is_answered(gate) -> None:
     pool = _Pool([gate.wait.remote()])
     executor = _executor(pool, failover_seconds=60)
-    executor._suspects["plan-executor-1"] = None
+    executor._mark_silent("plan-executor-1")
     for _ in range(3):
         assert executor._current_suspects() == {"plan-executor-1"}
     ray.get(gate.release.remote())

@@ -13,9 +13,10 @@ import pyarrow as pa
 import pytest
 import ray
 
-from tests.support.service import INDEXED, LiveService
+from tests.support.service import FIXED_LAYOUT_DATABASES, INDEXED, LiveService
 
 DIM = 16
+DATABASE = f"{FIXED_LAYOUT_DATABASES[:-1]}executors"
 NAMESPACE = "lancedb-ray"
 
 
@@ -37,8 +38,8 @@ def tables(live_service: LiveService):
     index (IVF training is randomised: two builds would not be comparable).
     """
     rng = np.random.default_rng(11)
-    remote = live_service.connect("executors").create_table("t", _rows(rng, 0, 1500),
-                                                            mode="overwrite")
+    # A database the agent does not compact: the fixture spreads buckets over both executors.
+    remote = live_service.connect(DATABASE).create_table("t", _rows(rng, 0, 1500), mode="overwrite")
     for i in range(3):
         remote.add(_rows(rng, 1500 + i * 100, 100))
     remote.create_index(metric="l2", vector_column_name="vector", num_partitions=4,
@@ -46,7 +47,7 @@ def tables(live_service: LiveService):
     for i in range(3, 5):
         remote.add(_rows(rng, 1500 + i * 100, 100))
     _until_both_executors_own_buckets(remote, rng)
-    embedded = lancedb.connect(live_service.root / "executors").open_table("t")
+    embedded = lancedb.connect(live_service.root / DATABASE).open_table("t")
     return remote, embedded
 
 

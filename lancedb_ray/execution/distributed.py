@@ -13,6 +13,7 @@ import random
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
@@ -144,10 +145,7 @@ class DistributedExecutor:
         # Half of the fail-over deadline waiting for a call, half for a ping (_await).
         self._probe_s = settings.executors.failover_seconds / 2
         self._failover_s = settings.executors.failover_seconds
-        # Executors that stopped answering -> (the ping that clears them once answered, when it was
-        # sent); None: not sent yet.
-        self._suspects: dict[str, tuple[Any, float] | None] = {}
-        self._suspect_since: dict[str, float] = {}  # for the log: how long each has been silent
+        self._suspects: dict[str, _Suspect] = {}  # executors that stopped answering
         self._suspects_lock = threading.Lock()
         # The query node only plans: manifests and index metadata, no index partitions.
         self._snapshots = Snapshots(process_session(QUERY_NODE_INDEX_CACHE, QUERY_NODE_METADATA_CACHE))
@@ -315,8 +313,7 @@ class DistributedExecutor:
                     METRICS.observe("call_seconds", time.monotonic() - sent, outcome="failed")
                     # Any fault: the next call looks the actor up again rather than reuse this handle.
                     self._pool.forget(name)
-                    with self._suspects_lock:  # tried last until it answers a ping again
-                        self._suspects.setdefault(name, None)
+                    self._mark_silent(name)
                     METRICS.inc("failovers_total", len(members))
                     logger.warning("%d sub-plans failed over from %s: %s", len(members), name, exc)
                     todo.extend(members)
@@ -356,52 +353,44 @@ class DistributedExecutor:
         return len(plans) == 1 and plans[0].kind in _IN_PROCESS_KINDS \
             and snapshot.row_count <= IN_PROCESS_MAX_ROWS
 
+    def _mark_silent(self, name: str) -> None:
+        """``name`` stopped answering: tried last until it answers a ping again."""
+        with self._suspects_lock:
+            if name not in self._suspects:
+                logger.warning("%s stopped answering: tried last until it answers a ping", name)
+                self._suspects[name] = _Suspect(since=time.monotonic())
+
     def _current_suspects(self) -> set[str]:
         """Executors to try last: they stopped answering and have not answered a ping since.
 
-        A ping unanswered for the whole fail-over deadline is sent again through a fresh handle:
-        a call sent while an actor restarts can be lost, and a lost ping must not keep a restarted
+        A new ping (none pending) is waited for briefly (``FIRST_PING_WAIT_S``): an executor
+        marked silent while a query waited on it, and back since, is not avoided by the next query. A ping
+        unanswered for the whole fail-over deadline is sent again through a fresh handle: a call
+        sent while an actor restarts can be lost, and a lost ping must not keep a restarted
         executor out of its partitions for good.
         """
         now = time.monotonic()
         with self._suspects_lock:
-            for name, pending in list(self._suspects.items()):
-                since = self._suspect_since.setdefault(name, now)
-                if pending is not None and ray.wait([pending[0]], timeout=0)[0]:
-                    try:
-                        ray.get(pending[0], timeout=0)
-                        del self._suspects[name]  # it answers again
-                        del self._suspect_since[name]
-                        logger.info("%s answers again after %.1fs", name, now - since)
-                    except _EXECUTOR_FAULTS as exc:  # dead or restarting: ask again, through a new handle
-                        self._pool.forget(name)
-                        self._suspects[name] = None
-                        logger.info("%s: ping failed after %.1fs silent: %s", name, now - since,
-                                    type(exc).__name__)
-                elif pending is None or now - pending[1] > self._failover_s:
-                    if pending is not None:
+            for name, suspect in list(self._suspects.items()):
+                answered = None if suspect.ping is None else _answered(suspect.ping, 0)
+                if answered is False:  # dead or restarting: ask again, through a new handle
+                    self._pool.forget(name)
+                    suspect.ping = None
+                    logger.info("%s: ping failed after %.1fs silent", name, now - suspect.since)
+                elif answered is None and (suspect.ping is None or now - suspect.sent_at > self._failover_s):
+                    if suspect.ping is not None:
                         self._pool.forget(name)
                         logger.warning("%s has not answered a ping for %.1fs (silent for %.1fs): "
-                                       "asking again through a new handle", name, now - pending[1],
-                                       now - since)
-                    ping = self._pool.handle(name).ready.remote()
-                    self._suspects[name] = (ping, now)
-                    if pending is None and self._answers(ping):  # it is back already
-                        del self._suspects[name]
-                        del self._suspect_since[name]
+                                       "asking again through a new handle", name, now - suspect.sent_at,
+                                       now - suspect.since)
+                    unasked = suspect.ping is None  # not a ping given up on: it may be back already
+                    suspect.ping, suspect.sent_at = self._pool.handle(name).ready.remote(), now
+                    if unasked:
+                        answered = _answered(suspect.ping, FIRST_PING_WAIT_S)
+                if answered:
+                    del self._suspects[name]
+                    logger.info("%s answers again after %.1fs", name, now - suspect.since)
             return set(self._suspects)
-
-    @staticmethod
-    def _answers(ping: Any) -> bool:
-        """Whether ``ping`` is answered within ``FIRST_PING_WAIT_S``: an executor that was marked
-        silent while a query waited on it, and is back, is not avoided by the next query."""
-        if not ray.wait([ping], timeout=FIRST_PING_WAIT_S)[0]:
-            return False
-        try:
-            ray.get(ping, timeout=0)
-            return True
-        except _EXECUTOR_FAULTS:
-            return False
 
     def _await(self, calls: dict[str, Any]) -> set[str]:
         """Wait for every executor's answer together; give up on those that stop answering.
@@ -425,11 +414,8 @@ class DistributedExecutor:
             # their node is lost, and the next round must not pick one that is gone too.
             silent = self._silent({name: self._pool.handle(name).ready.remote()
                                    for name in self._pool.names})
-            with self._suspects_lock:
-                for name in silent - self._suspects.keys():
-                    logger.warning("%s did not answer a ping in %.1fs: tried last until it does",
-                                   name, self._probe_s)
-                    self._suspects[name] = None
+            for name in silent:
+                self._mark_silent(name)
             for name in silent & pending.keys():
                 stopped.add(name)
                 del pending[name]
@@ -437,15 +423,29 @@ class DistributedExecutor:
 
     def _silent(self, pings: dict[str, Any]) -> set[str]:
         """The executors whose ping is unanswered after half the fail-over deadline, or failed."""
-        answered, _ = ray.wait(list(pings.values()), num_returns=len(pings), timeout=self._probe_s)
-        silent = {name for name, ping in pings.items() if ping not in answered}
-        for name, ping in pings.items():
-            if ping in answered:
-                try:
-                    ray.get(ping, timeout=0)
-                except _EXECUTOR_FAULTS:
-                    silent.add(name)
-        return silent
+        ray.wait(list(pings.values()), num_returns=len(pings), timeout=self._probe_s)
+        return {name for name, ping in pings.items() if not _answered(ping, 0)}
+
+
+@dataclass
+class _Suspect:
+    """An executor that stopped answering, and the ping that clears it once answered."""
+
+    since: float  # when it stopped answering (for the log)
+    ping: Any = None  # None: none sent since it stopped answering or since its ping failed
+    sent_at: float = 0.0  # when ``ping`` was sent
+
+
+def _answered(ping: Any, timeout_s: float) -> bool | None:
+    """Whether ``ping`` was answered within ``timeout_s``: True, False if the call failed, None if
+    not yet."""
+    if not ray.wait([ping], timeout=timeout_s)[0]:
+        return None
+    try:
+        ray.get(ping, timeout=0)
+    except _EXECUTOR_FAULTS:
+        return False
+    return True
 
 
 def _cause(exc: RayTaskError, target: QueryTarget) -> LanceDBRayError:

@@ -30,6 +30,7 @@ INDEXED = timedelta(seconds=120)
 
 API_KEY = "test-key"
 STATEFUL_DATABASES = "stateful*"  # the state machine's databases (see service_settings)
+FIXED_LAYOUT_DATABASES = "fixed-layout*"  # tests on which executor owns which bucket (see service_settings)
 
 
 def wait_healthy(url: str, timeout_s: float = 180) -> None:
@@ -126,9 +127,12 @@ def service_settings(root: Path) -> dict[str, Any]:
             "embedded": {"directory": str(root / "events")},
             "outbox_directory": str(root / "outbox"),
         },
-        # The differential state machine compares version numbers with embedded lancedb, which
-        # never commits on its own: the agent keeps no automatic watch over its databases.
-        "agent": {"jobs_directory": str(root / "jobs"), "unmaintained_databases": [STATEFUL_DATABASES]},
+        # The agent keeps no automatic watch over two kinds of test databases: the differential
+        # state machine compares version numbers with embedded lancedb, which never commits on its
+        # own; and the executor tests rely on how a table's fragments fall into buckets, which the
+        # agent's compaction rewrites (into one fragment a query node answers itself).
+        "agent": {"jobs_directory": str(root / "jobs"),
+                  "unmaintained_databases": [STATEFUL_DATABASES, FIXED_LAYOUT_DATABASES]},
         # Small buckets, so that test tables of a few fragments spread over both executors. The
         # suite's tables lie on a local disk, where index searches run on the query node by
         # default: here the executors run them too, as they do for tables on object storage, so
