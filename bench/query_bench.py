@@ -134,6 +134,15 @@ def run_system(storage: str, name: str, open_table, queries: np.ndarray, truth: 
     return result
 
 
+def set_own_instance_env() -> None:
+    """As `lancedb-ray serve` sets up a Ray instance of its own: Serve's machine-wide ports apart
+    from any other instance here, and no outer load balancer to wait for when a replica stops."""
+    from lancedb_ray.serve_ports import ports_apart
+
+    os.environ.update(ports_apart(os.environ))
+    os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "1")
+
+
 def service_settings(storage: dict, state: Path, namespace: str, **executors: Any) -> Settings:
     return Settings(
         server={"api_keys": [API_KEY], "num_replicas": 2, "num_cpus": 0.25},
@@ -283,6 +292,7 @@ def measure(args: argparse.Namespace, work: Path, data: pa.Table, queries: np.nd
     from tests.support.secrets import shared
 
     # address="local": a cluster of its own, even where another (`ray start`) runs on this machine.
+    set_own_instance_env()
     ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False)
     from ray import serve
 

@@ -43,3 +43,23 @@ def test_the_query_benchmark_runs_on_every_storage(tmp_path: Path) -> None:
         # lands in a pass that a loaded machine slows down (test_warm_queries asserts zero).
         assert "n/a" not in (requests, repeated), "storage requests are counted on blob"
     assert (tmp_path / "query_bench_3000.png").stat().st_size > 0
+
+
+def test_the_fixed_cost_benchmark_times_every_path_to_one_answer(tmp_path: Path) -> None:
+    """``bench/query_overhead.py``: every path gave the service's answer (the script asserts it)."""
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", **serve_ingress_env()}
+    env.pop("LANCEDB_RAY_SECRETS", None)
+    run = subprocess.run([sys.executable, str(REPO / "bench" / "query_overhead.py"), "--repeats", "20",
+                          "--out", str(tmp_path)], cwd=REPO, env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    report = (tmp_path / "query_overhead.md").read_text()
+    cells = [[c.strip() for c in line.split("|")[1:-1]] for line in report.splitlines()
+             if line.startswith("| ")]
+    timed = {tuple(row[:3]) for row in cells if len(row) == 6}
+    paths = {("instant server", "raw HTTP"), ("instant server", "official client"), ("service", "raw HTTP"),
+             ("service", "official client"), ("embedded lancedb", "in process")}
+    assert timed - {("where", "how", "operation")} == {(*path, op) for path in paths
+                                                        for op in ("search", "count_rows")}
+    assert "official client's own cost per search" in report and "request path" in report
+    assert (tmp_path / "query_overhead.png").stat().st_size > 0
