@@ -19,9 +19,8 @@ import subprocess
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -29,23 +28,15 @@ import pytest
 
 from tests.support.processes import free_port, stop_process
 from tests.support.service import INDEXED, LiveService
+from tests.support.waiting import wait_for
 
 DASHBOARD = Path(__file__).resolve().parents[1] / "deployments" / "grafana-dashboard.json"
 PROMETHEUS = shutil.which("prometheus")
 VARIABLES = {"$cluster": ".*", "$route": ".*", "$__rate_interval": "30s"}  # Grafana's "All"
-T = TypeVar("T")
 
 pytestmark = pytest.mark.skipif(
     PROMETHEUS is None, reason="prometheus is not installed (scripts/setup --test installs it)"
 )
-
-
-def _wait_for(probe: Callable[[], T | None], timeout_s: float, what: str) -> T:
-    deadline = time.monotonic() + timeout_s
-    while (value := probe()) is None:
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(1)
-    return value
 
 
 def _panels() -> list[dict[str, Any]]:
@@ -123,7 +114,7 @@ def test_every_panel_returns_series(live_service: LiveService, tmp_path: Path) -
 
     prometheus = Prometheus(tmp_path, f"127.0.0.1:{ray.nodes()[0]['MetricsExportPort']}")
     try:
-        _wait_for(prometheus.ready, 60, "Prometheus to scrape Ray's metrics export")
+        wait_for(prometheus.ready, 60, "Prometheus to scrape Ray's metrics export", interval_s=1)
         started = time.time()
         _workload(live_service, float(os.environ.get("LANCEDB_RAY_DASHBOARD_SECONDS", "15")))
         targets = [(p["title"], t["expr"]) for p in _panels() for t in p["targets"]]
@@ -132,7 +123,7 @@ def test_every_panel_returns_series(live_service: LiveService, tmp_path: Path) -
             return [f"{title}: {expr}" for title, expr in targets if not prometheus.query(_promql(expr))]
 
         # The agent's jobs and Ray's report interval take a while to reach the export.
-        _wait_for(lambda: None if empty() else True, 180, "every panel to have data")
+        wait_for(lambda: not empty(), 180, "every panel to have data", interval_s=1)
         assert empty() == []
         for variable in json.loads(DASHBOARD.read_text())["templating"]["list"]:
             if variable["type"] == "query":

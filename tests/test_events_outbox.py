@@ -21,6 +21,7 @@ import pytest
 from lancedb_ray.events import ChangeEvent, ChangePublisher, make_consumer
 from lancedb_ray.settings import EventBusSettings
 from tests.support.kafka import TansuBroker, free_port
+from tests.support.waiting import wait_for
 from tests.test_events_contract import by_key, collect, events_of, kafka_settings, make_events
 
 
@@ -30,11 +31,8 @@ def outbox_lines(settings: EventBusSettings) -> int:
     )
 
 
-def wait_for(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)
+def until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    wait_for(condition, timeout_s, "the outbox to reach the expected state", interval_s=0.02)
 
 
 def read_all(settings: EventBusSettings, count: int) -> list[ChangeEvent]:
@@ -105,7 +103,7 @@ def test_kafka_down_events_wait_in_the_outbox_and_arrive_once_it_is_up(tmp_path:
     publisher = ChangePublisher(settings)
     try:
         assert emit_all(publisher, sent) < 0.05
-        wait_for(lambda: outbox_lines(settings) == len(sent))
+        until(lambda: outbox_lines(settings) == len(sent))
         assert publisher.pending == len(sent)
         assert not publisher.flush(0.5)
         broker.start()
@@ -126,15 +124,15 @@ def test_outbox_survives_a_publisher_restart_and_keeps_order(
     sent = make_events(tables=2, versions=8)
     first = ChangePublisher(settings)
     emit_all(first, sent[:10])
-    wait_for(lambda: first.pending == 10 and outbox_lines(settings) == 10)
+    until(lambda: first.pending == 10 and outbox_lines(settings) == 10)
     first.close()
     assert outbox_lines(settings) == 10
 
     second = ChangePublisher(settings)  # the bus is still down
     try:
-        wait_for(lambda: second.pending == 10)
+        until(lambda: second.pending == 10)
         emit_all(second, sent[10:])
-        wait_for(lambda: outbox_lines(settings) == len(sent))
+        until(lambda: outbox_lines(settings) == len(sent))
         unblock(settings)
         assert second.flush(30)
     finally:
@@ -163,7 +161,7 @@ def test_events_of_a_killed_process_are_published_by_the_next_one(
     settings = blocked_embedded
     process = subprocess.Popen([sys.executable, "-c", CRASHING_PUBLISHER, settings.model_dump_json()])
     try:
-        wait_for(lambda: outbox_lines(settings) == 12, timeout_s=30)
+        until(lambda: outbox_lines(settings) == 12, timeout_s=30)
     finally:
         os.kill(process.pid, signal.SIGKILL)
         process.wait()

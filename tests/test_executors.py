@@ -14,6 +14,7 @@ import pytest
 import ray
 
 from tests.support.service import FIXED_LAYOUT_DATABASES, INDEXED, LiveService
+from tests.support.waiting import wait_for
 
 DIM = 16
 DATABASE = f"{FIXED_LAYOUT_DATABASES[:-1]}executors"
@@ -148,10 +149,8 @@ def test_outside_writer_becomes_visible(live_service: LiveService) -> None:
     table = db.create_table("t", _rows(rng, 0, 20), mode="overwrite")
     direct = lancedb.connect(live_service.root / "outside").open_table("t")
     direct.add(_rows(rng, 20, 5))
-    deadline = time.monotonic() + live_service_staleness(live_service) + 5
-    while table.count_rows() != 25:
-        assert time.monotonic() < deadline, "an outside write never became visible"
-        time.sleep(0.2)
+    wait_for(lambda: table.count_rows() == 25, live_service_staleness(live_service) + 5,
+             "an outside write to become visible", interval_s=0.2)
 
 
 def live_service_staleness(live_service: LiveService) -> float:
@@ -160,6 +159,14 @@ def live_service_staleness(live_service: LiveService) -> float:
 
 def _stats(name: str) -> dict:
     return ray.get(ray.get_actor(name, namespace=NAMESPACE).cache_stats.remote())
+
+
+def _stats_once_back(name: str) -> dict | None:
+    """The executor's cache statistics, or None while it restarts."""
+    try:
+        return _stats(name)
+    except Exception:  # noqa: BLE001 - still restarting
+        return None
 
 
 def test_cache_serves_repeated_queries(tables) -> None:
@@ -193,20 +200,13 @@ def test_killing_an_executor_loses_no_query(tables) -> None:
 
     worker = threading.Thread(target=load)
     worker.start()
-    time.sleep(0.3)
+    wait_for(lambda: answers or errors, 60, "the load's first answer", interval_s=0.02)  # killed mid-load
     ray.kill(ray.get_actor("plan-executor-0", namespace=NAMESPACE), no_restart=False)
     worker.join(timeout=300)
     assert not errors
     assert answers == want
     # The executor comes back with an empty cache and refills it on the next queries.
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            stats = _stats("plan-executor-0")
-            break
-        except Exception:  # noqa: BLE001 - still restarting
-            assert time.monotonic() < deadline
-            time.sleep(0.5)
+    stats = wait_for(lambda: _stats_once_back("plan-executor-0"), 60, "plan-executor-0 to restart")
     # Once it answers again (a silent executor is tried last for a few seconds), queries refill it.
     deadline = time.monotonic() + 90
     while _stats("plan-executor-0")["entries"] == 0 and stats["entries"] == 0:
@@ -284,11 +284,10 @@ def test_cache_metrics_reach_prometheus(tables) -> None:
     port = ray.nodes()[0]["MetricsExportPort"]
     wanted = ["ray_lancedb_ray_cache_hits_total{", "ray_lancedb_ray_cache_misses_total{",
               "ray_lancedb_ray_cache_bytes{", 'executor="plan-executor-']
-    deadline = time.monotonic() + 120
-    while True:
+
+    def exported() -> bool:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
             text = response.read().decode()
-        if all(w in text for w in wanted):
-            break
-        assert time.monotonic() < deadline, [w for w in wanted if w not in text]
-        time.sleep(2)
+        return all(w in text for w in wanted)
+
+    wait_for(exported, 120, f"Ray's metrics endpoint to export {wanted}", interval_s=2)

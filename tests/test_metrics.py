@@ -6,11 +6,8 @@ The live test reads Ray's own Prometheus export of the node, as Prometheus would
 from __future__ import annotations
 
 import re
-import time
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
 import lancedb
 import numpy as np
@@ -21,8 +18,7 @@ from lancedb_ray.execution.distributed import IN_PROCESS_MAX_ROWS
 from lancedb_ray.metrics import ALL_SETS, MAX_SERIES, OTHER, Metric, MetricSet
 from tests.support.metric_names import all_metrics
 from tests.support.service import LiveService
-
-T = TypeVar("T")
+from tests.support.waiting import wait_for
 
 
 def test_every_counter_and_only_counters_end_in_total() -> None:
@@ -50,15 +46,6 @@ def test_per_table_labels_are_capped() -> None:
     assert all(tags == {"database": OTHER, "table": OTHER, "kind": "k"} for tags in kept[MAX_SERIES:])
     # A table seen before the cap keeps its own series.
     assert metric_set._capped("rows", {"database": "d", "table": "t3", "kind": "k"})["table"] == "t3"
-
-
-def _wait_for(probe: Callable[[], T | None], timeout_s: float, what: str) -> T:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if (value := probe()) is not None:
-            return value
-        time.sleep(1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def scrape() -> str:
@@ -105,7 +92,7 @@ def test_query_node_exports_request_metrics(live_service: LiveService, db: lance
         text = scrape()
         return text if all(samples(text, name, **labels) for name, labels in wanted.values()) else None
 
-    text = _wait_for(exported, 120, "the query node's metrics in Ray's export")
+    text = wait_for(exported, 120, "the query node's metrics in Ray's export", interval_s=1)
     assert max(samples(text, "ray_lancedb_ray_service_rows_written_total", operation="insert")) >= 2
     routes = {line.split('route="', 1)[1].split('"', 1)[0] for line in text.splitlines()
               if line.startswith("ray_lancedb_ray_api_requests_total{")}
