@@ -35,21 +35,37 @@ def ports_apart(environ: Mapping[str, str], first_ingress_port: int | None = Non
     as a whole). ``first_ingress_port`` fixes where the replicas' block starts (the tests
     hand out blocks of their own); otherwise a block whose ports are all free is drawn.
     """
-    chosen = {name: str(_free_port()) for name in SINGLE_PORTS if name not in environ}
-    if any(name in environ for name in INGRESS_RANGE):
-        return chosen
-    first = first_ingress_port if first_ingress_port is not None else _free_block()
-    if first is not None:
-        last = first + INGRESS_PORTS - 1
-        chosen.update(zip(INGRESS_RANGE, map(str, (first, last, first + GRPC_OFFSET, last + GRPC_OFFSET)),
-                          strict=True))
+    chosen: dict[str, str] = {}
+    taken: set[int] = set()
+    if not any(name in environ for name in INGRESS_RANGE):
+        first = first_ingress_port if first_ingress_port is not None else _free_block()
+        if first is not None:
+            last = first + INGRESS_PORTS - 1
+            chosen.update(zip(INGRESS_RANGE, map(str, (first, last, first + GRPC_OFFSET, last + GRPC_OFFSET)),
+                              strict=True))
+            taken.update(_block_ports(first))
+    for name in SINGLE_PORTS:
+        if name not in environ:
+            port = _free_port(avoid=taken)  # an ephemeral port: never one of the replicas' block
+            taken.add(port)
+            chosen[name] = str(port)
     return chosen
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("", 0))
-        return sock.getsockname()[1]
+def _block_ports(first: int) -> list[int]:
+    """The HTTP and gRPC ports of the ingress block starting at ``first``."""
+    grpc = first + GRPC_OFFSET
+    return [*range(first, first + INGRESS_PORTS), *range(grpc, grpc + INGRESS_PORTS)]
+
+
+def _free_port(avoid: set[int]) -> int:
+    """A port nothing listens on, none of ``avoid``."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("", 0))
+            port = sock.getsockname()[1]
+        if port not in avoid:
+            return port
 
 
 def _free_block() -> int | None:
@@ -57,15 +73,16 @@ def _free_block() -> int | None:
     starts = list(_BLOCK_STARTS)
     random.shuffle(starts)  # two instances starting at once most likely draw different blocks
     for start in starts:
-        ports = [*range(start, start + INGRESS_PORTS),
-                 *range(start + GRPC_OFFSET, start + GRPC_OFFSET + INGRESS_PORTS)]
-        if all(_is_free(port) for port in ports):
+        if all(_is_free(port) for port in _block_ports(start)):
             return start
     return None
 
 
 def _is_free(port: int) -> bool:
+    """Whether nothing listens on ``port`` (an outgoing connection using it as its own is no
+    obstacle: Serve binds with SO_REUSEADDR too)."""
     with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("", port))
         except OSError:
