@@ -4,6 +4,9 @@ table on object storage or with ``executors.search_local_disk_indexes``. Same an
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -117,3 +120,51 @@ def test_the_executors_search_a_table_on_object_storage(ray_cluster: None, table
     answer = executor.search(QueryTarget(REF, None), QueryRequest(vector=vector, **QUERY))
     assert _ids(answer) == _embedded_ids(table_dir, vector)
     assert [plan.kind.value for plan in pool.sent] == ["index_segment"]
+
+
+# In a process of its own: a process has one lance session, sized by its first user.
+INDEX_CACHE_AFTER_QUERIES = textwrap.dedent("""
+    import sys
+    import numpy as np
+    from lancedb_ray.execution.base import QueryTarget
+    from lancedb_ray.execution.distributed import DistributedExecutor, ExecutorPool
+    from lancedb_ray.protocol import QueryRequest
+    from lancedb_ray.settings import Settings
+    from lancedb_ray.storage.catalog import StorageCatalog
+    from lancedb_ray.storage.connections import Connections
+    from lancedb_ray.storage.session import process_session
+    from lancedb_ray.storage.versions import LatestVersions, VersionRegistry
+    from lancedb_ray.types import TableRef
+
+    settings = Settings(storage={"root": {"uri": sys.argv[1]}},
+                        executors={"num_executors": 2, "cache_bytes": int(sys.argv[2])})
+    connections = Connections(StorageCatalog(settings.storage), 0.0, LatestVersions(VersionRegistry(), 0.0))
+    query_node = DistributedExecutor(settings, connections, ExecutorPool(settings))
+    for seed in range(30):  # every partition of the index, many times over
+        vector = np.random.default_rng(seed).normal(size=int(sys.argv[3])).astype("float32").tolist()
+        query_node.search(QueryTarget(TableRef("db", (), "t"), None),
+                          QueryRequest(vector=vector, k=5, nprobes=16, refine_factor=2))
+    print(process_session(0, 0).index_cache_size_bytes())
+""")
+
+
+def test_the_query_nodes_index_cache_is_an_executors_share_of_the_budget(tmp_path: Path) -> None:
+    """Where the query node searches local indexes, their partitions are cached within half of
+    ``executors.cache_bytes``, as on an executor (it had a fixed 64 MiB, too small for the index
+    of a local table of about 1.4 million 384-d rows)."""
+    vectors = np.random.default_rng(0).normal(size=(50_000, DIM)).astype("float32")
+    data = pa.table({"id": np.arange(len(vectors)),
+                     "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), DIM)})
+    lancedb.connect(tmp_path / "db").create_table("t", data).create_index(
+        "vector", config=IvfPq(num_partitions=16, num_sub_vectors=4))
+
+    def cached_after_queries(cache_bytes: int) -> int:
+        command = [sys.executable, "-c", INDEX_CACHE_AFTER_QUERIES, str(tmp_path), str(cache_bytes), str(DIM)]
+        run = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr[-3000:]
+        return int(run.stdout.split()[-1])
+
+    small = 256 * 1024
+    whole = cached_after_queries(Settings().executors.cache_bytes)  # the default budget holds it all
+    assert whole > small // 2
+    assert cached_after_queries(small) <= small // 2

@@ -147,8 +147,11 @@ class DistributedExecutor:
         self._failover_s = settings.executors.failover_seconds
         self._suspects: dict[str, _Suspect] = {}  # executors that stopped answering
         self._suspects_lock = threading.Lock()
-        # The query node only plans: manifests and index metadata, no index partitions.
-        self._snapshots = Snapshots(process_session(QUERY_NODE_INDEX_CACHE, QUERY_NODE_METADATA_CACHE))
+        # The query node plans (manifests and index metadata); where it searches the indexes of
+        # tables on a local disk too (_searches_here), their partitions get an executor's share.
+        index_cache = QUERY_NODE_INDEX_CACHE if settings.executors.search_local_disk_indexes \
+            else settings.executors.cache_bytes // 2
+        self._snapshots = Snapshots(process_session(index_cache, QUERY_NODE_METADATA_CACHE))
 
     def plan(self, target: QueryTarget, query: QueryRequest) -> list[SubPlan]:
         """The sub-plans of ``query`` (its first query vector), as ``search`` would run them."""
