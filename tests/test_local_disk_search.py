@@ -104,6 +104,22 @@ def test_an_index_search_on_a_local_disk_runs_on_the_query_node(ray_cluster: Non
     assert "-> query-node" in executor.explain(target, QueryRequest(vector=_vector(0), **QUERY), False)
 
 
+@pytest.mark.parametrize("search_local_disk_indexes", [False, True])
+def test_a_lone_index_answers_with_its_own_distances_as_lancedb(
+        ray_cluster: None, table_dir: Path, search_local_disk_indexes: bool) -> None:
+    """Without refine_factor, lancedb ranks a fully indexed table by the index's approximate
+    distances (it re-ranks only what it merges with unindexed rows): the same order, the same
+    ``_distance``, wherever the search runs."""
+    executor, _ = _query_node(table_dir, search_local_disk_indexes=search_local_disk_indexes)
+    table = lancedb.connect(table_dir / "db").open_table("t")
+    for seed in range(5):
+        vector = _vector(seed)
+        answer = executor.search(QueryTarget(REF, None), QueryRequest(vector=vector, k=5, nprobes=4))
+        embedded = table.search(vector).limit(5).nprobes(4).to_arrow()
+        assert _ids(answer) == _ids(embedded)
+        assert answer["_distance"].to_pylist() == pytest.approx(embedded["_distance"].to_pylist())
+
+
 def test_the_executors_search_when_told_to(ray_cluster: None, table_dir: Path) -> None:
     executor, pool = _query_node(table_dir, search_local_disk_indexes=True)
     vector = _vector(7)

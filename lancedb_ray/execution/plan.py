@@ -186,27 +186,32 @@ def _plan_vector(
     indexed = snapshot.index_segments(column)
     query = replace_query(query, vector_column=column, distance_type=query_metric(query, indexed))
     wanted = (query.limit or 10) + (query.offset or 0)
-    plans: list[SubPlan] = []
     # Lance searches by brute force when the index was built for another metric.
     usable = not query.bypass_vector_index and all(
         segment["metric"] in (None, query.distance_type) for segment in indexed)
     segments = indexed if usable else []
-    for segment in segments:
-        plans.append(
-            SubPlan(SubPlanKind.INDEX_SEGMENT, target, f"{target.uri}#segment/{segment['uuid']}",
-                    query, vector=vector, index_segment=segment["uuid"], local_limit=wanted,
-                    fragment_ids=tuple(segment["fragment_ids"]), cache_key=segment["key"])
-        )
-    if segments and query.fast_search:
-        return plans  # fast_search: indexed data only, as in lance
+
     def unindexed() -> list[int]:
         covered = {fid for segment in segments for fid in segment["fragment_ids"]}
         return [fid for fid in snapshot.fragments if fid not in covered]
 
-    name = ("unindexed", column, bool(segments))
-    plans += _bucket_plans(SubPlanKind.FLAT, snapshot, target, query, vector, wanted, name,
-                           unindexed, group_size)
-    return plans
+    flat: list[SubPlan] = []
+    if not (segments and query.fast_search):  # fast_search: indexed data only, as in lance
+        name = ("unindexed", column, bool(segments))
+        flat = _bucket_plans(SubPlanKind.FLAT, snapshot, target, query, vector, wanted, name,
+                             unindexed, group_size)
+    # As lance: an index's answer merged with others (unindexed rows, other segments) is re-ranked
+    # by exact distance, or approximate and exact distances would mix; a lone index answers with
+    # its approximate distances unless the query asks for a refine.
+    if flat or len(segments) > 1:
+        query = replace_query(query, refine_factor=query.refine_factor or 1)
+    plans = [
+        SubPlan(SubPlanKind.INDEX_SEGMENT, target, f"{target.uri}#segment/{segment['uuid']}",
+                query, vector=vector, index_segment=segment["uuid"], local_limit=wanted,
+                fragment_ids=tuple(segment["fragment_ids"]), cache_key=segment["key"])
+        for segment in segments
+    ]
+    return plans + flat
 
 
 def query_metric(query: QueryRequest, segments: list[dict]) -> str | None:

@@ -114,10 +114,6 @@ def _nearest(plan: SubPlan, use_index: bool) -> dict[str, Any]:
                 nearest[name] = getattr(query, name)
         if query.nprobes is not None and query.minimum_nprobes is None:
             nearest["nprobes"] = query.nprobes
-        # Lance re-ranks a whole-table ANN result with exact distances; a segment
-        # search must do the same, or its approximate distances would not merge
-        # with the flat sub-plans' exact ones.
-        nearest["refine_factor"] = query.refine_factor or 1
     return nearest
 
 
@@ -174,6 +170,8 @@ def _refines_from_cache(plan: SubPlan, source: LanceDataset, cache: FragmentCach
     query = plan.query
     if not on_object_store(plan.dataset.uri):
         return False  # lance's refine reads a local disk through the page cache, faster than a copy
+    if query.refine_factor is None:  # no re-ranking: lance reads no vectors either
+        return False
     if plan.cache_key is None or query.filter or isinstance(query.columns, dict):
         return False
     if query.lower_bound is not None or query.upper_bound is not None:
@@ -202,7 +200,7 @@ def _index_segment_refined_from_cache(plan: SubPlan, source: LanceDataset, cache
     copy = cache.get(_copy_key(plan, loaded), lambda: _segment_rows(plan, source, loaded))
     nearest = _nearest(plan, use_index=True)
     nearest.pop("refine_factor", None)
-    nearest["k"] = plan.local_limit * (query.refine_factor or 1)
+    nearest["k"] = plan.local_limit * query.refine_factor
     candidates = source.scanner(nearest=nearest, index_segments=[plan.index_segment], fast_search=True,
                                 columns=[], with_row_id=True).to_table()
     rowids = _rowids(copy)
