@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import random
 import socket
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 SINGLE_PORTS = ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT",
                 "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT", "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT")
@@ -46,7 +46,7 @@ def ports_apart(environ: Mapping[str, str], first_ingress_port: int | None = Non
             taken.update(_block_ports(first))
     for name in SINGLE_PORTS:
         if name not in environ:
-            port = _free_port(avoid=taken)  # an ephemeral port: never one of the replicas' block
+            port = free_port(avoid=taken)  # an ephemeral port: never one of the replicas' block
             taken.add(port)
             chosen[name] = str(port)
     return chosen
@@ -58,8 +58,8 @@ def _block_ports(first: int) -> list[int]:
     return [*range(first, first + INGRESS_PORTS), *range(grpc, grpc + INGRESS_PORTS)]
 
 
-def _free_port(avoid: set[int]) -> int:
-    """A port nothing listens on, none of ``avoid``."""
+def free_port(avoid: Collection[int] = ()) -> int:
+    """A port nothing listens on (one the kernel would give), none of ``avoid``."""
     while True:
         with socket.socket() as sock:
             sock.bind(("", 0))

@@ -6,7 +6,6 @@ import itertools
 import json
 import os
 import random
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,13 +14,7 @@ from typing import Any
 from lancedb_ray import serve_ports
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+free_port = serve_ports.free_port  # a port nothing listens on, for a server a test starts
 
 
 def serve_ingress_env() -> dict[str, str]:
