@@ -156,3 +156,23 @@ def test_eviction_spills_to_disk_and_promotes_back(dataset, tmp_path: Path) -> N
     results = [subplans.run(p, lambda _p: dataset, small) for p in plans]
     assert small.stats().misses == before, "spilled copies are served from disk, not storage"
     assert sum(r.num_rows for r in results) == dataset.count_rows()
+
+
+def test_a_warm_query_is_planned_without_reading_the_table_again(dataset, monkeypatch) -> None:
+    """Fragments, index segments and bucket layouts are read once per version: planning a warm
+    query does not walk the fragments (its cost would grow with the table's history)."""
+    from lancedb_ray.execution import plan as planner
+
+    snapshot = Snapshot.of(dataset)
+    target = DatasetRef(TableRef("db", (), "t"), dataset.uri, dataset.version)
+    query = QueryRequest(vector=[0.1] * DIM, k=5, nprobes=2)
+    first = plan_query(snapshot, target, query, group_size=2)
+    assert len([p for p in first if p.kind is SubPlanKind.FLAT]) > 1, "buckets of unindexed fragments"
+
+    def read(*args, **kwargs):
+        raise AssertionError("a warm query read the table's metadata again")
+
+    monkeypatch.setattr(snapshot.dataset, "get_fragments", read)
+    monkeypatch.setattr(snapshot.dataset, "get_fragment", read)
+    monkeypatch.setattr(planner, "vector_index_segments", read)
+    assert plan_query(snapshot, target, query, group_size=2) == first
